@@ -1,0 +1,30 @@
+"""Datasets and preprocessing for evaluation, scoring and fine-tuning. Nothing is downloaded.
+
+    >>> from onnxprune.data import load_dataset, batches
+    >>> splits = load_dataset("digits", input_shape=(1, 1, 28, 28))
+    >>> x, y = splits.train            # float32 (N, 1, 28, 28), int64 (N,)
+"""
+
+from onnxprune.data.loaders import Split, Splits, batches, load_dataset
+from onnxprune.data.preprocess import ImageGeometry, convert_channels, image_geometry, preprocess
+from onnxprune.data.sources import FASHION_MNIST_CLASSES, RawData, read_idx_file, read_raw
+from onnxprune.data.specs import DEFAULT_FASHION_MNIST_DIR, SPEC_GRAMMAR, DataSpec, parse_data_spec
+
+__all__ = [
+    "DEFAULT_FASHION_MNIST_DIR",
+    "FASHION_MNIST_CLASSES",
+    "SPEC_GRAMMAR",
+    "DataSpec",
+    "ImageGeometry",
+    "RawData",
+    "Split",
+    "Splits",
+    "batches",
+    "convert_channels",
+    "image_geometry",
+    "load_dataset",
+    "parse_data_spec",
+    "preprocess",
+    "read_idx_file",
+    "read_raw",
+]

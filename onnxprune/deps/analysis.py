@@ -1,0 +1,117 @@
+"""`Analysis`: a model's channel groups and cost model, the input of every later stage."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+import onnx
+
+from onnxprune.deps.cost import CostModel, build_cost_model
+from onnxprune.deps.groups import ChannelGroup, GroupSet, discover_groups
+from onnxprune.ir import LayerGraph, Shape, build_graph, load_model
+
+Masks = Mapping[int, Sequence[int]]  # group id -> kept unit indices (local to the group)
+
+
+@dataclass(frozen=True, eq=False)
+class Analysis:
+    graph: LayerGraph
+    groups: GroupSet
+    cost: CostModel
+
+    @property
+    def channel_groups(self) -> tuple[ChannelGroup, ...]:
+        return self.groups.groups
+
+    def prunable(self) -> list[ChannelGroup]:
+        return self.groups.prunable()
+
+    def full_keep(self) -> np.ndarray:
+        return np.ones(self.groups.num_units, dtype=bool)
+
+    def keep_vector(self, masks: Masks) -> np.ndarray:
+        """Boolean vector over all units from per-group kept unit indices (others kept)."""
+        keep = self.full_keep()
+        for gid, kept in masks.items():
+            g = self.groups.groups[gid]
+            local = np.zeros(g.units, dtype=bool)
+            local[np.asarray(kept, dtype=np.int64)] = True
+            keep[g.unit_slice] = local
+        return keep
+
+    def masks_from_keep(self, keep: np.ndarray) -> dict[int, np.ndarray]:
+        """Per-group kept unit indices, for the groups where something is removed."""
+        out = {}
+        for g in self.groups.groups:
+            local = keep[g.unit_slice]
+            if not local.all():
+                out[g.id] = np.flatnonzero(local)
+        return out
+
+    @property
+    def macs(self) -> int:
+        return self.cost.macs(self.full_keep())
+
+    @property
+    def params(self) -> int:
+        return self.cost.params(self.full_keep())
+
+    def group_macs(self) -> np.ndarray:
+        """MACs that depend on each group (nodes producing or consuming its channels)."""
+        out = np.zeros(len(self.groups.groups), dtype=np.int64)
+        ug = self.groups.unit_group
+        for _, macs, o, i in self.groups.macs_terms:
+            touched = set()
+            for units in (o, i):
+                if units is not None and units.size:
+                    touched.update(np.unique(ug[units]).tolist())
+            for gid in touched:
+                out[gid] += macs
+        return out
+
+    def to_json(self, keep: np.ndarray | None = None) -> dict[str, Any]:
+        full = self.full_keep()
+        macs, params = self.cost.cost(full)
+        share = self.group_macs() / max(macs, 1)
+        groups = []
+        for g in self.groups.groups:
+            entry: dict[str, Any] = {
+                "id": g.id, "channels": g.channels, "units": g.units, "prunable": g.prunable,
+                "reason": g.reason, "producers": list(g.producers), "consumers": list(g.consumers),
+                "macs_share": round(float(share[g.id]), 6),
+            }
+            if keep is not None:
+                local = keep[g.unit_slice]
+                entry["kept"] = np.flatnonzero(local[g.channel_units]).tolist()
+            groups.append(entry)
+        prunable_units = sum(g.units for g in self.groups.groups if g.prunable)
+        data: dict[str, Any] = {
+            "model": self.graph.loaded.source,
+            "opset": self.graph.loaded.opset,
+            "macs": macs,
+            "params": params,
+            "prunable_units": prunable_units,
+            "groups": groups,
+        }
+        if keep is not None:
+            after_macs, after_params = self.cost.cost(keep)
+            data["after"] = {"macs": after_macs, "params": after_params}
+        return data
+
+
+def analyze(
+    src: str | os.PathLike[str] | onnx.ModelProto,
+    input_shapes: Mapping[str, Shape] | None = None,
+    exclude: Iterable[str] = (),
+) -> Analysis:
+    """Load, normalize and analyse a model: channel groups plus cost model."""
+    graph = build_graph(load_model(src), input_shapes)
+    return analyze_graph(graph, exclude)
+
+
+def analyze_graph(graph: LayerGraph, exclude: Iterable[str] = ()) -> Analysis:
+    groups = discover_groups(graph, exclude)
+    return Analysis(graph=graph, groups=groups, cost=build_cost_model(graph, groups))

@@ -1,0 +1,270 @@
+"""`LayerGraph`: a frozen, read-only view of a normalized ONNX graph with inferred shapes."""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any, Mapping
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper, shape_inference
+
+from onnxprune.errors import InputError, UnsupportedModelError
+from onnxprune.ir.model import LoadedModel
+
+Shape = tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class NodeView:
+    """One ONNX node, as the analysis sees it."""
+
+    index: int
+    name: str
+    op_type: str
+    domain: str
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    attrs: Mapping[str, Any]
+
+    def attr(self, name: str, default: Any = None) -> Any:
+        return self.attrs.get(name, default)
+
+
+@dataclass(frozen=True)
+class GraphInput:
+    name: str
+    shape: tuple[int | str | None, ...]
+    elem_type: int
+
+
+def parse_input_shapes(specs: list[str] | None) -> dict[str, Shape]:
+    """Parse `NAME:1x3x224x224` strings (the `--input-shape` flag)."""
+    shapes: dict[str, Shape] = {}
+    for spec in specs or []:
+        name, sep, dims = spec.rpartition(":")
+        try:
+            if not sep or not name:
+                raise ValueError
+            shapes[name] = tuple(int(d) for d in dims.lower().split("x"))
+        except ValueError:
+            raise InputError(f"--input-shape {spec!r}: expected NAME:1x3x224x224") from None
+    return shapes
+
+
+@dataclass(frozen=True, eq=False)
+class LayerGraph:
+    """Nodes in topological order, producer/consumer maps, initializers and static shapes.
+
+    Shapes are inferred with the batch dimension set to 1 (and other dynamic dimensions from
+    `input_shapes`); they are what the channel rules and the cost model use.
+    """
+
+    loaded: LoadedModel
+    nodes: tuple[NodeView, ...]
+    inputs: tuple[GraphInput, ...]
+    outputs: tuple[str, ...]
+    shapes: Mapping[str, Shape]
+    initializers: Mapping[str, onnx.TensorProto]
+    _arrays: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+
+    @property
+    def model(self) -> onnx.ModelProto:
+        return self.loaded.model
+
+    @cached_property
+    def producer(self) -> dict[str, NodeView]:
+        return {out: n for n in self.nodes for out in n.outputs if out}
+
+    @cached_property
+    def consumers(self) -> dict[str, list[tuple[NodeView, int]]]:
+        cons: dict[str, list[tuple[NodeView, int]]] = {}
+        for n in self.nodes:
+            for i, name in enumerate(n.inputs):
+                if name:
+                    cons.setdefault(name, []).append((n, i))
+        return cons
+
+    @cached_property
+    def by_name(self) -> dict[str, NodeView]:
+        return {n.name: n for n in self.nodes}
+
+    def is_const(self, name: str) -> bool:
+        return name in self.initializers
+
+    def const(self, name: str) -> np.ndarray | None:
+        """The value of an initializer (cached), or None for a computed tensor."""
+        if not name or name not in self.initializers:
+            return None
+        arr = self._arrays.get(name)
+        if arr is None:
+            arr = numpy_helper.to_array(self.initializers[name])
+            self._arrays[name] = arr
+        return arr
+
+    def const_shape(self, name: str) -> Shape | None:
+        t = self.initializers.get(name)
+        return tuple(int(d) for d in t.dims) if t is not None else None
+
+    def shape(self, name: str) -> Shape | None:
+        """Static shape of any tensor (initializers included), or None when unknown."""
+        s = self.const_shape(name)
+        return s if s is not None else self.shapes.get(name)
+
+
+def build_graph(loaded: LoadedModel, input_shapes: Mapping[str, Shape] | None = None) -> LayerGraph:
+    """Build the `LayerGraph` of a normalized model (shape inference with static inputs)."""
+    model = loaded.model
+    graph = model.graph
+    input_shapes = dict(input_shapes or {})
+    inputs: list[GraphInput] = []
+    fixed: dict[str, Shape] = {}
+    for vi in graph.input:
+        tt = vi.type.tensor_type
+        dims: list[int | str | None] = []
+        for d in tt.shape.dim:
+            dims.append(d.dim_value if d.HasField("dim_value") else (d.dim_param or None))
+        inputs.append(GraphInput(vi.name, tuple(dims), tt.elem_type))
+        if vi.name in input_shapes:
+            shape = input_shapes.pop(vi.name)
+            if len(shape) != len(dims):
+                raise InputError(
+                    f"--input-shape {vi.name}: {len(shape)} dims given, the model's input has {len(dims)}"
+                )
+            fixed[vi.name] = shape
+            continue
+        resolved: list[int] = []
+        for pos, d in enumerate(dims):
+            if isinstance(d, int) and d > 0:
+                resolved.append(d)
+            elif pos == 0:
+                resolved.append(1)  # dynamic batch: analyse with batch 1
+            else:
+                example = "x".join(str(x if isinstance(x, int) and x > 0 else (1 if p == 0 else "?"))
+                                   for p, x in enumerate(dims))
+                raise InputError(
+                    f"input {vi.name!r} has a dynamic dimension {d or '?'!r} at position {pos}: "
+                    f"pass --input-shape {vi.name}:{example}"
+                )
+        fixed[vi.name] = tuple(resolved)
+    if input_shapes:
+        raise InputError(f"--input-shape names no graph input: {', '.join(sorted(input_shapes))}")
+
+    shapes = _infer_shapes(model, fixed)
+    initializers = {t.name: t for t in graph.initializer}
+    nodes = _toposort(graph, initializers)
+    return LayerGraph(
+        loaded=loaded,
+        nodes=nodes,
+        inputs=tuple(inputs),
+        outputs=tuple(o.name for o in graph.output),
+        shapes=shapes,
+        initializers=initializers,
+    )
+
+
+def _infer_shapes(model: onnx.ModelProto, fixed: Mapping[str, Shape]) -> dict[str, Shape]:
+    """Shape inference on a weightless copy with the graph inputs fixed to `fixed`."""
+    skeleton = onnx.ModelProto()
+    skeleton.CopyFrom(_without_weights(model))
+    for vi in skeleton.graph.input:
+        if vi.name in fixed:
+            dims = vi.type.tensor_type.shape.dim
+            del dims[:]
+            for d in fixed[vi.name]:
+                dims.add().dim_value = int(d)
+    del skeleton.graph.value_info[:]
+    for out in skeleton.graph.output:
+        out.type.tensor_type.ClearField("shape")
+    try:
+        inferred = shape_inference.infer_shapes(skeleton, strict_mode=False, data_prop=True)
+    except Exception as exc:
+        raise UnsupportedModelError(f"shape inference failed: {str(exc).splitlines()[0][:200]}") from None
+    shapes: dict[str, Shape] = {}
+    for vi in list(inferred.graph.value_info) + list(inferred.graph.output) + list(inferred.graph.input):
+        tt = vi.type.tensor_type
+        if not tt.HasField("shape"):
+            continue
+        dims = tt.shape.dim
+        if all(d.HasField("dim_value") for d in dims):
+            shapes[vi.name] = tuple(int(d.dim_value) for d in dims)
+    return shapes
+
+
+def _without_weights(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy whose large initializers are replaced by graph inputs of the same type and shape.
+
+    Shape inference does not need weight values (only small shape-like constants), and copying
+    half a gigabyte of VGG weights twice costs seconds.
+    """
+    light = onnx.ModelProto()
+    graph = model.graph
+    big = [t for t in graph.initializer if _numel(t) > 64]
+    if not big:
+        light.CopyFrom(model)
+        return light
+    saved = list(graph.initializer)
+    small = [t for t in saved if _numel(t) <= 64]
+    del graph.initializer[:]
+    try:
+        light.CopyFrom(model)
+    finally:
+        graph.initializer.extend(saved)
+    light.graph.initializer.extend(small)
+    for t in big:
+        light.graph.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+    return light
+
+
+def _numel(t: onnx.TensorProto) -> int:
+    n = 1
+    for d in t.dims:
+        n *= int(d)
+    return n
+
+
+def _attrs(node: onnx.NodeProto) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for a in node.attribute:
+        v = helper.get_attribute_value(a)
+        if isinstance(v, bytes):
+            v = v.decode("utf-8", "replace")
+        elif isinstance(v, list):
+            v = tuple(x.decode("utf-8", "replace") if isinstance(x, bytes) else x for x in v)
+        out[a.name] = v
+    return out
+
+
+def _toposort(graph: onnx.GraphProto, initializers: Mapping[str, onnx.TensorProto]) -> tuple[NodeView, ...]:
+    protos = list(graph.node)
+    available = set(initializers) | {i.name for i in graph.input} | {""}
+    produced_by: dict[str, int] = {}
+    for i, n in enumerate(protos):
+        for o in n.output:
+            produced_by[o] = i
+    indeg = [0] * len(protos)
+    users: dict[int, list[int]] = {}
+    for i, n in enumerate(protos):
+        deps = {produced_by[x] for x in n.input if x not in available and x in produced_by}
+        indeg[i] = len(deps)
+        for d in deps:
+            users.setdefault(d, []).append(i)
+    ready = [i for i, d in enumerate(indeg) if d == 0]
+    heapq.heapify(ready)  # stable: keeps the file's order where the graph allows
+    order: list[int] = []
+    while ready:
+        i = heapq.heappop(ready)
+        order.append(i)
+        for u in users.get(i, ()):
+            indeg[u] -= 1
+            if indeg[u] == 0:
+                heapq.heappush(ready, u)
+    if len(order) != len(protos):
+        raise UnsupportedModelError("the graph has a cycle (or a node reads a tensor nothing produces)")
+    views = []
+    for k, i in enumerate(order):
+        n = protos[i]
+        views.append(NodeView(k, n.name, n.op_type, n.domain, tuple(n.input), tuple(n.output), _attrs(n)))
+    return tuple(views)

@@ -1,0 +1,8 @@
+"""Channel rules, one per ONNX op_type, in a registry (importing this package registers them)."""
+
+from onnxprune.ops import elementwise, layout, linear, norm  # noqa: F401  (registration)
+from onnxprune.ops.registry import (
+    ChannelMap, Member, MemberKind, Rule, RuleContext, register, registered_ops, rule_for,
+)
+
+__all__ = ["ChannelMap", "Member", "MemberKind", "Rule", "RuleContext", "register", "registered_ops", "rule_for"]

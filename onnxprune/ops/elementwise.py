@@ -1,0 +1,92 @@
+"""Element-wise rules: unary passthrough, broadcasting binary/variadic ops, per-channel constants."""
+
+from __future__ import annotations
+
+from onnxprune.ir import NodeView
+from onnxprune.ops.registry import ChannelMap, Member, RuleContext, register
+
+UNARY = (
+    "Relu", "LeakyRelu", "Elu", "Selu", "Celu", "ThresholdedRelu", "Sigmoid", "HardSigmoid",
+    "HardSwish", "Tanh", "Softplus", "Softsign", "Mish", "Gelu", "Erf", "Exp", "Log", "Sqrt",
+    "Abs", "Neg", "Reciprocal", "Floor", "Ceil", "Round", "Sign", "Sin", "Cos", "Identity",
+    "Dropout", "Cast", "Clip", "Not", "IsNaN", "IsInf", "Shrink",
+)
+
+
+@register(*UNARY)
+def unary(node: NodeView, ctx: RuleContext) -> None:
+    """Channel i of the output is a function of channel i of input 0 only.
+
+    Extra inputs (Clip's min/max, Dropout's ratio) are scalars; anything else freezes.
+    """
+    cmap = ctx.map(node.inputs[0]) if node.inputs else None
+    for extra in node.inputs[1:]:
+        if extra and ctx.map(extra) is not None:
+            ctx.freeze(ctx.map(extra).ids, f"{node.op_type} with a channel-carrying parameter ({node.name})")
+    if cmap is None:
+        return
+    for extra in node.inputs[1:]:
+        shape = ctx.graph.shape(extra) if extra else ()
+        if extra and (shape is None or _numel(shape) != 1):
+            ctx.freeze(cmap.ids, f"{node.op_type} with a non-scalar parameter ({node.name})")
+    ctx.set_map(node.outputs[0], cmap)
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+BROADCAST = ("Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Mean", "PRelu", "Where",
+             "Equal", "Greater", "Less", "GreaterOrEqual", "LessOrEqual", "And", "Or", "Xor", "Mod",
+             "BitShift")
+
+
+@register(*BROADCAST)
+def broadcast(node: NodeView, ctx: RuleContext) -> None:
+    """Numpy-style broadcasting of several inputs.
+
+    Tracked inputs on the same output axis are tied channel by channel (residual Add, SE Mul);
+    a constant with one value per channel becomes a `param` member; a computed, untracked input
+    is only allowed when it has size 1 on the channel axis.
+    """
+    g = ctx.graph
+    out = node.outputs[0]
+    out_shape = g.shape(out)
+    maps = [(i, ctx.map(x)) for i, x in enumerate(node.inputs) if x]
+    tracked = [(i, m) for i, m in maps if m is not None]
+    if not tracked:
+        return
+    if out_shape is None:
+        for _, m in tracked:
+            ctx.freeze(m.ids, f"unknown output shape of {node.name}")
+        return
+    rank = len(out_shape)
+    axes = {i: m.axis + rank - len(g.shape(node.inputs[i]) or ()) for i, m in tracked}
+    axis = axes[tracked[0][0]]
+    size = out_shape[axis]
+    ok = all(a == axis for a in axes.values()) and all(len(m) == size for _, m in tracked)
+    if not ok:
+        for _, m in tracked:
+            ctx.freeze(m.ids, f"{node.op_type} mixes channels of different layouts ({node.name})")
+        return
+    ids = tracked[0][1].ids
+    for _, m in tracked[1:]:
+        ctx.union(ids, m.ids)
+    for i, name in enumerate(node.inputs):
+        if not name or ctx.map(name) is not None:
+            continue
+        shape = g.shape(name)
+        if shape is None:
+            ctx.freeze(ids, f"unknown shape of {name} ({node.name})")
+            continue
+        pos = axis - (rank - len(shape))
+        if pos < 0 or shape[pos] == 1:
+            continue  # broadcast along the channel axis: nothing to slice
+        if g.is_const(name):
+            ctx.add_member(Member(node.name, "param", name, pos, ids))
+        else:
+            ctx.freeze(ids, f"{node.op_type} with a computed per-channel operand {name} ({node.name})")
+    ctx.set_map(out, ChannelMap(axis, ids))
