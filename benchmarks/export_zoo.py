@@ -64,6 +64,7 @@ def _export_row(name: str, exporter: zoo.Exporter, retry_failed: bool) -> dict[s
         "error": None,
         "cached": result.cached,
         "seconds": result.seconds,
+        "cpu_seconds": result.cpu_seconds,
         "check_seconds": result.check_seconds,
         "size": result.size,
         "max_abs_diff": result.max_abs_diff,
@@ -144,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
                 if row["ok"]:
                     cached = " cached" if row["cached"] else ""
                     progress.console.print(
-                        f"{name:20} {exporter:11} export {row['seconds']:6.1f} s  "
+                        f"{name:20} {exporter:11} export {row['seconds']:6.1f} s "
+                        f"(cpu {row['cpu_seconds']:6.1f} s)  "
                         f"check {row['check_seconds']:5.1f} s  {_mb(row['size']):>7} MB  "
                         f"opset {row['opset']}  max|diff| {row['max_abs_diff']:.1e}{cached}"
                     )

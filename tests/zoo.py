@@ -53,7 +53,10 @@ from torch import nn
 Exporter = Literal["torchscript", "dynamo"]
 EXPORTERS: tuple[Exporter, ...] = ("torchscript", "dynamo")
 
-#: numerical check of every export against torch (onnxruntime CPU, graph optimizations off)
+#: numerical check of every export against torch (onnxruntime CPU, graph optimizations off):
+#: |onnx - torch| <= ATOL * max(1, max|torch|) + RTOL * |torch|. The absolute part scales with the
+#: output: random-weight deep nets (resnet101, wide_resnet*, resnext101) reach logits of 1e4-1e5,
+#: where float32 rounding alone exceeds a fixed 1e-4 on the near-zero logits.
 ATOL = 1e-4
 RTOL = 1e-3
 
@@ -251,7 +254,8 @@ class ExportResult:
     exporter: Exporter
     path: Path
     cached: bool
-    seconds: float  # torch.onnx.export alone
+    seconds: float  # torch.onnx.export alone, wall clock
+    cpu_seconds: float  # torch.onnx.export alone, CPU time of this process (all threads)
     check_seconds: float  # onnxruntime session + run + torch forward
     max_abs_diff: float
     size: int  # bytes, external data included
@@ -275,7 +279,7 @@ def export_result(name: str, exporter: Exporter, *, retry_failed: bool = False) 
     if path.exists() and meta_path.exists():
         meta = json.loads(meta_path.read_text())
         return ExportResult(
-            name, exporter, path, True, meta["seconds"], meta["check_seconds"],
+            name, exporter, path, True, meta["seconds"], meta["cpu_seconds"], meta["check_seconds"],
             meta["max_abs_diff"], file_size(path), meta["opset"],
         )  # fmt: skip
     if error_path.exists() and not retry_failed:
@@ -297,6 +301,7 @@ def export_result(name: str, exporter: Exporter, *, retry_failed: bool = False) 
             "exporter": exporter,
             "torch": torch.__version__,
             "seconds": result.seconds,
+            "cpu_seconds": result.cpu_seconds,
             "check_seconds": result.check_seconds,
             "max_abs_diff": result.max_abs_diff,
             "opset": result.opset,
@@ -306,7 +311,7 @@ def export_result(name: str, exporter: Exporter, *, retry_failed: bool = False) 
         _atomic_write_text(meta_path, json.dumps(meta, indent=1) + "\n")
     error_path.unlink(missing_ok=True)
     return ExportResult(
-        name, exporter, path, False, result.seconds, result.check_seconds,
+        name, exporter, path, False, result.seconds, result.cpu_seconds, result.check_seconds,
         result.max_abs_diff, file_size(path), result.opset,
     )  # fmt: skip
 
@@ -321,7 +326,7 @@ def _export_and_check(name: str, exporter: Exporter, path: Path) -> ExportResult
     model = torch_model(name)
     x = example_input(name)  # (1, 3, H, W)
     log = io.StringIO()
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     try:
         with _quiet(log):
             if exporter == "torchscript":
@@ -349,7 +354,7 @@ def _export_and_check(name: str, exporter: Exporter, path: Path) -> ExportResult
         raise ZooExportError(
             f"{name}: {exporter} export failed: {_describe(exc)}{_tail(log.getvalue())}"
         ) from exc
-    seconds = time.perf_counter() - start
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     if not path.exists():
         raise ZooExportError(f"{name}: {exporter} export wrote no file{_tail(log.getvalue())}")
 
@@ -366,8 +371,9 @@ def _export_and_check(name: str, exporter: Exporter, path: Path) -> ExportResult
     proto = onnx.load(str(path), load_external_data=False)
     opset = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
     return ExportResult(
-        name, exporter, path, False, seconds, check_seconds, max_diff, file_size(path), opset
-    )
+        name, exporter, path, False, seconds, cpu_seconds, check_seconds, max_diff,
+        file_size(path), opset,
+    )  # fmt: skip
 
 
 def _check_onnxruntime(
@@ -399,11 +405,11 @@ def _check_onnxruntime(
             f"(input {tuple(x.shape)})"
         )
     diff = float(np.max(np.abs(got - expected)))
-    if not np.allclose(got, expected, rtol=RTOL, atol=ATOL):
+    scale = max(1.0, float(np.max(np.abs(expected))))
+    if not np.allclose(got, expected, rtol=RTOL, atol=ATOL * scale):
         raise ZooExportError(
             f"{name}: the {exporter} export disagrees with torch (input {tuple(x.shape)}): "
-            f"max |diff| {diff:.3g} > atol {ATOL} + rtol {RTOL} * |torch| "
-            f"(max |torch| {float(np.max(np.abs(expected))):.3g})"
+            f"max |diff| {diff:.3g} > {ATOL} * {scale:.3g} (max |torch|) + {RTOL} * |torch|"
         )
     return diff
 

@@ -1,0 +1,331 @@
+"""Train a reference CNN on an offline dataset, report its test accuracy and export it to ONNX.
+
+    python -m models.train --arch resnet20 --data fashion-mnist --epochs 10
+
+SGD with momentum, cosine learning-rate schedule (per step), light augmentation (random crop with
+zero padding, horizontal flip), validation accuracy after every epoch, test accuracy at the end on
+the dataset's held-out test split. Writes `<out>/<arch>_<data>.onnx` (TorchScript exporter,
+opset 17, dynamic batch) and a JSON record next to it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.cifar import ARCHS, build
+from onnxprune.data import DataSpec, Splits, batches, load_dataset, parse_data_spec
+from onnxprune.errors import DataError, OnnxPruneError
+
+__all__ = ["TrainResult", "default_out_dir", "evaluate", "export_onnx", "main", "train"]
+
+
+def default_out_dir() -> Path:
+    """`$XDG_CACHE_HOME/onnxprune/models`, by default `~/.cache/onnxprune/models`."""
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache).expanduser() / "onnxprune" / "models"
+
+
+@dataclass(frozen=True, eq=False)
+class TrainResult:
+    """What `train` produced.
+
+    Attributes:
+        arch, data: architecture name and canonical data spec.
+        epochs: epochs trained.
+        test_top1: top-1 accuracy on the test split (the dataset's held-out test set if it has one).
+        val_top1: top-1 accuracy on the validation split after each epoch.
+        train_seconds: wall time of the training epochs (validation included, not loading/export).
+        input_shape: the exported model's input shape, (1, C, H, W).
+        num_classes: number of outputs.
+        train_images: number of training images used per epoch.
+        onnx_path, json_path: the files written (None when export was off).
+        model: the trained torch module, in eval mode, on the CPU.
+    """
+
+    arch: str
+    data: str
+    epochs: int
+    test_top1: float
+    val_top1: tuple[float, ...]
+    train_seconds: float
+    input_shape: tuple[int, int, int, int]
+    num_classes: int
+    train_images: int
+    onnx_path: Path | None
+    json_path: Path | None
+    model: nn.Module = field(repr=False)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.-]+", "-", text).strip("-").lower() or "data"
+
+
+def _data_slug(spec: DataSpec) -> str:
+    """A file-name part for a data spec: `fashion-mnist`, `digits`, `npz-cifar10`..."""
+    text = str(spec)
+    if ":" in text and spec.path is not None:
+        text = f"{spec.kind}-{spec.path.stem}"
+    return _slug(text)
+
+
+def _augment(x: torch.Tensor, pad: int, flip: bool, gen: torch.Generator) -> torch.Tensor:
+    """Random crop after zero padding by `pad`, and random horizontal flip. x: (N, C, H, W)."""
+    n, _, h, w = x.shape
+    if pad > 0:
+        padded = F.pad(x, (pad, pad, pad, pad))  # (N, C, H + 2p, W + 2p)
+        dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen).tolist()
+        dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen).tolist()
+        x = torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(n)])
+    if flip:
+        mask = torch.rand(n, generator=gen) < 0.5
+        x = torch.where(mask[:, None, None, None], x.flip(3), x)
+    return x
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, *, batch_size: int = 512,
+             device: str | torch.device = "cpu") -> tuple[float, float]:
+    """Top-1 accuracy and mean cross-entropy of `model` on (x, y); (nan, nan) when empty."""
+    if len(x) == 0:
+        return float("nan"), float("nan")
+    model.eval()
+    correct, loss_sum = 0, 0.0
+    for xb, yb in batches(x, y, batch_size):
+        logits = model(torch.from_numpy(xb).to(device))
+        target = torch.from_numpy(yb).to(device)
+        loss_sum += float(F.cross_entropy(logits, target, reduction="sum"))
+        correct += int((logits.argmax(1) == target).sum())
+    return correct / len(x), loss_sum / len(x)
+
+
+def export_onnx(model: nn.Module, input_shape: Sequence[int], path: str | os.PathLike[str]) -> Path:
+    """Export `model` (TorchScript exporter, opset 17, dynamic batch) to `path`, atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    model = model.eval().cpu()
+    x = torch.zeros(*input_shape)
+    try:
+        torch.onnx.export(model, (x,), str(tmp), dynamo=False, opset_version=17,
+                          input_names=["input"], output_names=["logits"],
+                          dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}})
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def _write_json(path: Path, record: dict[str, object]) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(record, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def train(
+    arch: str,
+    data_spec: str = "fashion-mnist",
+    epochs: int = 10,
+    *,
+    batch_size: int = 128,
+    lr: float = 0.1,
+    momentum: float = 0.9,
+    weight_decay: float = 5e-4,
+    seed: int = 0,
+    out_dir: str | os.PathLike[str] | None = None,
+    name: str | None = None,
+    max_train_images: int | None = None,
+    input_size: int | None = None,
+    in_channels: int | None = None,
+    augment: bool = True,
+    flip: bool | None = None,
+    device: str = "auto",
+    export: bool = True,
+    verbose: bool = True,
+) -> TrainResult:
+    """Train `arch` on `data_spec` and (by default) export it to ONNX with a JSON record.
+
+    Args:
+        arch: a key of `models.ARCHS` (resnet20, resnet56, vgg16_bn, vgg19_bn, mobilenetv2).
+        data_spec: an onnxprune data spec (fashion-mnist, digits, idx:DIR, folder:DIR, npz:FILE...).
+        epochs: training epochs (cosine schedule over all of them).
+        batch_size, lr, momentum, weight_decay: SGD settings.
+        seed: seeds the splits, the subset, the initialization and the batch order.
+        out_dir: where the .onnx and .json go (default `default_out_dir()`).
+        name: file stem (default `<arch>_<data>`).
+        max_train_images: train on a seeded subset of this many images (quick demos).
+        input_size: resize images to input_size x input_size (default: the data's own size).
+        in_channels: 1 or 3 (default: the data's own channel count).
+        augment: random crop with padding (and flip, see `flip`).
+        flip: random horizontal flips; default on, except for digits.
+        device: "auto" (CUDA when available), "cpu" or "cuda".
+        export: write the ONNX file and its JSON record.
+        verbose: show a progress bar and per-epoch lines (rich).
+
+    Raises:
+        DataError: the dataset is missing or unusable.
+        KeyError: unknown architecture.
+    """
+    from rich.console import Console
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                               TimeElapsedColumn, TimeRemainingColumn)
+
+    if epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {epochs}")
+    spec = parse_data_spec(data_spec)
+    model_key = arch.lower().replace("-", "_")
+    if model_key not in ARCHS:
+        raise KeyError(f"unknown architecture {arch!r}: expected one of {', '.join(ARCHS)}")
+    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available()
+                       else ("cpu" if device == "auto" else device))
+    console = Console(quiet=not verbose, highlight=False)
+
+    # Dynamic dims keep the data's own channels / size (layout NCHW).
+    shape_hint = (None, in_channels, input_size, input_size)
+    splits: Splits = load_dataset(spec, input_shape=shape_hint, layout="nchw", seed=seed)
+    x_train, y_train = splits.train
+    if max_train_images is not None and max_train_images < len(x_train):
+        idx = np.sort(np.random.default_rng(seed + 1).choice(len(x_train), max_train_images, replace=False))
+        x_train, y_train = x_train[idx], y_train[idx]
+    x_val, y_val = splits.val
+    x_test, y_test = splits.test
+    c, h, w = x_train.shape[1:]
+    input_shape = (1, int(c), int(h), int(w))
+
+    torch.manual_seed(seed)
+    model = build(model_key, in_channels=int(c), num_classes=splits.num_classes).to(dev)
+    params_m = sum(p.numel() for p in model.parameters()) / 1e6
+    steps_per_epoch = -(-len(x_train) // batch_size)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum,
+                                weight_decay=weight_decay, nesterov=True)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * steps_per_epoch)
+    pad = max(1, round(min(h, w) / 8)) if augment else 0  # 4 px at 32, 4 at 28, 1 at 8
+    do_flip = augment and (spec.kind != "digits" if flip is None else flip)
+    gen = torch.Generator().manual_seed(seed)
+
+    console.print(f"[bold]{model_key}[/] ({params_m:.2f} M params) on {splits.spec}: "
+                  f"{len(x_train)} train / {len(x_val)} val / {len(x_test)} test images, "
+                  f"input {input_shape}, {splits.num_classes} classes, {epochs} epochs, device {dev}")
+    val_history: list[float] = []
+    start = time.perf_counter()
+    columns = (TextColumn("[bold blue]{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=True, disable=not verbose) as progress:
+        for epoch in range(epochs):
+            task = progress.add_task(f"epoch {epoch + 1}/{epochs}", total=steps_per_epoch, stats="")
+            model.train()
+            seen, correct, loss_sum = 0, 0, 0.0
+            epoch_start = time.perf_counter()
+            for xb, yb in batches(x_train, y_train, batch_size, shuffle=True, seed=seed * 1000 + epoch):
+                inputs = torch.from_numpy(xb)  # (B, C, H, W)
+                if augment:
+                    inputs = _augment(inputs, pad, do_flip, gen)
+                inputs, target = inputs.to(dev), torch.from_numpy(yb).to(dev)
+                logits = model(inputs)
+                loss = F.cross_entropy(logits, target)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+                seen += len(yb)
+                loss_sum += float(loss) * len(yb)
+                correct += int((logits.argmax(1) == target).sum())
+                progress.update(task, advance=1,
+                                stats=f"loss {loss_sum / seen:.3f} acc {correct / seen:.1%}")
+            val_acc, val_loss = evaluate(model, x_val, y_val, device=dev)
+            val_history.append(val_acc)
+            progress.remove_task(task)
+            console.print(f"epoch {epoch + 1:>3}/{epochs}  loss {loss_sum / seen:.4f}  "
+                          f"train {correct / seen:.2%}  val {val_acc:.2%} (loss {val_loss:.4f})  "
+                          f"{time.perf_counter() - epoch_start:.0f}s")
+    train_seconds = time.perf_counter() - start
+    test_acc, test_loss = evaluate(model, x_test, y_test, device=dev)
+    split_note = "held-out test set" if splits.held_out_test else "test split"
+    console.print(f"[bold]test top-1 {test_acc:.2%}[/] (loss {test_loss:.4f}, {len(x_test)} images, "
+                  f"{split_note}); trained in {train_seconds:.0f}s")
+
+    model = model.cpu().eval()
+    onnx_path = json_path = None
+    if export:
+        out = Path(out_dir).expanduser() if out_dir is not None else default_out_dir()
+        stem = name or f"{model_key}_{_data_slug(spec)}"
+        onnx_path = export_onnx(model, input_shape, out / f"{stem}.onnx")
+        json_path = out / f"{stem}.json"
+        _write_json(json_path, {
+            "arch": model_key,
+            "data": splits.spec,
+            "epochs": epochs,
+            "test_top1": round(test_acc, 6),
+            "train_seconds": round(train_seconds, 2),
+            "torch": torch.__version__,
+            "val_top1": [round(v, 6) for v in val_history],
+            "test_images": len(x_test),
+            "held_out_test": splits.held_out_test,
+            "train_images": len(x_train),
+            "input_shape": list(input_shape),
+            "num_classes": splits.num_classes,
+            "preprocessing": {"layout": "nchw", "scale": "[0, 1]", "mean": None, "std": None},
+            "batch_size": batch_size,
+            "lr": lr,
+            "weight_decay": weight_decay,
+            "seed": seed,
+            "device": str(dev),
+            "threads": torch.get_num_threads(),
+            "onnx": onnx_path.name,
+        })
+        console.print(f"wrote {onnx_path} and {json_path.name}")
+    return TrainResult(arch=model_key, data=splits.spec, epochs=epochs, test_top1=test_acc,
+                       val_top1=tuple(val_history), train_seconds=train_seconds,
+                       input_shape=input_shape, num_classes=splits.num_classes,
+                       train_images=len(x_train), onnx_path=onnx_path, json_path=json_path,
+                       model=model)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point; returns the exit code (0 ok, 2 bad input)."""
+    parser = argparse.ArgumentParser(prog="python -m models.train", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--arch", required=True, choices=sorted(ARCHS))
+    parser.add_argument("--data", default="fashion-mnist", help="data spec (default: fashion-mnist)")
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--lr", type=float, default=0.1)
+    parser.add_argument("--weight-decay", type=float, default=5e-4)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default=None, help=f"output folder (default: {default_out_dir()})")
+    parser.add_argument("--name", default=None, help="file stem (default: ARCH_DATA)")
+    parser.add_argument("--max-train-images", type=int, default=None)
+    parser.add_argument("--input-size", type=int, default=None, help="resize to SIZE x SIZE")
+    parser.add_argument("--in-channels", type=int, choices=(1, 3), default=None)
+    parser.add_argument("--no-augment", action="store_true")
+    parser.add_argument("--no-flip", action="store_true")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        train(args.arch, args.data, args.epochs, batch_size=args.batch_size, lr=args.lr,
+              weight_decay=args.weight_decay, seed=args.seed, out_dir=args.out, name=args.name,
+              max_train_images=args.max_train_images, input_size=args.input_size,
+              in_channels=args.in_channels, augment=not args.no_augment,
+              flip=False if args.no_flip else None, device=args.device)
+    except (OnnxPruneError, DataError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,164 @@
+"""`onnxprune` command line: a thin layer over `onnxprune.api`.
+
+Exit codes: 0 success, 2 bad usage or bad input (one line on stderr), 1 internal error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Sequence
+
+from onnxprune import __version__
+from onnxprune.errors import OnnxPruneError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2
+        self.exit(2, f"onnxprune: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _fraction(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="onnxprune", description="Structured channel pruning of CNNs given as ONNX files.")
+    p.add_argument("--version", action="version", version=f"onnxprune {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    a = sub.add_parser("analyze", help="channel groups, MACs and params of a model")
+    a.add_argument("model")
+    a.add_argument("--json", metavar="OUT.json", help="write the analysis as JSON")
+    a.add_argument("--input-shape", action="append", metavar="NAME:1x3x224x224",
+                   help="static shape for an input with dynamic dimensions (repeatable)")
+
+    pr = sub.add_parser("prune", help="prune channels and write a smaller, verified ONNX model")
+    pr.add_argument("model")
+    pr.add_argument("-o", "--output", required=True, metavar="OUT.onnx")
+    pr.add_argument("--method", default="l1",
+                    choices=["l1", "l2", "bn", "taylor", "random", "gat-ppo", "rl-pruner", "sacp"])
+    target = pr.add_mutually_exclusive_group(required=True)
+    target.add_argument("--target-flops", type=_fraction, metavar="F",
+                        help="keep at most F (0 < F <= 1) of the original MACs")
+    target.add_argument("--sparsity", type=_fraction, metavar="S",
+                        help="remove a fraction S of the channels of every prunable group")
+    pr.add_argument("--global", dest="global_ranking", action="store_true",
+                    help="rank all channels together instead of the same fraction per group")
+    pr.add_argument("--round-to", type=int, default=1, metavar="K", help="kept channel counts multiple of K")
+    pr.add_argument("--exclude", nargs="+", default=[], metavar="NODE", help="node names never pruned")
+    pr.add_argument("--seed", type=int, default=0)
+    pr.add_argument("--report", metavar="OUT.json", help="write groups, kept channels, MACs before/after")
+    pr.add_argument("--verify", dest="verify", action="store_true", default=True,
+                    help="check equivalence with the masked original (default: on)")
+    pr.add_argument("--no-verify", dest="verify", action="store_false")
+    pr.add_argument("--input-shape", action="append", metavar="NAME:1x3x224x224")
+    pr.add_argument("--data", metavar="SPEC", help="dataset (for data-driven methods)")
+    pr.add_argument("--finetune-epochs", type=int, default=0, metavar="N")
+
+    b = sub.add_parser("bench", help="onnxruntime latency of one or more models")
+    b.add_argument("models", nargs="+")
+    b.add_argument("--provider", choices=["cpu", "cuda", "tensorrt"], default="cpu")
+    b.add_argument("--batch", type=int, nargs="+", default=[1], metavar="B")
+    b.add_argument("--threads", type=int, default=0, help="intra-op threads (0: onnxruntime default)")
+    b.add_argument("--warmup", type=int, default=5)
+    b.add_argument("--runs", type=int, default=30)
+    b.add_argument("--input-shape", action="append", metavar="NAME:1x3x224x224")
+    b.add_argument("--json", metavar="OUT.json")
+    return p
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(), Console(stderr=True)
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from onnxprune.api import check_output_paths, save_json
+    from onnxprune.deps import analyze
+    from onnxprune.ir import parse_input_shapes
+    from onnxprune.report import analysis_table
+
+    check_output_paths(args.model, [args.json])
+    analysis = analyze(args.model, parse_input_shapes(args.input_shape))
+    out, _ = _console()
+    out.print(analysis_table(analysis))
+    if args.json:
+        save_json(analysis.to_json(), args.json)
+        out.print(f"wrote {args.json}")
+    return 0
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    from onnxprune.api import PruneConfig, check_output_paths, prune, save_json, save_model
+    from onnxprune.ir import parse_input_shapes
+    from onnxprune.report import prune_summary
+
+    check_output_paths(args.model, [args.output, args.report])
+    if args.data or args.finetune_epochs:
+        from onnxprune.errors import InputError
+
+        raise InputError("--data/--finetune-epochs need the PyTorch copy, not available in this version")
+    cfg = PruneConfig(
+        method=args.method, sparsity=args.sparsity, target_flops=args.target_flops,
+        global_ranking=args.global_ranking, round_to=args.round_to, seed=args.seed,
+        exclude=tuple(args.exclude), verify=args.verify, input_shapes=parse_input_shapes(args.input_shape),
+    )
+    out, err = _console()
+    with err.status("pruning") as status:
+        result = prune(args.model, cfg, progress=lambda msg: status.update(msg))
+    save_model(result.model, args.output)
+    if args.report:
+        save_json(result.report(), args.report)
+    out.print(prune_summary(result, args.output))
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from onnxprune.api import save_json
+    from onnxprune.bench import BenchConfig, benchmark_models, format_table, results_to_json
+    from onnxprune.ir import parse_input_shapes
+
+    cfg = BenchConfig(provider=args.provider, batch_sizes=tuple(args.batch), threads=args.threads,
+                      warmup=args.warmup, runs=args.runs)
+    out, err = _console()
+    with err.status(f"benchmarking {len(args.models)} model(s) on {args.provider}"):
+        results = benchmark_models(args.models, cfg, parse_input_shapes(args.input_shape))
+    out.print(format_table(results))
+    for r in results:
+        if r.fell_back:
+            err.print(f"note: {r.provider_requested} was requested but unavailable; ran on {r.provider_used}")
+            break
+    if args.json:
+        save_json(results_to_json(results), args.json)
+    return 0
+
+
+COMMANDS = {"analyze": cmd_analyze, "prune": cmd_prune, "bench": cmd_bench}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except OnnxPruneError as exc:
+        print(f"onnxprune: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("onnxprune: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug: say so in one line unless debugging
+        if os.environ.get("ONNXPRUNE_DEBUG"):
+            raise
+        print(f"onnxprune: internal error: {type(exc).__name__}: {exc} "
+              "(set ONNXPRUNE_DEBUG=1 for a traceback and please report it)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,123 @@
+"""Turning unit scores into a keep mask: uniform and global allocation, MACs targets.
+
+`uniform`: the same fraction of units leaves every prunable group. `global`: all prunable units
+are ranked together (scores normalized per group) with a minimum kept per group. A MACs target
+is met by bisection on the sparsity, using the cost model (no rewrite).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from onnxprune.deps import Analysis, ChannelGroup
+from onnxprune.errors import InputError, UnsupportedModelError
+
+MIN_KEEP_FRACTION = 0.05
+
+
+@dataclass(frozen=True)
+class AllocationConfig:
+    sparsity: float | None = None  # fraction of units removed
+    target_flops: float | None = None  # fraction of MACs kept (at most)
+    global_ranking: bool = False
+    round_to: int = 1
+    min_keep_fraction: float = MIN_KEEP_FRACTION
+
+    def __post_init__(self) -> None:
+        if (self.sparsity is None) == (self.target_flops is None):
+            raise InputError("give exactly one of --sparsity and --target-flops")
+        if self.sparsity is not None and not 0.0 <= self.sparsity < 1.0:
+            raise InputError(f"--sparsity must be in [0, 1), got {self.sparsity}")
+        if self.target_flops is not None and not 0.0 < self.target_flops <= 1.0:
+            raise InputError(f"--target-flops must be in (0, 1], got {self.target_flops}")
+        if self.round_to < 1:
+            raise InputError(f"--round-to must be >= 1, got {self.round_to}")
+
+
+def _kept_count(group: ChannelGroup, fraction_kept: float, round_to: int, min_keep: float) -> int:
+    n = group.units
+    want = max(fraction_kept * n, min_keep * n, 1.0)
+    k = int(math.ceil(want - 1e-9))
+    if round_to > 1 and n >= round_to:
+        k = int(round_to * math.ceil(k / round_to))
+    return min(max(k, 1), n)
+
+
+def uniform_keep(analysis: Analysis, scores: np.ndarray, sparsity: float, round_to: int = 1,
+                 min_keep: float = MIN_KEEP_FRACTION) -> np.ndarray:
+    """Keep the best `1 - sparsity` of the units of every prunable group."""
+    keep = analysis.full_keep()
+    for g in analysis.prunable():
+        k = _kept_count(g, 1.0 - sparsity, round_to, min_keep)
+        local = scores[g.unit_slice]
+        order = np.argsort(-local, kind="stable")
+        mask = np.zeros(g.units, dtype=bool)
+        mask[order[:k]] = True
+        keep[g.unit_slice] = mask
+    return keep
+
+
+def global_keep(analysis: Analysis, scores: np.ndarray, sparsity: float, round_to: int = 1,
+                min_keep: float = MIN_KEEP_FRACTION) -> np.ndarray:
+    """Remove the globally least important `sparsity` share of all prunable units."""
+    keep = analysis.full_keep()
+    groups = analysis.prunable()
+    if not groups:
+        return keep
+    normed = []
+    for g in groups:
+        local = scores[g.unit_slice].astype(np.float64)
+        scale = local.mean() if local.size and local.mean() > 0 else 1.0
+        normed.append(local / scale)
+    flat = np.concatenate(normed)
+    n_remove = int(round(sparsity * flat.size))
+    if n_remove == 0:
+        return keep
+    threshold = np.partition(flat, n_remove - 1)[n_remove - 1]
+    for g, local in zip(groups, normed):
+        below = int((local <= threshold).sum())
+        k = _kept_count(g, 1.0 - below / g.units, round_to, min_keep)
+        order = np.argsort(-local, kind="stable")
+        mask = np.zeros(g.units, dtype=bool)
+        mask[order[:k]] = True
+        keep[g.unit_slice] = mask
+    return keep
+
+
+def allocate(analysis: Analysis, scores: np.ndarray, cfg: AllocationConfig) -> np.ndarray:
+    """The keep mask for a sparsity or a MACs target (bisection on the sparsity)."""
+    pick = global_keep if cfg.global_ranking else uniform_keep
+    if not analysis.prunable():
+        raise UnsupportedModelError("no prunable channel group in this model (see `onnxprune analyze`)")
+    if cfg.sparsity is not None:
+        return pick(analysis, scores, cfg.sparsity, cfg.round_to, cfg.min_keep_fraction)
+    full = analysis.macs
+    target = cfg.target_flops * full  # type: ignore[operator]
+
+    def macs_at(s: float) -> tuple[int, np.ndarray]:
+        keep = pick(analysis, scores, s, cfg.round_to, cfg.min_keep_fraction)
+        return analysis.cost.macs(keep), keep
+
+    macs, keep = macs_at(0.0)
+    if macs <= target:
+        return keep
+    hi_macs, hi_keep = macs_at(1.0 - 1e-9)
+    if hi_macs > target:
+        raise UnsupportedModelError(
+            f"--target-flops {cfg.target_flops} is out of reach: pruning every prunable group to its "
+            f"minimum keeps {hi_macs / full:.3f} of the MACs"
+        )
+    lo, hi, best = 0.0, 1.0 - 1e-9, hi_keep
+    for _ in range(40):
+        mid = 0.5 * (lo + hi)
+        m, k = macs_at(mid)
+        if m <= target:
+            hi, best = mid, k
+        else:
+            lo = mid
+        if hi - lo < 1e-5:
+            break
+    return best
