@@ -16,6 +16,7 @@ import os
 import re
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +28,7 @@ from torch import nn
 
 from models.cifar import ARCHS, build
 from onnxprune.data import DataSpec, Splits, batches, load_dataset, parse_data_spec
-from onnxprune.errors import DataError, OnnxPruneError
+from onnxprune.errors import OnnxPruneError
 
 __all__ = ["TrainResult", "default_out_dir", "evaluate", "export_onnx", "main", "train"]
 
@@ -97,31 +98,42 @@ def _augment(x: torch.Tensor, pad: int, flip: bool, gen: torch.Generator) -> tor
 
 @torch.no_grad()
 def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, *, batch_size: int = 512,
-             device: str | torch.device = "cpu") -> tuple[float, float]:
+             device: str | torch.device = "cpu",
+             memory_format: torch.memory_format = torch.contiguous_format) -> tuple[float, float]:
     """Top-1 accuracy and mean cross-entropy of `model` on (x, y); (nan, nan) when empty."""
     if len(x) == 0:
         return float("nan"), float("nan")
     model.eval()
     correct, loss_sum = 0, 0.0
     for xb, yb in batches(x, y, batch_size):
-        logits = model(torch.from_numpy(xb).to(device))
+        logits = model(torch.from_numpy(xb).to(device).contiguous(memory_format=memory_format))
         target = torch.from_numpy(yb).to(device)
         loss_sum += float(F.cross_entropy(logits, target, reduction="sum"))
         correct += int((logits.argmax(1) == target).sum())
     return correct / len(x), loss_sum / len(x)
 
 
-def export_onnx(model: nn.Module, input_shape: Sequence[int], path: str | os.PathLike[str]) -> Path:
-    """Export `model` (TorchScript exporter, opset 17, dynamic batch) to `path`, atomically."""
+def export_onnx(model: nn.Module, input_shape: Sequence[int], path: str | os.PathLike[str], *,
+                fold_bn: bool = False) -> Path:
+    """Export `model` (TorchScript exporter, opset 17, dynamic batch N) to `path`, atomically.
+
+    The model is exported in eval mode. By default BatchNormalization nodes are kept (the
+    exporter's `TrainingMode.PRESERVE`; BN scales are a pruning criterion); `fold_bn=True` uses
+    the exporter's default `TrainingMode.EVAL`, which folds each BatchNorm into its Conv.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    model = model.eval().cpu()
+    model = model.eval().cpu().to(memory_format=torch.contiguous_format)
     x = torch.zeros(*input_shape)
     try:
-        torch.onnx.export(model, (x,), str(tmp), dynamo=False, opset_version=17,
-                          input_names=["input"], output_names=["logits"],
-                          dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}})
+        mode = torch.onnx.TrainingMode.EVAL if fold_bn else torch.onnx.TrainingMode.PRESERVE
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=DeprecationWarning)  # legacy exporter
+            warnings.filterwarnings("ignore", message=".*constant.folding.*")
+            torch.onnx.export(model, (x,), str(tmp), dynamo=False, opset_version=17, training=mode,
+                              input_names=["input"], output_names=["logits"],
+                              dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}})
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -152,7 +164,9 @@ def train(
     augment: bool = True,
     flip: bool | None = None,
     device: str = "auto",
+    channels_last: bool | None = None,
     export: bool = True,
+    fold_bn: bool = False,
     verbose: bool = True,
 ) -> TrainResult:
     """Train `arch` on `data_spec` and (by default) export it to ONNX with a JSON record.
@@ -171,7 +185,10 @@ def train(
         augment: random crop with padding (and flip, see `flip`).
         flip: random horizontal flips; default on, except for digits.
         device: "auto" (CUDA when available), "cpu" or "cuda".
+        channels_last: train in channels-last memory format (default: on CPU, where it is about
+            1.6x faster for ResNet-20 and 2x for MobileNetV2).
         export: write the ONNX file and its JSON record.
+        fold_bn: fold BatchNorm into Conv in the ONNX file (default: keep BatchNormalization).
         verbose: show a progress bar and per-epoch lines (rich).
 
     Raises:
@@ -206,6 +223,9 @@ def train(
 
     torch.manual_seed(seed)
     model = build(model_key, in_channels=int(c), num_classes=splits.num_classes).to(dev)
+    use_cl = dev.type == "cpu" if channels_last is None else channels_last
+    mem_format = torch.channels_last if use_cl else torch.contiguous_format
+    model = model.to(memory_format=mem_format)
     params_m = sum(p.numel() for p in model.parameters()) / 1e6
     steps_per_epoch = -(-len(x_train) // batch_size)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum,
@@ -232,7 +252,8 @@ def train(
                 inputs = torch.from_numpy(xb)  # (B, C, H, W)
                 if augment:
                     inputs = _augment(inputs, pad, do_flip, gen)
-                inputs, target = inputs.to(dev), torch.from_numpy(yb).to(dev)
+                inputs = inputs.to(dev).contiguous(memory_format=mem_format)
+                target = torch.from_numpy(yb).to(dev)
                 logits = model(inputs)
                 loss = F.cross_entropy(logits, target)
                 optimizer.zero_grad(set_to_none=True)
@@ -240,28 +261,28 @@ def train(
                 optimizer.step()
                 scheduler.step()
                 seen += len(yb)
-                loss_sum += float(loss) * len(yb)
+                loss_sum += loss.item() * len(yb)
                 correct += int((logits.argmax(1) == target).sum())
                 progress.update(task, advance=1,
                                 stats=f"loss {loss_sum / seen:.3f} acc {correct / seen:.1%}")
-            val_acc, val_loss = evaluate(model, x_val, y_val, device=dev)
+            val_acc, val_loss = evaluate(model, x_val, y_val, device=dev, memory_format=mem_format)
             val_history.append(val_acc)
             progress.remove_task(task)
             console.print(f"epoch {epoch + 1:>3}/{epochs}  loss {loss_sum / seen:.4f}  "
                           f"train {correct / seen:.2%}  val {val_acc:.2%} (loss {val_loss:.4f})  "
                           f"{time.perf_counter() - epoch_start:.0f}s")
     train_seconds = time.perf_counter() - start
-    test_acc, test_loss = evaluate(model, x_test, y_test, device=dev)
+    test_acc, test_loss = evaluate(model, x_test, y_test, device=dev, memory_format=mem_format)
     split_note = "held-out test set" if splits.held_out_test else "test split"
     console.print(f"[bold]test top-1 {test_acc:.2%}[/] (loss {test_loss:.4f}, {len(x_test)} images, "
                   f"{split_note}); trained in {train_seconds:.0f}s")
 
-    model = model.cpu().eval()
+    model = model.cpu().eval().to(memory_format=torch.contiguous_format)
     onnx_path = json_path = None
     if export:
         out = Path(out_dir).expanduser() if out_dir is not None else default_out_dir()
         stem = name or f"{model_key}_{_data_slug(spec)}"
-        onnx_path = export_onnx(model, input_shape, out / f"{stem}.onnx")
+        onnx_path = export_onnx(model, input_shape, out / f"{stem}.onnx", fold_bn=fold_bn)
         json_path = out / f"{stem}.json"
         _write_json(json_path, {
             "arch": model_key,
@@ -284,6 +305,7 @@ def train(
             "device": str(dev),
             "threads": torch.get_num_threads(),
             "onnx": onnx_path.name,
+            "bn_folded": fold_bn,
         })
         console.print(f"wrote {onnx_path} and {json_path.name}")
     return TrainResult(arch=model_key, data=splits.spec, epochs=epochs, test_top1=test_acc,
@@ -311,6 +333,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-augment", action="store_true")
     parser.add_argument("--no-flip", action="store_true")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--fold-bn", action="store_true",
+                        help="fold BatchNorm into Conv in the ONNX file (default: keep BatchNormalization)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = parser.parse_args(argv)
     if args.threads:
@@ -320,8 +344,8 @@ def main(argv: Sequence[str] | None = None) -> int:
               weight_decay=args.weight_decay, seed=args.seed, out_dir=args.out, name=args.name,
               max_train_images=args.max_train_images, input_size=args.input_size,
               in_channels=args.in_channels, augment=not args.no_augment,
-              flip=False if args.no_flip else None, device=args.device)
-    except (OnnxPruneError, DataError) as exc:
+              flip=False if args.no_flip else None, device=args.device, fold_bn=args.fold_bn)
+    except OnnxPruneError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

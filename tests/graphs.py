@@ -138,7 +138,20 @@ class GraphBuilder:
             initializer=self.initializers,
         )
         opsets = [helper.make_opsetid("", opset)] + [helper.make_opsetid(d, v) for d, v in extra_opsets]
-        return helper.make_model(graph, ir_version=ir_version, opset_imports=opsets, producer_name="tests.graphs")
+        model = helper.make_model(graph, ir_version=ir_version, opset_imports=opsets, producer_name="tests.graphs")
+        _declare_output_shapes(model)
+        return model
+
+
+def _declare_output_shapes(model: onnx.ModelProto) -> None:
+    """Give graph outputs the shapes shape inference finds (the checker wants one); rank 4 if unknown."""
+    inferred = onnx.shape_inference.infer_shapes(model)
+    found = {vi.name: vi for vi in inferred.graph.output if vi.type.tensor_type.HasField("shape")}
+    for out in model.graph.output:
+        if out.name in found:
+            out.CopyFrom(found[out.name])
+        else:  # after an op shape inference does not know (custom domain)
+            out.CopyFrom(helper.make_tensor_value_info(out.name, TensorProto.FLOAT, [None] * 4))
 
 
 # --- plain chains ----------------------------------------------------------------------------
@@ -263,8 +276,9 @@ def concat_spatial() -> onnx.ModelProto:
     return b.model([b.conv(cat, "conv_c", 6, 4)])
 
 
-def split_channels(sizes: Sequence[int] | None = (3, 5)) -> onnx.ModelProto:
-    """Split conv0's 8 channels into parts (sizes given as the opset-13+ input, or equal halves).
+def split_channels(sizes: Sequence[int] | None = (3, 5), opset: int = 17) -> onnx.ModelProto:
+    """Split conv0's 8 channels into parts: sizes given as the opset-13+ input (an attribute before
+    opset 13), or equal halves (no sizes; from opset 18 with the `num_outputs` attribute).
 
     ```
     x ─ conv0 3->8 ─ split Split(axis=1, sizes) ─┬─ part 0 ─ conv_a ─ y0
@@ -274,26 +288,34 @@ def split_channels(sizes: Sequence[int] | None = (3, 5)) -> onnx.ModelProto:
     b = GraphBuilder()
     h = b.conv(b.input(), "conv0", 3, 8)
     parts = list(sizes) if sizes is not None else [4, 4]
-    inputs = [h] + ([b.const("split.sizes", np.array(parts, np.int64))] if sizes is not None else [])
-    b.op("Split", inputs, "split", outputs=2, axis=1)
+    attrs: dict[str, Any] = {"num_outputs": 2} if sizes is None and opset >= 18 else {}
+    if sizes is not None and opset < 13:  # the `split` attribute of opset 2-12
+        inputs, attrs = [h], {"split": parts}
+    else:
+        inputs = [h] + ([b.const("split.sizes", np.array(parts, np.int64))] if sizes is not None else [])
+    b.op("Split", inputs, "split", outputs=2, axis=1, **attrs)
     first, second = b.outputs_of("split", 2)
-    return b.model([b.conv(first, "conv_a", parts[0], 4), b.conv(second, "conv_b", parts[1], 4)])
+    return b.model([b.conv(first, "conv_a", parts[0], 4), b.conv(second, "conv_b", parts[1], 4)], opset=opset)
 
 
-def slice_channels(start: int = 2, end: int = 6) -> onnx.ModelProto:
-    """Slice channels [start, end) of conv0 (negative and huge bounds allowed, ONNX-style).
+def slice_channels(start: int = 2, end: int = 6, axis: int = 1, opset: int = 17) -> onnx.ModelProto:
+    """Slice channels [start, end) of conv0 (negative and huge bounds allowed, ONNX-style);
+    bounds are inputs from opset 10, attributes before.
 
     ```
-    x ─ conv0 3->8 ─ cut Slice(axes=[1], starts=[start], ends=[end]) ─ conv1 ->4 ─ y
+    x ─ conv0 3->8 ─ cut Slice(axes=[axis], starts=[start], ends=[end]) ─ conv1 ->4 ─ y
     ```
     """
     b = GraphBuilder()
     h = b.conv(b.input(), "conv0", 3, 8)
-    cut = b.op("Slice", [h, b.const("cut.starts", np.array([start], np.int64)),
-                         b.const("cut.ends", np.array([end], np.int64)),
-                         b.const("cut.axes", np.array([1], np.int64))], "cut")
+    if opset < 10:
+        cut = b.op("Slice", [h], "cut", starts=[start], ends=[end], axes=[axis])
+    else:
+        cut = b.op("Slice", [h, b.const("cut.starts", np.array([start], np.int64)),
+                             b.const("cut.ends", np.array([end], np.int64)),
+                             b.const("cut.axes", np.array([axis], np.int64))], "cut")
     kept = len(range(8)[slice(start, end)])
-    return b.model([b.conv(cut, "conv1", kept, 4)])
+    return b.model([b.conv(cut, "conv1", kept, 4)], opset=opset)
 
 
 # --- depthwise / grouped ---------------------------------------------------------------------
@@ -423,6 +445,84 @@ def reduce_mean_gemm() -> onnx.ModelProto:
     return b.model([b.gemm(h, "fc", 8, 10)])
 
 
+def conv_transpose() -> onnx.ModelProto:
+    """A ConvTranspose consumes conv0's channels (weight axis 0) and produces its own (axis 1).
+
+    ```
+    x ─ conv0 3->8 ─ up ConvTranspose 8->4 (k2, s2) (N,4,16,16) ─ conv2 4->4 ─ y
+    ```
+    """
+    b = GraphBuilder()
+    h = b.conv(b.input(), "conv0", 3, 8)
+    h = b.op("ConvTranspose", [h, b.weight("up.weight", (8, 4, 2, 2)), b.weight("up.bias", (4,))], "up",
+             kernel_shape=[2, 2], strides=[2, 2])
+    return b.model([b.conv(h, "conv2", 4, 4)])
+
+
+def spatial_attention() -> onnx.ModelProto:
+    """CBAM-style spatial attention: a 1-channel map scales every channel of conv0 (broadcast).
+
+    conv0's channels stay prunable; conv_s's single channel cannot be removed.
+
+    ```
+    x ─ conv0 3->8 ─ relu0 ─┬─────────────────────────────────────────┐
+                            └─ conv_s 8->1 ─ gate Sigmoid (N,1,8,8) ─┴─ scale Mul ─ conv2 8->4 ─ y
+    ```
+    """
+    b = GraphBuilder()
+    h = b.op("Relu", [b.conv(b.input(), "conv0", 3, 8)], "relu0")
+    s = b.op("Sigmoid", [b.conv(h, "conv_s", 8, 1)], "gate")
+    return b.model([b.conv(b.op("Mul", [h, s], "scale"), "conv2", 8, 4)])
+
+
+def matmul_spatial() -> onnx.ModelProto:
+    """A MatMul by a constant over the last axis (W): channels pass through on axis 1.
+
+    ```
+    x ─ conv0 3->8 ─ mix MatMul (8,8) over W (N,8,8,8) ─ conv1 8->4 ─ y
+    ```
+    """
+    b = GraphBuilder()
+    h = b.conv(b.input(), "conv0", 3, 8)
+    h = b.op("MatMul", [h, b.weight("mix.weight", (8, 8))], "mix")
+    return b.model([b.conv(h, "conv1", 8, 4)])
+
+
+def reshape_computed(channel_entry: int = -1) -> onnx.ModelProto:
+    """`x.view(x.size(0), -1)` as the torchscript exporter writes it with a dynamic batch.
+
+    The shape is computed: Concat(batch from Shape, constant [channel_entry]). With -1 the Reshape
+    follows any channel count; with 64 (a literal C*H*W) the constant names the channel count.
+
+    ```
+    x ─ conv0 3->4 ─ pool MaxPool 2x2 (N,4,4,4) ─┬─────────────────────────────── flat Reshape ─ fc 64->10 ─ y
+                                                 └─ shape ─ batch Gather(0) ─ unsq ─ dims Concat ─┘
+                                                                                [channel_entry] ┘
+    ```
+    """
+    b = GraphBuilder()
+    h = b.op("MaxPool", [b.conv(b.input(), "conv0", 3, 4)], "pool", kernel_shape=[2, 2], strides=[2, 2])
+    n = b.op("Gather", [b.op("Shape", [h], "shape"), b.const("batch.index", np.array(0, np.int64))], "batch",
+             axis=0)
+    n = b.op("Unsqueeze", [n, b.const("unsq.axes", np.array([0], np.int64))], "unsq")
+    dims = b.op("Concat", [n, b.const("dims.rest", np.array([channel_entry], np.int64))], "dims", axis=0)
+    h = b.op("Reshape", [h, dims], "flat")
+    return b.model([b.gemm(h, "fc", 64, 10)])
+
+
+def expand_spatial() -> onnx.ModelProto:
+    """Expand of a pooled (N,8,1,1) tensor along W with a 2-entry shape that does not reach the channels.
+
+    ```
+    x ─ conv0 3->8 ─ gap (N,8,1,1) ─ wide Expand([1, 8]) (N,8,1,8) ─ conv1 8->4 ─ y
+    ```
+    """
+    b = GraphBuilder()
+    h = b.op("GlobalAveragePool", [b.conv(b.input(), "conv0", 3, 8)], "gap")
+    h = b.op("Expand", [h, b.const("wide.shape", np.array([1, 8], np.int64))], "wide")
+    return b.model([b.conv(h, "conv1", 8, 4)])
+
+
 # --- shuffles and channels-last blocks -------------------------------------------------------
 
 def channel_shuffle() -> onnx.ModelProto:
@@ -550,8 +650,10 @@ def pad_channels() -> onnx.ModelProto:
     return b.model([b.conv(h, "conv1", 10, 4)])
 
 
-def softmax_channels() -> onnx.ModelProto:
+def softmax_channels(opset: int = 17) -> onnx.ModelProto:
     """Softmax over the channels: every channel depends on all others, conv0's group freezes.
+
+    (Before opset 13, Softmax(axis=1) normalizes over C*H*W together: it freezes too.)
 
     ```
     x ─ conv0 3->8 ─ soft Softmax(axis=1) ─ conv1 8->4 ─ y
@@ -559,11 +661,13 @@ def softmax_channels() -> onnx.ModelProto:
     """
     b = GraphBuilder()
     h = b.op("Softmax", [b.conv(b.input(), "conv0", 3, 8)], "soft", axis=1)
-    return b.model([b.conv(h, "conv1", 8, 4)])
+    return b.model([b.conv(h, "conv1", 8, 4)], opset=opset)
 
 
 def unknown_op(kind: Literal["custom", "GridSample"] = "custom") -> onnx.ModelProto:
     """An op no rule knows (a custom-domain op, or GridSample) between two convs: conv0's group freezes.
+
+    The GridSample variant has a static batch (its constant grid has batch 1).
 
     ```
     x ─ conv0 3->8 ─ odd (com.example.Mystery | GridSample with a constant grid) ─ conv1 8->4 ─ y
@@ -575,6 +679,7 @@ def unknown_op(kind: Literal["custom", "GridSample"] = "custom") -> onnx.ModelPr
         h = b.op("Mystery", [h], "odd", domain=CUSTOM_DOMAIN)
         return b.model([b.conv(h, "conv1", 8, 4)], extra_opsets=[(CUSTOM_DOMAIN, 1)])
     grid = b.const("odd.grid", b.rng.uniform(-1, 1, size=(1, 8, 8, 2)).astype(np.float32))
+    b.inputs[0].CopyFrom(helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8]))  # grid has batch 1
     h = b.op("GridSample", [h, grid], "odd")
     return b.model([b.conv(h, "conv1", 8, 4)])
 
@@ -617,6 +722,18 @@ def all_builders() -> dict[str, Callable[[], onnx.ModelProto]]:
         "concat_spatial": concat_spatial,
         "split_channels": split_channels,
         "split_equal": lambda: split_channels(None),
+        "split_num_outputs": lambda: split_channels(None, opset=18),
+        "concat_channels_negative_axis": lambda: concat_channels(-3),
+        "slice_channels_negative": lambda: slice_channels(-5, 2**63 - 1, axis=-3),
+        "slice_channels_opset9": lambda: slice_channels(opset=9),
+        "split_channels_opset11": lambda: split_channels(opset=11),
+        "softmax_channels_opset11": lambda: softmax_channels(opset=11),
+        "conv_transpose": conv_transpose,
+        "spatial_attention": spatial_attention,
+        "matmul_spatial": matmul_spatial,
+        "reshape_computed": reshape_computed,
+        "reshape_computed_literal": lambda: reshape_computed(64),
+        "expand_spatial": expand_spatial,
         "slice_channels": slice_channels,
         "depthwise": depthwise,
         "depthwise_x2": lambda: depthwise(2),

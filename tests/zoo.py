@@ -54,9 +54,11 @@ Exporter = Literal["torchscript", "dynamo"]
 EXPORTERS: tuple[Exporter, ...] = ("torchscript", "dynamo")
 
 #: numerical check of every export against torch (onnxruntime CPU, graph optimizations off):
-#: |onnx - torch| <= ATOL * max(1, max|torch|) + RTOL * |torch|. The absolute part scales with the
-#: output: random-weight deep nets (resnet101, wide_resnet*, resnext101) reach logits of 1e4-1e5,
-#: where float32 rounding alone exceeds a fixed 1e-4 on the near-zero logits.
+#: |onnx - torch| <= ATOL * max|torch| + RTOL * |torch|, i.e. the absolute part is relative to the
+#: output's range. With random weights the logits' range spans 19 decades across the zoo
+#: (efficientnet_b0 ~4e-14, mobilenets ~1e-9, wide_resnet101_2 ~1e5): a fixed atol of 1e-4 would
+#: pass any export of the former and fail correct exports of the latter (float32 rounding alone
+#: gives |diff| ~4e-2 there). Correct exports agree to ~1e-6 of the range.
 ATOL = 1e-4
 RTOL = 1e-3
 
@@ -109,8 +111,10 @@ def _entry(
     return name, ZooEntry(name, _tv(name, **kwargs), (1, 3, size, size), big)
 
 
-# `big` was set from benchmarks/export_zoo.py on 2 CPU cores (torch 2.14.1): file > 150 MB or
-# both exports together > ~40 s. See the report in that script's docstring.
+# `big` was set from `python -m benchmarks.export_zoo` (torch 2.14.1, 2 shared CPU cores): a file
+# over 150 MB, or both exports together over 12 s of CPU time (inception_v3, efficientnet_v2_s).
+# Every export took <= 15 s wall; densenet121 (10 s CPU) and convnext_tiny (114 MB, 7 s CPU) are
+# the largest models left in the fast stage.
 ZOO: dict[str, ZooEntry] = dict(
     [
         # ResNet family
@@ -138,7 +142,7 @@ ZOO: dict[str, ZooEntry] = dict(
         _entry("regnet_x_400mf"),
         _entry("regnet_y_400mf"),
         # concat-heavy
-        _entry("densenet121", big=True),
+        _entry("densenet121"),
         _entry("googlenet", aux_logits=False, init_weights=False),
         _entry("inception_v3", big=True, size=299, aux_logits=False, init_weights=False),
         _entry("squeezenet1_0"),
@@ -147,7 +151,7 @@ ZOO: dict[str, ZooEntry] = dict(
         _entry("shufflenet_v2_x0_5"),
         _entry("shufflenet_v2_x1_0"),
         # channels-last blocks (LayerNorm, Linear over C, layer scale)
-        _entry("convnext_tiny", big=True),
+        _entry("convnext_tiny"),
     ]
 )
 
@@ -277,11 +281,14 @@ def export_result(name: str, exporter: Exporter, *, retry_failed: bool = False) 
     path = onnx_path(name, exporter)
     meta_path, error_path = _meta_path(path), _error_path(path)
     if path.exists() and meta_path.exists():
-        meta = json.loads(meta_path.read_text())
-        return ExportResult(
-            name, exporter, path, True, meta["seconds"], meta["cpu_seconds"], meta["check_seconds"],
-            meta["max_abs_diff"], file_size(path), meta["opset"],
-        )  # fmt: skip
+        try:
+            meta = json.loads(meta_path.read_text())
+            return ExportResult(
+                name, exporter, path, True, meta["seconds"], meta["cpu_seconds"],
+                meta["check_seconds"], meta["max_abs_diff"], file_size(path), meta["opset"],
+            )  # fmt: skip
+        except (ValueError, KeyError, OSError):
+            pass  # sidecar from an older zoo.py, or a file vanished: export again
     if error_path.exists() and not retry_failed:
         raise ZooExportError(error_path.read_text())
 
@@ -404,8 +411,10 @@ def _check_onnxruntime(
             f"{name}: the {exporter} export gives shape {got.shape}, torch {expected.shape} "
             f"(input {tuple(x.shape)})"
         )
+    if not np.all(np.isfinite(expected)):
+        raise ZooExportError(f"{name}: torch gives non-finite logits; the model cannot be checked")
     diff = float(np.max(np.abs(got - expected)))
-    scale = max(1.0, float(np.max(np.abs(expected))))
+    scale = float(np.max(np.abs(expected))) or 1.0
     if not np.allclose(got, expected, rtol=RTOL, atol=ATOL * scale):
         raise ZooExportError(
             f"{name}: the {exporter} export disagrees with torch (input {tuple(x.shape)}): "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -50,6 +51,43 @@ class Analysis:
             if not local.all():
                 out[g.id] = np.flatnonzero(local)
         return out
+
+    @cached_property
+    def _segments(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every member's positions, concatenated (flat units, start offsets)."""
+        parts = [rm.units for rm in self.groups.members if rm.units.size]
+        if not parts:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        lengths = np.array([p.size for p in parts])
+        return np.concatenate(parts), np.concatenate([[0], np.cumsum(lengths)[:-1]])
+
+    def empty_members(self, keep: np.ndarray) -> np.ndarray:
+        """Indices (into the concatenated member list) of members left with no channel."""
+        flat, starts = self._segments
+        if flat.size == 0:
+            return np.zeros(0, np.int64)
+        return np.flatnonzero(np.add.reduceat(keep[flat].astype(np.int64), starts) == 0)
+
+    def repair(self, keep: np.ndarray, scores: np.ndarray | None = None) -> np.ndarray:
+        """Add back units so that no tensor loses all its channels.
+
+        A group keeps at least one unit, but a Split or Slice can hand one consumer a part of
+        the group that the mask empties: for each such member, the best-scored unit of the part
+        is kept. Adding units never empties another member, so one pass suffices.
+        """
+        empty = self.empty_members(keep)
+        if empty.size == 0:
+            return keep
+        keep = keep.copy()
+        flat, starts = self._segments
+        ends = np.append(starts[1:], flat.size)
+        for k in empty.tolist():
+            units = flat[starts[k]:ends[k]]
+            if keep[units].any():
+                continue
+            best = units[int(np.argmax(scores[units]))] if scores is not None else units[0]
+            keep[best] = True
+        return keep
 
     @property
     def macs(self) -> int:

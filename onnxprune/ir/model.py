@@ -122,6 +122,13 @@ def normalize(model: onnx.ModelProto) -> None:
     if len(keep) != len(graph.node):
         del graph.node[:]
         graph.node.extend(keep)
+    # Weights only a folded Identity/Cast read are dead now.
+    used = {x for n in graph.node for x in n.input} | outputs
+    live = [t for t in graph.initializer if t.name in used]
+    if len(live) != len(graph.initializer):
+        del graph.initializer[:]
+        graph.initializer.extend(live)
+        inits = {t.name: t for t in live}
     # Initializers listed as inputs (IR < 4) are constants, not inputs.
     real_inputs = [i for i in graph.input if i.name not in inits]
     if len(real_inputs) != len(graph.input):

@@ -64,10 +64,24 @@ def broadcast(node: NodeView, ctx: RuleContext) -> None:
             ctx.freeze(m.ids, f"unknown output shape of {node.name}")
         return
     rank = len(out_shape)
-    axes = {i: m.axis + rank - len(g.shape(node.inputs[i]) or ()) for i, m in tracked}
+    in_shapes = {i: g.shape(node.inputs[i]) for i, _ in tracked}
+    if any(s is None for s in in_shapes.values()):
+        for _, m in tracked:
+            ctx.freeze(m.ids, f"unknown input shape of {node.name}")
+        return
+    axes = {i: m.axis + rank - len(in_shapes[i]) for i, m in tracked}  # type: ignore[arg-type]
+    # A tracked input with one channel broadcast over many (a spatial-attention map) is not tied to
+    # the others; its lone channel cannot be removed.
+    narrow = {i for i, m in tracked if len(m) == 1 and out_shape[axes[i]] > 1}
+    for i, m in tracked:
+        if i in narrow:
+            ctx.freeze(m.ids, f"{node.op_type} broadcasts a single channel over {out_shape[axes[i]]} ({node.name})")
+    tracked = [(i, m) for i, m in tracked if i not in narrow]
+    if not tracked:
+        return
     axis = axes[tracked[0][0]]
     size = out_shape[axis]
-    ok = all(a == axis for a in axes.values()) and all(len(m) == size for _, m in tracked)
+    ok = all(axes[i] == axis and len(m) == size for i, m in tracked)
     if not ok:
         for _, m in tracked:
             ctx.freeze(m.ids, f"{node.op_type} mixes channels of different layouts ({node.name})")

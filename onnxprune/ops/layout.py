@@ -88,7 +88,37 @@ def reshape(node: NodeView, ctx: RuleContext) -> None:
         return
     if const:
         ctx.add_member(Member(node.name, "reshape", shape_name, out.axis, out.ids))
+    elif _literal_channel_entry(ctx, node, cmap, out.axis):
+        ctx.freeze(cmap.ids, f"Reshape target shape holds the channel count as a constant ({node.name})")
+        return
     ctx.set_map(node.outputs[0], out)
+
+
+def _literal_channel_entry(ctx: RuleContext, node: NodeView, cmap: ChannelMap, axis: int) -> bool:
+    """True unless entry `axis` of a computed Reshape shape is known to follow the channel count.
+
+    Exporters write `x.view(x.size(0), -1)` as Concat(batch from Shape, constant [-1]): a -1 (or a 0
+    copying the input's channel axis) follows pruning; a literal count in that Concat would not,
+    and nothing rewrites it. Shapes not made by a Concat are taken as derived from `Shape`.
+    """
+    g = ctx.graph
+    producer = g.producer.get(node.inputs[1])
+    if producer is None or producer.op_type != "Concat":
+        return False
+    offset = 0
+    for name in producer.inputs:
+        shape = g.shape(name)
+        if shape is None or len(shape) != 1:
+            return True
+        if offset <= axis < offset + shape[0]:
+            value = g.const(name)
+            if value is None:
+                return False
+            entry = int(np.ravel(value)[axis - offset])
+            copies = entry == 0 and not int(node.attr("allowzero", 0)) and axis == cmap.axis
+            return not (entry == -1 or copies)
+        offset += shape[0]
+    return True
 
 
 @register("Flatten")
@@ -303,9 +333,10 @@ def expand(node: NodeView, ctx: RuleContext) -> None:
     axis = cmap.axis + len(out_shape) - len(in_shape)
     repeats = node.inputs[1] if len(node.inputs) > 1 else ""
     value = g.const(repeats)
-    # The shape/repeats constant must not name the channel count (it would need rewriting).
-    if value is None or out_shape[axis] != len(cmap) or np.ravel(value)[
-            axis - (len(out_shape) - np.ravel(value).size)] != 1:
+    # The shape/repeats constant must not name the channel count (it would need rewriting);
+    # an Expand shape shorter than the output does not reach the channel axis at all.
+    entry = axis - (len(out_shape) - np.ravel(value).size) if value is not None else -1
+    if value is None or out_shape[axis] != len(cmap) or (entry >= 0 and np.ravel(value)[entry] != 1):
         ctx.freeze(cmap.ids, f"{node.op_type} over the channel axis ({node.name})")
         return
     ctx.set_map(node.outputs[0], ChannelMap(axis, cmap.ids))

@@ -147,9 +147,10 @@ def matmul(node: NodeView, ctx: RuleContext) -> None:
     rank = len(a_shape)
     rows = int(np.prod(a_shape[:-1])) if rank > 1 else 1
     if a_map is not None and a_map.axis != rank - 1:
-        # Channels on a batch-like axis pass through a MatMul over the last axis.
+        # Channels on a batch-like axis pass through a MatMul over the last axis; its rows (and
+        # MACs) shrink with them.
         ctx.set_map(out, ChannelMap(a_map.axis + len(out_shape) - rank, a_map.ids))
-        ctx.add_macs(node, rows * k * n, None, None)
+        ctx.add_macs(node, rows * k * n, a_map.ids, None)
         return
     in_ids = _input_channels(node, ctx, rank - 1, k, "input")
     out_ids = ctx.new_channels(node, n)

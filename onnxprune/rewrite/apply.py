@@ -69,6 +69,9 @@ def apply_keep(analysis: Analysis, keep: np.ndarray) -> onnx.ModelProto:
 
     Shared constants are copied per node before slicing, so one use never changes another.
     """
+    empty = analysis.empty_members(keep)
+    if empty.size:
+        raise ValueError(f"the mask removes every channel of {empty.size} tensor(s); use Analysis.repair")
     values, attrs = _edit_values(analysis, keep)
     graph = gs.import_onnx(_copy(analysis.graph.model))
     nodes = {n.name: n for n in graph.nodes}
@@ -92,6 +95,11 @@ def apply_keep(analysis: Analysis, keep: np.ndarray) -> onnx.ModelProto:
     graph.cleanup().toposort()
     model = gs.export_onnx(graph, do_type_check=False)
     del model.graph.value_info[:]
+    # Graph inputs and outputs keep their names, types and shapes exactly.
+    source = analysis.graph.model.graph
+    for dst, src in ((model.graph.input, source.input), (model.graph.output, source.output)):
+        del dst[:]
+        dst.extend(src)
     del model.opset_import[:]
     model.opset_import.extend(analysis.graph.model.opset_import)
     model.ir_version = analysis.graph.model.ir_version

@@ -57,7 +57,7 @@ def uniform_keep(analysis: Analysis, scores: np.ndarray, sparsity: float, round_
         mask = np.zeros(g.units, dtype=bool)
         mask[order[:k]] = True
         keep[g.unit_slice] = mask
-    return keep
+    return analysis.repair(keep, scores)
 
 
 def global_keep(analysis: Analysis, scores: np.ndarray, sparsity: float, round_to: int = 1,
@@ -84,7 +84,7 @@ def global_keep(analysis: Analysis, scores: np.ndarray, sparsity: float, round_t
         mask = np.zeros(g.units, dtype=bool)
         mask[order[:k]] = True
         keep[g.unit_slice] = mask
-    return keep
+    return analysis.repair(keep, scores)
 
 
 def allocate(analysis: Analysis, scores: np.ndarray, cfg: AllocationConfig) -> np.ndarray:
