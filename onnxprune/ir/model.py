@@ -123,7 +123,7 @@ def normalize(model: onnx.ModelProto) -> None:
         del graph.node[:]
         graph.node.extend(keep)
     # Weights only a folded Identity/Cast read are dead now.
-    used = {x for n in graph.node for x in n.input} | outputs
+    used = _used_names(graph) | outputs
     live = [t for t in graph.initializer if t.name in used]
     if len(live) != len(graph.initializer):
         del graph.initializer[:]
@@ -135,6 +135,17 @@ def normalize(model: onnx.ModelProto) -> None:
         del graph.input[:]
         graph.input.extend(real_inputs)
     _name_nodes(graph)
+
+
+def _used_names(graph: onnx.GraphProto) -> set[str]:
+    """Every tensor name a node reads, subgraphs (If/Loop bodies) included."""
+    used: set[str] = set()
+    for node in graph.node:
+        used.update(node.input)
+        for attr in node.attribute:
+            for sub in list(attr.g.node and [attr.g]) + list(attr.graphs):
+                used |= _used_names(sub)
+    return used
 
 
 def _fold_constant(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> onnx.TensorProto | None:
