@@ -262,6 +262,20 @@ def concat_channels(axis: int = 1) -> onnx.ModelProto:
     return b.model([b.conv(cat, "conv_c", 8, 4)])
 
 
+def concat_with_input() -> onnx.ModelProto:
+    """DenseNet-style Concat of the graph input and a conv output: the input's part stays frozen.
+
+    ```
+    x ─┬───────────────┐
+       └─ conv0 3->5 ──┴─ cat Concat(axis=1) (N,8,8,8) ─ conv1 8->4 ─ y
+    ```
+    """
+    b = GraphBuilder()
+    x = b.input()
+    cat = b.op("Concat", [x, b.conv(x, "conv0", 3, 5)], "cat", axis=1)
+    return b.model([b.conv(cat, "conv1", 8, 4)])
+
+
 def concat_spatial() -> onnx.ModelProto:
     """Concat along H: channel c of both inputs lands in channel c of the output (tied).
 
@@ -433,15 +447,33 @@ def flatten_matmul() -> onnx.ModelProto:
     return b.model([b.op("MatMul", [h, b.weight("mm2.weight", (10, 3))], "mm2")])
 
 
-def reduce_mean_gemm() -> onnx.ModelProto:
-    """Global pooling written as ReduceMean over H, W with keepdims=0, then Gemm.
+def reduce_mean_gemm(opset: int = 17) -> onnx.ModelProto:
+    """Global pooling written as ReduceMean over H, W with keepdims=0, then Gemm
+    (axes an attribute up to opset 17, an input from opset 18).
 
     ```
     x ─ conv0 3->8 ─ mean ReduceMean(axes=[2,3], keepdims=0) (N,8) ─ fc 8->10 ─ y
     ```
     """
     b = GraphBuilder()
-    h = b.op("ReduceMean", [b.conv(b.input(), "conv0", 3, 8)], "mean", axes=[2, 3], keepdims=0)
+    h = b.conv(b.input(), "conv0", 3, 8)
+    if opset >= 18:
+        h = b.op("ReduceMean", [h, b.const("mean.axes", np.array([2, 3], np.int64))], "mean", keepdims=0)
+    else:
+        h = b.op("ReduceMean", [h], "mean", axes=[2, 3], keepdims=0)
+    return b.model([b.gemm(h, "fc", 8, 10)], opset=opset)
+
+
+def gap_squeeze_gemm() -> onnx.ModelProto:
+    """GlobalAveragePool, then Squeeze of H and W (axes input), then Gemm.
+
+    ```
+    x ─ conv0 3->8 ─ gap (N,8,1,1) ─ sq Squeeze(axes=[2,3]) (N,8) ─ fc 8->10 ─ y
+    ```
+    """
+    b = GraphBuilder()
+    h = b.op("GlobalAveragePool", [b.conv(b.input(), "conv0", 3, 8)], "gap")
+    h = b.op("Squeeze", [h, b.const("sq.axes", np.array([2, 3], np.int64))], "sq")
     return b.model([b.gemm(h, "fc", 8, 10)])
 
 
@@ -720,6 +752,7 @@ def all_builders() -> dict[str, Callable[[], onnx.ModelProto]]:
         "residual_identity": residual_identity,
         "concat_channels": concat_channels,
         "concat_spatial": concat_spatial,
+        "concat_with_input": concat_with_input,
         "split_channels": split_channels,
         "split_equal": lambda: split_channels(None),
         "split_num_outputs": lambda: split_channels(None, opset=18),
@@ -744,6 +777,8 @@ def all_builders() -> dict[str, Callable[[], onnx.ModelProto]]:
         "reshape_gemm": reshape_gemm,
         "flatten_matmul": flatten_matmul,
         "reduce_mean_gemm": reduce_mean_gemm,
+        "reduce_mean_gemm_opset18": lambda: reduce_mean_gemm(18),
+        "gap_squeeze_gemm": gap_squeeze_gemm,
         "channel_shuffle": channel_shuffle,
         "channels_last_mlp": channels_last_mlp,
         "layernorm_channels": layernorm_channels,

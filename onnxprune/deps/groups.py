@@ -124,9 +124,18 @@ class _Engine:
             from onnxprune.errors import InputError
 
             raise InputError(f"--exclude names no node: {', '.join(sorted(unknown))}")
+        producers = {src.node for src in self.sources}
         for src in self.sources:
             if src.node in excluded:
                 self.freeze(src.ids, f"excluded by the user ({src.node})")
+        for name in sorted(excluded - producers):
+            # A node that only carries channels (depthwise Conv, BatchNormalization...): keep
+            # every channel it touches.
+            node = self.graph.by_name[name]
+            for tensor in node.inputs + node.outputs:
+                cmap = self.maps.get(tensor) if tensor else None
+                if cmap is not None:
+                    self.freeze(cmap.ids, f"excluded by the user ({name})")
 
 
 @dataclass(frozen=True, eq=False)

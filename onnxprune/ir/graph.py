@@ -153,6 +153,9 @@ def build_graph(loaded: LoadedModel, input_shapes: Mapping[str, Shape] | None = 
         raise InputError(f"--input-shape names no graph input: {', '.join(sorted(input_shapes))}")
 
     shapes = _infer_shapes(model, fixed)
+    missing = [o for n in graph.node for o in n.output if o and o not in shapes]
+    if missing:
+        shapes.update(_run_shapes(model, fixed, missing))
     initializers = {t.name: t for t in graph.initializer}
     nodes = _toposort(graph, initializers)
     return LayerGraph(
@@ -191,6 +194,38 @@ def _infer_shapes(model: onnx.ModelProto, fixed: Mapping[str, Shape]) -> dict[st
         if all(d.HasField("dim_value") for d in dims):
             shapes[vi.name] = tuple(int(d.dim_value) for d in dims)
     return shapes
+
+
+def _run_shapes(model: onnx.ModelProto, fixed: Mapping[str, Shape], names: list[str]) -> dict[str, Shape]:
+    """Shapes that static inference could not find, read off one onnxruntime run on zeros.
+
+    Exporters with dynamic axes compute Reshape targets from `Shape` ops, which ONNX's data
+    propagation does not always follow (TorchScript's channel shuffle, for instance).
+    """
+    try:
+        import onnxruntime as ort
+    except ImportError:  # pragma: no cover - a declared dependency
+        return {}
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    declared = {o.name for o in probe.graph.output}
+    for name in names:
+        if name not in declared:
+            probe.graph.output.append(onnx.ValueInfoProto(name=name))
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    opts.log_severity_level = 4
+    try:
+        sess = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        feeds = {}
+        for i in sess.get_inputs():
+            dtype = helper.tensor_dtype_to_np_dtype(
+                next(v.type.tensor_type.elem_type for v in model.graph.input if v.name == i.name))
+            feeds[i.name] = np.zeros(fixed[i.name], dtype=dtype)
+        values = sess.run(names, feeds)
+    except Exception:
+        return {}  # the rules then freeze what they cannot see, with a reason
+    return {n: tuple(int(d) for d in v.shape) for n, v in zip(names, values) if hasattr(v, "shape")}
 
 
 def _without_weights(model: onnx.ModelProto) -> onnx.ModelProto:

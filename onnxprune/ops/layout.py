@@ -47,7 +47,8 @@ def follow_reshape(ctx: RuleContext, node: NodeView, cmap: ChannelMap) -> Channe
     laid = np.broadcast_to(cmap.ids.reshape(view), in_shape).reshape(out_shape)
     varying = [k for k in range(len(out_shape)) if not (laid == laid.take([0], axis=k)).all()]
     if not varying:
-        ctx.freeze(cmap.ids, f"a single channel cannot be followed through {node.name}")
+        ctx.freeze(cmap.ids, f"every channel here is tied into one unit (e.g. by repeated channel "
+                             f"shuffles), nothing can be removed ({node.name})")
         return None
     axis = max(varying, key=lambda k: out_shape[k])
     others = [k for k in varying if k != axis]
