@@ -82,11 +82,22 @@ def load_model(src: str | os.PathLike[str] | onnx.ModelProto) -> LoadedModel:
         raise UnsupportedModelError(
             f"{source}: opset {original} is not supported (supported: {MIN_OPSET} to {MAX_OPSET})"
         )
+    _check_operators(model, source)
     model = _convert_opset(model, original, source)
     normalize(model)
     if model.ir_version > MAX_IR_VERSION:
         model.ir_version = MAX_IR_VERSION
     return LoadedModel(model=model, source=source, opset=default_opset(model), original_opset=original)
+
+
+def _check_operators(model: onnx.ModelProto, source: str) -> None:
+    """Every default-domain node must be a real ONNX operator (custom domains are left to the
+    analysis, which freezes what it has no rule for)."""
+    for node in model.graph.node:
+        if node.domain in ("", "ai.onnx") and not onnx.defs.has(node.op_type):
+            raise UnsupportedModelError(
+                f"{source}: node {node.name or node.op_type!r} uses {node.op_type!r}, which is not an ONNX operator"
+            )
 
 
 def _convert_opset(model: onnx.ModelProto, opset: int, source: str) -> onnx.ModelProto:
@@ -170,7 +181,7 @@ def _fold_constant(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> 
     if node.op_type in ("Identity", "Cast") and len(node.input) == 1 and node.input[0] in inits:
         arr = numpy_helper.to_array(inits[node.input[0]])
         if node.op_type == "Cast":
-            to = helper.get_attribute_value(node.attribute[0])
+            to = next(helper.get_attribute_value(a) for a in node.attribute if a.name == "to")
             arr = arr.astype(helper.tensor_dtype_to_np_dtype(to))
         return numpy_helper.from_array(np.ascontiguousarray(arr))
     return None

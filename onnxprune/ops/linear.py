@@ -15,7 +15,7 @@ def _input_channels(node: NodeView, ctx: RuleContext, axis: int, size: int, what
         return cmap.ids
     if cmap is not None:
         ctx.freeze(cmap.ids, f"{node.op_type} reads its channels on another axis ({node.name})")
-    return ctx.frozen_channels(size, f"{what} of {node.name} comes from a graph input or an untracked tensor")
+    return ctx.frozen_channels(size, f"{what} of {node.name} is a graph input or follows an op whose channels are not tracked")
 
 
 def _spatial(shape: tuple[int, ...] | None) -> int:
