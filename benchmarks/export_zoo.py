@@ -4,10 +4,13 @@
                                     [--small | --big] [--no-tp] [--retry-failed] [--json OUT.json]
 
 Per model: seconds of each export (``torch.onnx.export`` alone, then the onnxruntime check), file
-size, whether the dynamo exporter succeeded (and why not), Torch-Pruning's reference groups
-(count, total channels) and the time of its ``build_dependency``. Cached exports are reused: their
-times are those recorded when they were made (column ``cached``). The cache is
-``$ONNXPRUNE_ZOO_CACHE`` or ``~/.cache/onnxprune/zoo/torch-<version>/``.
+size, whether the export has a dynamic batch (and why not), the check's max |onnx - torch|, the
+logits' scale (max |logits|) and input sensitivity (max |logits[0] - logits[1]| / max |logits|
+for two random inputs), whether the exporter succeeded (and why not), Torch-Pruning's reference
+groups (count, total channels) and the time of its ``build_dependency``. Cached exports are
+reused: their times are those recorded when they were made (column ``cached``). The cache is
+``$ONNXPRUNE_ZOO_CACHE`` or ``~/.cache/onnxprune/zoo/torch-<version>-<CACHE_TAG>/``; a cold
+cache also pays each model's calibration (``zoo._calibrate``), before its first export.
 """
 
 from __future__ import annotations
@@ -69,6 +72,10 @@ def _export_row(name: str, exporter: zoo.Exporter, retry_failed: bool) -> dict[s
         "size": result.size,
         "max_abs_diff": result.max_abs_diff,
         "opset": result.opset,
+        "dynamic_batch": result.dynamic_batch,
+        "static_reason": result.static_reason,
+        "logits_max_abs": result.logits_max_abs,
+        "input_sensitivity": result.input_sensitivity,
         "path": str(result.path),
         "wall_seconds": time.perf_counter() - start,
     }
@@ -87,22 +94,34 @@ def _table(results: dict[str, dict[str, Any]], exporters: list[zoo.Exporter]) ->
     table = Table(title=f"zoo exports ({zoo.cache_dir()})")
     table.add_column("model")
     table.add_column("big")
+    table.add_column("max|logits|", justify="right")
+    table.add_column("sensitivity", justify="right")
     for exporter in exporters:
         table.add_column(f"{exporter} s", justify="right")
         table.add_column(f"{exporter} check s", justify="right")
         table.add_column(f"{exporter} MB", justify="right")
+        table.add_column(f"{exporter} N", justify="center")
+        table.add_column(f"{exporter} max|diff|", justify="right")
     table.add_column("TP groups", justify="right")
     table.add_column("TP channels", justify="right")
     table.add_column("TP build s", justify="right")
     for name, res in results.items():
         cells = [name, "big" if zoo.ZOO[name].big else ""]
+        ok = [res[e] for e in exporters if res[e]["ok"]]
+        if ok:
+            cells += [f"{ok[0]['logits_max_abs']:.3g}", f"{ok[0]['input_sensitivity']:.3g}"]
+        else:
+            cells += ["-", "-"]
         for exporter in exporters:
             row = res[exporter]
             if row["ok"]:
                 mark = " (cached)" if row["cached"] else ""
-                cells += [_sec(row["seconds"]) + mark, _sec(row["check_seconds"]), _mb(row["size"])]
+                cells += [
+                    _sec(row["seconds"]) + mark, _sec(row["check_seconds"]), _mb(row["size"]),
+                    "dyn" if row["dynamic_batch"] else "[red]1[/red]", f"{row['max_abs_diff']:.1e}",
+                ]  # fmt: skip
             else:
-                cells += ["[red]FAILED[/red]", "-", "-"]
+                cells += ["[red]FAILED[/red]", "-", "-", "-", "-"]
         tp = res.get("tp")
         if tp is None:
             cells += ["-", "-", "-"]
@@ -148,8 +167,15 @@ def main(argv: list[str] | None = None) -> int:
                         f"{name:20} {exporter:11} export {row['seconds']:6.1f} s "
                         f"(cpu {row['cpu_seconds']:6.1f} s)  "
                         f"check {row['check_seconds']:5.1f} s  {_mb(row['size']):>7} MB  "
-                        f"opset {row['opset']}  max|diff| {row['max_abs_diff']:.1e}{cached}"
+                        f"opset {row['opset']}  "
+                        f"batch {'N' if row['dynamic_batch'] else '1'}  "
+                        f"max|diff| {row['max_abs_diff']:.1e}  "
+                        f"max|logits| {row['logits_max_abs']:.3g}  "
+                        f"sensitivity {row['input_sensitivity']:.3g}{cached}"
                     )
+                    if row["static_reason"]:
+                        progress.console.print(f"{'':20} {exporter:11} static batch: "
+                                               f"{escape(row['static_reason'])}")
                 else:
                     progress.console.print(f"{name:20} {exporter:11} [red]FAILED[/red]: "
                                            f"{escape(row['error'])}")

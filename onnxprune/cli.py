@@ -69,6 +69,20 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--runs", type=int, default=30)
     b.add_argument("--input-shape", action="append", metavar="NAME:1x3x224x224")
     b.add_argument("--json", metavar="OUT.json")
+    e = sub.add_parser("eval", help="top-1 accuracy of a model on a dataset (onnxruntime)")
+    e.add_argument("model")
+    e.add_argument("--data", required=True, metavar="SPEC",
+                   help="digits | fashion-mnist[:DIR] | idx:DIR | folder:DIR | npz:FILE | random")
+    e.add_argument("--split", default="test", choices=["train", "val", "test"])
+    e.add_argument("--batch-size", type=int, default=256)
+    e.add_argument("--input-shape", action="append", metavar="NAME:1x3x224x224")
+    e.add_argument("--json", metavar="OUT.json")
+
+    d = sub.add_parser("demo", help="train a small CNN, prune it to 50%% MACs, compare before/after")
+    d.add_argument("--epochs", type=int, default=2)
+    d.add_argument("--train-images", type=int, default=8000)
+    d.add_argument("--target-flops", type=_fraction, default=0.5)
+    d.add_argument("--json", metavar="OUT.json")
     return p
 
 
@@ -139,7 +153,36 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"analyze": cmd_analyze, "prune": cmd_prune, "bench": cmd_bench}
+def cmd_eval(args: argparse.Namespace) -> int:
+    from onnxprune.api import save_json
+    from onnxprune.bench import evaluate_onnx
+    from onnxprune.data import load_dataset
+    from onnxprune.ir import build_graph, load_model, parse_input_shapes
+
+    graph = build_graph(load_model(args.model), parse_input_shapes(args.input_shape))
+    splits = load_dataset(args.data, input_shape=graph.shapes[graph.inputs[0].name])
+    x, y = splits.split(args.split)
+    out, err = _console()
+    with err.status(f"evaluating on {len(x)} images ({args.split} split)"):
+        acc = evaluate_onnx(args.model, x, y, args.batch_size)
+    out.print(f"top-1 {acc.top1:.4f}   loss {acc.loss:.4f}   n {acc.n}   ({splits.spec}, {args.split} split)")
+    if args.json:
+        save_json({"top1": acc.top1, "n": acc.n, "loss": acc.loss}, args.json)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from onnxprune.api import save_json
+    from onnxprune.demo import DemoConfig, run_demo
+
+    summary = run_demo(DemoConfig(epochs=args.epochs, train_images=args.train_images,
+                                  target_flops=args.target_flops))
+    if args.json:
+        save_json(summary, args.json)
+    return 0
+
+
+COMMANDS = {"analyze": cmd_analyze, "prune": cmd_prune, "bench": cmd_bench, "eval": cmd_eval, "demo": cmd_demo}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,10 +1,13 @@
 """torchvision model zoo exported to ONNX, for the zoo tests and benchmarks (test support, not a test).
 
 Every model is built with random weights (``weights=None``) right after ``torch.manual_seed(0)``,
-so :func:`torch_model` and the exported ONNX files hold identical weights.
+then calibrated so that its activations and logits are of order 1 and depend on the input: its
+BatchNorm running statistics are re-estimated on random inputs and its final classifier is scaled
+to logits of RMS 1 (:func:`_calibrate`; the result is cached as ``<name>-calibration.pt``).
+:func:`torch_model` and the exported ONNX files hold identical weights.
 
 Exports are cached outside the repository, in ``$ONNXPRUNE_ZOO_CACHE`` or
-``~/.cache/onnxprune/zoo/torch-<torch.__version__>/``, as ``<name>-<exporter>.onnx`` (the dynamo
+``~/.cache/onnxprune/zoo/torch-<torch.__version__>-<CACHE_TAG>/``, as ``<name>-<exporter>.onnx`` (the dynamo
 exporter adds ``<name>-dynamo.onnx.data`` with the weights). Beside each file lies
 ``<name>-<exporter>.json`` (export time, numerical check), or ``<name>-<exporter>.error.txt``
 when the export failed, so a known failure is not retried on every run (``retry_failed=True``
@@ -14,10 +17,14 @@ Two exporters:
 
 - ``"torchscript"``: ``torch.onnx.export(dynamo=False, opset_version=17)`` with a dynamic batch
   axis ``N`` on ``input`` and ``logits``.
-- ``"dynamo"``: ``torch.onnx.export(dynamo=True)`` with the exporter's defaults (static shapes,
-  opset 20 with torch 2.14, BatchNormalization folded into Conv, weights in external data).
+- ``"dynamo"``: ``torch.onnx.export(dynamo=True)``, traced with batch 2 and
+  ``dynamic_shapes=({0: Dim("N")},)``, so the batch axis ``N`` is dynamic too; a model whose
+  dynamic export fails is exported with a static batch of 1 instead (``static_reason`` in its
+  json). Otherwise the exporter's defaults: opset 20 with torch 2.14, BatchNormalization folded
+  into Conv, weights in external data.
 
-Every export is run once in onnxruntime (CPU) and compared with torch before it enters the cache.
+Every export is run in onnxruntime (CPU) and compared with torch before it enters the cache, at
+batches 1 and 2 when its batch is dynamic.
 
 Usage::
 
@@ -30,10 +37,12 @@ Usage::
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import io
 import json
 import logging
+import math
 import os
 import shutil
 import sys
@@ -55,12 +64,10 @@ EXPORTERS: tuple[Exporter, ...] = ("torchscript", "dynamo")
 
 #: numerical check of every export against torch (onnxruntime CPU, graph optimizations off):
 #: |onnx - torch| <= ATOL * max|torch| + RTOL * |torch|, i.e. the absolute part is relative to the
-#: output's range. With random weights the logits' range spans 19 decades across the zoo
-#: (efficientnet_b0 ~4e-14, mobilenets ~1e-9, wide_resnet101_2 ~1e5): a fixed atol of 1e-4 would
-#: pass any export of the former and fail correct exports of the latter (float32 rounding alone
-#: gives |diff| ~4e-2 there). Correct exports agree to ~1e-6 of the range.
-ATOL = 1e-4
-RTOL = 1e-3
+#: output's range, which the calibration (:func:`_calibrate`) makes ~3-5 for every model (logits
+#: of RMS 1), so this is about onnxprune's own verification tolerance (atol 1e-5, rtol 1e-4).
+ATOL = 1e-5
+RTOL = 1e-4
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -151,7 +158,10 @@ ZOO: dict[str, ZooEntry] = dict(
         _entry("shufflenet_v2_x0_5"),
         _entry("shufflenet_v2_x1_0"),
         # channels-last blocks (LayerNorm, Linear over C, layer scale)
-        _entry("convnext_tiny"),
+        # layer_scale: torchvision's 1e-6 init scales every block's output by 1e-6, so that
+        # zeroing 100 of a block's output channels moves the logits by ~5e-7 of their range, below
+        # any verification tolerance; with 1.0 it moves them by ~0.1 (same graph, other values)
+        _entry("convnext_tiny", layer_scale=1.0),
     ]
 )
 
@@ -173,12 +183,156 @@ def _entry_of(name: str) -> ZooEntry:
 
 
 def torch_model(name: str) -> nn.Module:
-    """A fresh copy of zoo model ``name`` in eval mode, with the weights of its ONNX exports."""
+    """A fresh copy of zoo model ``name`` in eval mode, with the weights of its ONNX exports:
+    built right after ``torch.manual_seed(0)``, then calibrated (see :func:`_calibrate`)."""
+    model = _build(name)
+    calibration = _calibration(name)
+    _apply_calibration(model, calibration)
+    return model.eval()
+
+
+def _build(name: str) -> nn.Module:
+    """Zoo model ``name`` as torchvision initializes it (``weights=None``), seeded, in eval mode."""
     entry = _entry_of(name)
     with _quiet():
         torch.manual_seed(0)
         model = entry.builder()
     return model.eval()
+
+
+#: BatchNorm recalibration (:func:`_calibrate`): passes of CALIBRATION_BATCH standard-normal
+#: images each, from a generator seeded with CALIBRATION_SEED (example_input uses seed 1).
+CALIBRATION_PASSES = 4
+CALIBRATION_BATCH = 4
+CALIBRATION_SEED = 2
+#: RMS of every zoo model's logits on random inputs, after calibration
+LOGITS_RMS = 1.0
+
+
+def _calibration_inputs(name: str) -> Iterator[torch.Tensor]:
+    _, channels, height, width = _entry_of(name).input_shape
+    generator = torch.Generator().manual_seed(CALIBRATION_SEED)
+    for _ in range(CALIBRATION_PASSES + 1):  # the last one measures the logits
+        yield torch.randn(CALIBRATION_BATCH, channels, height, width, generator=generator)
+
+
+def _batchnorms(model: nn.Module) -> dict[str, nn.modules.batchnorm._BatchNorm]:
+    return {
+        n: m for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+    }
+
+
+def _calibrate(name: str, model: nn.Module) -> dict[str, Any]:
+    """Give random-weight ``model`` activations and logits of order 1; return what changed.
+
+    torchvision's random init leaves BatchNorm running statistics at mean 0 / var 1 while the real
+    activations are nowhere near that, so in eval mode the scales compound layer after layer
+    (logits ~1e-14 in efficientnet_b0, ~1e5 in wide_resnet101_2) and some outputs hardly depend
+    on the input (googlenet, inception_v3, shufflenet: relative change ~1e-5 between two inputs).
+    Numerical checks at a fixed tolerance are meaningless there. Two steps fix it:
+
+    1. every BatchNorm's running statistics are re-estimated: ``reset_running_stats()``,
+       ``momentum=None`` (cumulative average), then CALIBRATION_PASSES forward passes on random
+       inputs with the BatchNorms alone in train mode (dropout and stochastic depth stay off),
+       under ``torch.no_grad()``; each BatchNorm then normalizes its input to mean 0 / var 1;
+    2. the final classifier (:func:`classifier`) is multiplied by a positive scale so that the
+       logits have RMS LOGITS_RMS on one more random batch. That is exact, since positive scaling commutes
+       with what follows the classifier (SqueezeNet's ReLU and average pool). It gives every
+       model the same logit scale, and fixes those whose logits are small even with normalized
+       features (alexnet has no BatchNorm, mobilenet_v3's head has none after its BatchNorms:
+       logits ~0.03 in both).
+
+    Returns ``{"buffers": {BN buffer name: tensor}, "logits_rms": float}``, the RMS of the
+    logits before step 2 (:func:`_apply_calibration` scales the classifier by
+    ``LOGITS_RMS / logits_rms``).
+    """
+    batchnorms = _batchnorms(model)
+    momenta = {n: bn.momentum for n, bn in batchnorms.items()}
+    inputs = list(_calibration_inputs(name))
+    try:
+        for bn in batchnorms.values():
+            bn.reset_running_stats()
+            bn.momentum = None
+        model.eval()
+        for bn in batchnorms.values():
+            bn.train()
+        with torch.no_grad():
+            if batchnorms:
+                for x in inputs[:-1]:
+                    model(x)
+    finally:
+        for n, bn in batchnorms.items():
+            bn.momentum = momenta[n]
+        model.eval()
+    with torch.no_grad():
+        logits = model(inputs[-1])  # (batch, classes)
+    rms = float(logits.square().mean().sqrt())
+    if not (math.isfinite(rms) and rms > 0):
+        raise ZooError(f"{name}: logits of RMS {rms} after BatchNorm recalibration")
+    buffers = {
+        f"{n}.{b}": t.detach().clone()
+        for n, bn in batchnorms.items()
+        for b, t in bn.named_buffers(recurse=False)
+    }
+    return {"buffers": buffers, "logits_rms": rms}
+
+
+def _apply_calibration(model: nn.Module, calibration: dict[str, Any]) -> None:
+    result = model.load_state_dict(calibration["buffers"], strict=False)
+    if result.unexpected_keys:
+        raise ZooError(f"calibration has unknown buffers {result.unexpected_keys[:3]}")
+    head = classifier(model)
+    scale = LOGITS_RMS / calibration["logits_rms"]
+    with torch.no_grad():
+        head.weight.mul_(scale)
+        if head.bias is not None:
+            head.bias.mul_(scale)
+
+
+_calibrations: dict[str, dict[str, Any]] = {}
+
+
+def _calibration(name: str) -> dict[str, Any]:
+    """The calibration of ``name``: from memory, else from the cache (``<name>-calibration.pt``),
+    else computed and cached. The exports and every later :func:`torch_model` load the same
+    file, so they agree exactly even though a recomputation may differ in the last bits (CPU
+    reductions depend on the thread count). Concurrent processes: the first file written wins.
+    """
+    if name in _calibrations:
+        return _calibrations[name]
+    path = _calibration_path(name)
+    calibration = _load_calibration(path)
+    if calibration is None:
+        with _quiet():
+            computed = _calibrate(name, _build(name))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        torch.save(computed, tmp)
+        try:
+            os.link(tmp, path)  # fails if another process got there first: keep its file
+        except FileExistsError:
+            pass
+        except OSError:  # no hard links on this file system
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        calibration = _load_calibration(path) or computed
+    _calibrations[name] = calibration
+    return calibration
+
+
+def _calibration_path(name: str) -> Path:
+    return cache_dir() / f"{name}-calibration.pt"
+
+
+def _load_calibration(path: Path) -> dict[str, Any] | None:
+    try:
+        calibration = torch.load(path, weights_only=True)
+        if isinstance(calibration, dict) and {"buffers", "logits_rms"} <= calibration.keys():
+            return calibration
+    except Exception:  # absent, or unreadable: torch.load raises many types
+        pass
+    return None
 
 
 def example_input(name: str, batch: int | None = None) -> torch.Tensor:
@@ -206,12 +360,18 @@ def classifier(model: nn.Module) -> nn.Module:
 # cache
 
 
+#: bumped whenever the zoo's models or exports change, so that older caches are not reused
+#: (zoo2: calibrated BatchNorms and classifier, dynamic batch in the dynamo exports)
+CACHE_TAG = "zoo2"
+
+
 def cache_dir() -> Path:
-    """Where exports live: ``$ONNXPRUNE_ZOO_CACHE`` or ``~/.cache/onnxprune/zoo/torch-<version>/``."""
+    """Where exports live: ``$ONNXPRUNE_ZOO_CACHE`` or
+    ``~/.cache/onnxprune/zoo/torch-<torch.__version__>-<CACHE_TAG>/``."""
     env = os.environ.get("ONNXPRUNE_ZOO_CACHE")
     if env:
         return Path(env).expanduser()
-    return Path.home() / ".cache" / "onnxprune" / "zoo" / f"torch-{torch.__version__}"
+    return Path.home() / ".cache" / "onnxprune" / "zoo" / f"torch-{torch.__version__}-{CACHE_TAG}"
 
 
 def onnx_path(name: str, exporter: Exporter) -> Path:
@@ -260,10 +420,21 @@ class ExportResult:
     cached: bool
     seconds: float  # torch.onnx.export alone, wall clock
     cpu_seconds: float  # torch.onnx.export alone, CPU time of this process (all threads)
-    check_seconds: float  # onnxruntime session + run + torch forward
-    max_abs_diff: float
+    check_seconds: float  # onnxruntime sessions + runs + torch forwards
+    max_abs_diff: float  # max |onnx - torch| over the checked batches
     size: int  # bytes, external data included
     opset: int
+    dynamic_batch: bool  # input and logits have a symbolic batch dim "N"
+    static_reason: str | None  # why the dynamo export fell back to a static batch
+    logits_max_abs: float  # max |torch logits| on example_input(name, 2)
+    input_sensitivity: float  # max |logits[0] - logits[1]| / logits_max_abs, same input
+
+
+#: the fields of ExportResult stored in the sidecar json
+_META_FIELDS = (
+    "seconds", "cpu_seconds", "check_seconds", "max_abs_diff", "opset", "dynamic_batch",
+    "static_reason", "logits_max_abs", "input_sensitivity",
+)  # fmt: skip
 
 
 def export(name: str, exporter: Exporter, *, retry_failed: bool = False) -> Path:
@@ -277,17 +448,15 @@ def export(name: str, exporter: Exporter, *, retry_failed: bool = False) -> Path
 
 
 def export_result(name: str, exporter: Exporter, *, retry_failed: bool = False) -> ExportResult:
-    """Like :func:`export`, with timings, file size and the numerical check's max difference."""
+    """Like :func:`export`, with timings, file size, batch dynamism and the numerical check."""
     path = onnx_path(name, exporter)
     meta_path, error_path = _meta_path(path), _error_path(path)
     if path.exists() and meta_path.exists():
         try:
             meta = json.loads(meta_path.read_text())
-            return ExportResult(
-                name, exporter, path, True, meta["seconds"], meta["cpu_seconds"],
-                meta["check_seconds"], meta["max_abs_diff"], file_size(path), meta["opset"],
-            )  # fmt: skip
-        except (ValueError, KeyError, OSError):
+            fields = {k: meta[k] for k in _META_FIELDS}
+            return ExportResult(name, exporter, path, True, size=file_size(path), **fields)
+        except (ValueError, KeyError, TypeError, OSError):
             pass  # sidecar from an older zoo.py, or a file vanished: export again
     if error_path.exists() and not retry_failed:
         raise ZooExportError(error_path.read_text())
@@ -303,24 +472,13 @@ def export_result(name: str, exporter: Exporter, *, retry_failed: bool = False) 
         except ZooExportError as exc:
             _atomic_write_text(error_path, str(exc))
             raise
-        meta = {
-            "name": name,
-            "exporter": exporter,
-            "torch": torch.__version__,
-            "seconds": result.seconds,
-            "cpu_seconds": result.cpu_seconds,
-            "check_seconds": result.check_seconds,
-            "max_abs_diff": result.max_abs_diff,
-            "opset": result.opset,
-        }
+        meta = {"name": name, "exporter": exporter, "torch": torch.__version__}
+        meta.update((k, getattr(result, k)) for k in _META_FIELDS)
         for src in reversed(onnx_files(tmp_path)):  # data file first, the .onnx file last
             os.replace(src, path.parent / src.name)
         _atomic_write_text(meta_path, json.dumps(meta, indent=1) + "\n")
     error_path.unlink(missing_ok=True)
-    return ExportResult(
-        name, exporter, path, False, result.seconds, result.cpu_seconds, result.check_seconds,
-        result.max_abs_diff, file_size(path), result.opset,
-    )  # fmt: skip
+    return dataclasses.replace(result, path=path, size=file_size(path))
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
@@ -331,15 +489,15 @@ def _atomic_write_text(path: Path, text: str) -> None:
 
 def _export_and_check(name: str, exporter: Exporter, path: Path) -> ExportResult:
     model = torch_model(name)
-    x = example_input(name)  # (1, 3, H, W)
     log = io.StringIO()
+    static_reason = None
     start, cpu_start = time.perf_counter(), time.process_time()
     try:
-        with _quiet(log):
-            if exporter == "torchscript":
+        if exporter == "torchscript":
+            with _quiet(log):
                 torch.onnx.export(
                     model,
-                    (x,),
+                    (example_input(name),),  # (1, 3, H, W)
                     str(path),
                     dynamo=False,
                     opset_version=OPSET_TORCHSCRIPT,
@@ -347,16 +505,17 @@ def _export_and_check(name: str, exporter: Exporter, path: Path) -> ExportResult
                     output_names=[OUTPUT_NAME],
                     dynamic_axes={INPUT_NAME: {0: "N"}, OUTPUT_NAME: {0: "N"}},
                 )
-            else:
-                torch.onnx.export(
-                    model,
-                    (x,),
-                    str(path),
-                    dynamo=True,
-                    verbose=False,
-                    input_names=[INPUT_NAME],
-                    output_names=[OUTPUT_NAME],
-                )
+        else:
+            try:
+                # traced with batch 2: torch.export specializes sizes 0 and 1
+                _export_dynamo(model, example_input(name, 2), path, log, dynamic=True)
+            except Exception as exc:
+                static_reason = _describe(exc)
+                for p in onnx_files(path):
+                    p.unlink(missing_ok=True)
+                start, cpu_start = time.perf_counter(), time.process_time()
+                log = io.StringIO()
+                _export_dynamo(model, example_input(name), path, log, dynamic=False)
     except Exception as exc:  # the exporters raise many unrelated types
         raise ZooExportError(
             f"{name}: {exporter} export failed: {_describe(exc)}{_tail(log.getvalue())}"
@@ -365,29 +524,61 @@ def _export_and_check(name: str, exporter: Exporter, path: Path) -> ExportResult
     if not path.exists():
         raise ZooExportError(f"{name}: {exporter} export wrote no file{_tail(log.getvalue())}")
 
-    start = time.perf_counter()
-    # torchscript exports have a dynamic batch axis: check it with a batch of 2 as well
-    batches = [None, 2] if exporter == "torchscript" else [None]
-    max_diff = 0.0
-    for batch in batches:
-        max_diff = max(max_diff, _check_onnxruntime(name, exporter, path, model, batch))
-    check_seconds = time.perf_counter() - start
-
     import onnx
 
     proto = onnx.load(str(path), load_external_data=False)
     opset = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+    dims = [
+        proto.graph.input[0].type.tensor_type.shape.dim[0],
+        proto.graph.output[0].type.tensor_type.shape.dim[0],
+    ]
+    dynamic_batch = all(d.dim_param and not d.HasField("dim_value") for d in dims)
+    if static_reason is None and not dynamic_batch:
+        static_reason = f"the exporter kept a static batch: {[str(d).strip() for d in dims]}"
+
+    # a dynamic batch is checked at batch 1 and batch 2 (one of them differs from the traced one)
+    start = time.perf_counter()
+    max_diff = 0.0
+    for batch in [1, 2] if dynamic_batch else [1]:
+        diff, expected = _check_onnxruntime(name, exporter, path, model, batch)
+        max_diff = max(max_diff, diff)
+    check_seconds = time.perf_counter() - start
+    if dynamic_batch:
+        logits = expected  # batch 2
+    else:
+        with torch.no_grad():
+            logits = model(example_input(name, 2)).numpy()
+    logits_max_abs = float(np.max(np.abs(logits)))
+    sensitivity = float(np.max(np.abs(logits[0] - logits[1]))) / logits_max_abs
     return ExportResult(
         name, exporter, path, False, seconds, cpu_seconds, check_seconds, max_diff,
-        file_size(path), opset,
+        file_size(path), opset, dynamic_batch, static_reason, logits_max_abs, sensitivity,
     )  # fmt: skip
 
 
+def _export_dynamo(
+    model: nn.Module, x: torch.Tensor, path: Path, log: io.StringIO, *, dynamic: bool
+) -> None:
+    dynamic_shapes = ({0: torch.export.Dim("N")},) if dynamic else None
+    with _quiet(log):
+        torch.onnx.export(
+            model,
+            (x,),
+            str(path),
+            dynamo=True,
+            verbose=False,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_shapes=dynamic_shapes,
+        )
+
+
 def _check_onnxruntime(
-    name: str, exporter: Exporter, path: Path, model: nn.Module, batch: int | None
-) -> float:
-    """Run ``path`` in onnxruntime (CPU, no graph optimizations) and compare with ``model``;
-    return the max absolute difference, raise ZooExportError if outside ATOL/RTOL."""
+    name: str, exporter: Exporter, path: Path, model: nn.Module, batch: int
+) -> tuple[float, np.ndarray]:
+    """Run ``path`` in onnxruntime (CPU, no graph optimizations) on ``example_input(name, batch)``
+    and compare with ``model``; return the max absolute difference and torch's logits, raise
+    ZooExportError if outside ATOL/RTOL."""
     import onnxruntime as ort
 
     x = example_input(name, batch)  # (N, 3, H, W)
@@ -420,7 +611,7 @@ def _check_onnxruntime(
             f"{name}: the {exporter} export disagrees with torch (input {tuple(x.shape)}): "
             f"max |diff| {diff:.3g} > {ATOL} * {scale:.3g} (max |torch|) + {RTOL} * |torch|"
         )
-    return diff
+    return diff, expected
 
 
 # --------------------------------------------------------------------------------------------
@@ -542,13 +733,15 @@ def _quiet(sink: io.StringIO | None = None) -> Iterator[None]:
 
 
 def clear_cache(name: str | None = None) -> None:
-    """Delete the cached exports (of ``name`` only, if given), failures included."""
+    """Delete the cached exports and calibrations (of ``name`` only, if given), failures included."""
     root = cache_dir()
-    if not root.exists():
-        return
     if name is None:
-        shutil.rmtree(root)
+        _calibrations.clear()
+        if root.exists():
+            shutil.rmtree(root)
         return
+    _calibrations.pop(name, None)
+    _calibration_path(name).unlink(missing_ok=True)
     for exporter in EXPORTERS:
         path = onnx_path(name, exporter)
         for p in [*onnx_files(path), _meta_path(path), _error_path(path)]:

@@ -1,4 +1,6 @@
-"""onnxruntime latency benchmarking (`onnxprune bench`)."""
+"""onnxruntime measurements: latency (`onnxprune bench`) and accuracy (`onnxprune eval`)."""
+
+from onnxprune.bench.accuracy import Accuracy, evaluate_onnx
 
 from onnxprune.bench.latency import (
     PROVIDERS,
@@ -11,6 +13,8 @@ from onnxprune.bench.latency import (
 )
 
 __all__ = [
+    "Accuracy",
+    "evaluate_onnx",
     "PROVIDERS",
     "BenchConfig",
     "BenchResult",
