@@ -5,7 +5,8 @@
 
 For each model and MACs target (fraction of MACs kept): `prune --method l1 --target-flops F`
 (timed), then the latency of original and pruned through onnxruntime (CPU provider, all graph
-optimizations, default threads), median of `--runs` runs after warm-up. The goal is a speed-up
+optimizations, default threads), median of `--runs` runs after warm-up, original and pruned measured alternately
+`--rounds` times (median of the rounds). The goal is a speed-up
 of at least 0.8 of the MACs ratio.
 """
 
@@ -16,6 +17,8 @@ import json
 import sys
 import tempfile
 import time
+
+import numpy as np
 from pathlib import Path
 
 from onnxprune.api import PruneConfig, prune, save_model
@@ -23,11 +26,32 @@ from onnxprune.bench import BenchConfig, benchmark_model
 from tests import zoo
 
 
+def measure_pair(original: Path, pruned: Path, cfg: BenchConfig, rounds: int
+                 ) -> tuple[dict[int, float], dict[int, float]]:
+    """Median latency per batch of both models, measured alternately so that a change in the
+    machine's load hits both; the result per batch is the median over the rounds."""
+    base: dict[int, list[float]] = {}
+    after: dict[int, list[float]] = {}
+    for _ in range(rounds):
+        for target, model in ((base, original), (after, pruned)):
+            for r in benchmark_model(model, cfg):
+                target.setdefault(r.batch, []).append(r.median_ms)
+    med = lambda d: {b: float(np.median(v)) for b, v in d.items()}  # noqa: E731
+    return med(base), med(after)
+
+
+def cached_export(name: str, exporter: str) -> Path:
+    """The cached export if present (timing runs do not need the export check), else export."""
+    path = zoo.onnx_path(name, exporter)
+    return path if path.exists() else zoo.export(name, exporter)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="+", default=["resnet50", "mobilenet_v2", "densenet121", "vgg16"])
     ap.add_argument("--targets", nargs="+", type=float, default=[0.5, 0.3])
-    ap.add_argument("--round-to", nargs="+", type=int, default=[1, 8])
+    ap.add_argument("--round-to", nargs="+", type=int, default=[1, 8, 16])
+    ap.add_argument("--rounds", type=int, default=3, help="original/pruned measured alternately this many times")
     ap.add_argument("--batch", nargs="+", type=int, default=[1, 8])
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--json", type=Path)
@@ -36,8 +60,7 @@ def main() -> int:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
-            path = zoo.export(name, "torchscript")
-            base = {r.batch: r.median_ms for r in benchmark_model(path, cfg)}
+            path = cached_export(name, "torchscript")
             for target in args.targets:
                 for k in args.round_to:
                     t0 = time.perf_counter()
@@ -45,7 +68,7 @@ def main() -> int:
                     prune_s = time.perf_counter() - t0
                     out = Path(tmp) / f"{name}-{target}-{k}.onnx"
                     save_model(result.model, out)
-                    after = {r.batch: r.median_ms for r in benchmark_model(out, cfg)}
+                    base, after = measure_pair(path, out, cfg, args.rounds)
                     m0, m1 = result.macs
                     row = {"model": name, "target": target, "round_to": k, "macs_ratio": round(m0 / m1, 3),
                            "prune_s": round(prune_s, 2), "seconds": {k2: round(v, 3) for k2, v in result.seconds.items()}}
