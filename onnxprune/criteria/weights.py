@@ -19,8 +19,11 @@ WEIGHT_CRITERIA = ("l1", "l2", "bn", "random")
 
 
 def _position_norms(arr: np.ndarray, axis: int, p: int) -> np.ndarray:
-    moved = np.moveaxis(np.abs(arr.astype(np.float64)), axis, 0).reshape(arr.shape[axis], -1)
-    return moved.sum(axis=1) if p == 1 else np.sqrt((moved ** 2).sum(axis=1))
+    """L1 or L2 norm of each slice along `axis` (float64 accumulation, no float64 copy)."""
+    others = tuple(a for a in range(arr.ndim) if a != axis)
+    if p == 1:
+        return np.abs(arr).sum(axis=others, dtype=np.float64)
+    return np.sqrt(np.square(arr).sum(axis=others, dtype=np.float64))
 
 
 def _accumulate(analysis: Analysis, kinds: tuple[str, ...], p: int,
