@@ -21,7 +21,8 @@ from onnxprune.rewrite import VerifyResult, apply_keep, verify
 from onnxprune.search import AllocationConfig, allocate
 
 METHODS = ("l1", "l2", "bn", "taylor", "random", "gat-ppo", "rl-pruner", "sacp")
-AVAILABLE_METHODS = WEIGHT_CRITERIA
+AVAILABLE_METHODS = WEIGHT_CRITERIA + ("taylor",)
+DATA_METHODS = ("taylor",)
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,9 @@ class PruneConfig:
     exclude: tuple[str, ...] = ()
     verify: bool = True
     input_shapes: Mapping[str, Shape] = field(default_factory=dict)
+    data: str | None = None  # dataset spec (onnxprune.data), needed by taylor and fine-tuning
+    finetune_epochs: int = 0
+    finetune_images: int | None = None  # cap on training images per epoch
 
     def allocation(self) -> AllocationConfig:
         return AllocationConfig(sparsity=self.sparsity, target_flops=self.target_flops,
@@ -48,6 +52,7 @@ class PruneResult:
     model: onnx.ModelProto
     verified: VerifyResult | None
     seconds: dict[str, float]
+    finetuned: Any = None  # onnxprune.torchcopy.FinetuneResult when fine-tuned
 
     @property
     def macs(self) -> tuple[int, int]:
@@ -62,6 +67,11 @@ class PruneResult:
         if self.verified is not None:
             data["verify"] = {"max_abs_diff": self.verified.max_abs_diff,
                               "inputs": self.verified.inputs_checked}
+        if self.finetuned is not None:
+            data["finetune"] = {"initial_val_top1": self.finetuned.initial_val_top1,
+                                "val_top1": list(self.finetuned.val_top1_history),
+                                "best_val_top1": self.finetuned.best_val_top1,
+                                "write_back_max_abs_diff": self.finetuned.verify_max_abs_diff}
         data["seconds"] = {k: round(v, 4) for k, v in self.seconds.items()}
         return data
 
@@ -76,15 +86,36 @@ def prune(src: str | os.PathLike[str] | onnx.ModelProto, cfg: PruneConfig,
         raise InputError(
             f"--method {cfg.method} is not available in this version (available: {', '.join(AVAILABLE_METHODS)})"
         )
+    if (cfg.method in DATA_METHODS or cfg.finetune_epochs > 0) and not cfg.data:
+        why = f"--method {cfg.method}" if cfg.method in DATA_METHODS else "--finetune-epochs"
+        raise InputError(f"{why} needs data: pass --data SPEC (e.g. fashion-mnist, digits, folder:DIR)")
+    if cfg.finetune_epochs < 0:
+        raise InputError(f"--finetune-epochs must be >= 0, got {cfg.finetune_epochs}")
     alloc = cfg.allocation()
     times: dict[str, float] = {}
     t0 = time.perf_counter()
     say("analysing")
     analysis = analyze(src, cfg.input_shapes, cfg.exclude)
     times["analyze"] = time.perf_counter() - t0
+    splits = copy = None
+    if cfg.data:
+        from onnxprune.data import load_dataset
+
+        t0 = time.perf_counter()
+        say(f"loading {cfg.data}")
+        first = analysis.graph.inputs[0].name
+        splits = load_dataset(cfg.data, input_shape=analysis.graph.shapes[first], seed=cfg.seed)
+        times["data"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     say(f"scoring ({cfg.method})")
-    scores = weight_scores(analysis, cfg.method, cfg.seed)
+    if cfg.method == "taylor":
+        from onnxprune.torchcopy import taylor_scores, to_torch
+
+        copy = to_torch(analysis, seed=cfg.seed)
+        x, y = splits.train  # type: ignore[union-attr]
+        scores = taylor_scores(copy, analysis, x, y, seed=cfg.seed)
+    else:
+        scores = weight_scores(analysis, cfg.method, cfg.seed)
     keep = allocate(analysis, scores, alloc)
     times["select"] = time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -97,7 +128,18 @@ def prune(src: str | os.PathLike[str] | onnx.ModelProto, cfg: PruneConfig,
         say("verifying")
         verified = verify(analysis, keep, model, seed=cfg.seed)
         times["verify"] = time.perf_counter() - t0
-    return PruneResult(analysis, keep, model, verified, times)
+    tuned = None
+    if cfg.finetune_epochs > 0:
+        from onnxprune.torchcopy import FinetuneConfig, finetune, to_torch
+
+        t0 = time.perf_counter()
+        say("fine-tuning with knowledge distillation")
+        teacher = copy if copy is not None else to_torch(analysis, seed=cfg.seed)
+        tuned = finetune(model, teacher, splits,  # type: ignore[arg-type]
+                         FinetuneConfig(epochs=cfg.finetune_epochs, seed=cfg.seed, max_train=cfg.finetune_images))
+        model = tuned.model
+        times["finetune"] = time.perf_counter() - t0
+    return PruneResult(analysis, keep, model, verified, times, tuned)
 
 
 def save_model(model: onnx.ModelProto, path: str | os.PathLike[str]) -> None:

@@ -58,7 +58,23 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--no-verify", dest="verify", action="store_false")
     pr.add_argument("--input-shape", action="append", metavar="NAME:1x3x224x224")
     pr.add_argument("--data", metavar="SPEC", help="dataset (for data-driven methods)")
-    pr.add_argument("--finetune-epochs", type=int, default=0, metavar="N")
+    pr.add_argument("--finetune-epochs", type=int, default=0, metavar="N",
+                    help="fine-tune the pruned model with knowledge distillation from the original")
+    pr.add_argument("--finetune-images", type=int, default=None, metavar="N",
+                    help="training images per fine-tuning epoch (default: all)")
+
+    ft = sub.add_parser("finetune", help="fine-tune a pruned model with knowledge distillation")
+    ft.add_argument("model", metavar="PRUNED.onnx")
+    ft.add_argument("--teacher", required=True, metavar="ORIG.onnx")
+    ft.add_argument("--data", required=True, metavar="SPEC")
+    ft.add_argument("-o", "--output", required=True, metavar="OUT.onnx")
+    ft.add_argument("--epochs", type=int, default=5)
+    ft.add_argument("--optimizer", choices=["sgd", "adamw"], default="sgd")
+    ft.add_argument("--lr", type=float, default=None)
+    ft.add_argument("--tau", type=float, default=0.7, help="weight of distillation vs cross-entropy")
+    ft.add_argument("--temperature", type=float, default=4.0)
+    ft.add_argument("--images", type=int, default=None, help="training images per epoch (default: all)")
+    ft.add_argument("--seed", type=int, default=0)
 
     b = sub.add_parser("bench", help="onnxruntime latency of one or more models")
     b.add_argument("models", nargs="+")
@@ -82,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--epochs", type=int, default=2)
     d.add_argument("--train-images", type=int, default=8000)
     d.add_argument("--target-flops", type=_fraction, default=0.5)
+    d.add_argument("--method", choices=["l1", "l2", "bn", "taylor", "random"], default="taylor")
+    d.add_argument("--finetune-epochs", type=int, default=1)
+    d.add_argument("--finetune-images", type=int, default=3000)
     d.add_argument("--json", metavar="OUT.json")
     return p
 
@@ -114,18 +133,18 @@ def cmd_prune(args: argparse.Namespace) -> int:
     from onnxprune.report import prune_summary
 
     check_output_paths(args.model, [args.output, args.report])
-    if args.data or args.finetune_epochs:
-        from onnxprune.errors import InputError
-
-        raise InputError("--data/--finetune-epochs need the PyTorch copy, not available in this version")
     cfg = PruneConfig(
         method=args.method, sparsity=args.sparsity, target_flops=args.target_flops,
         global_ranking=args.global_ranking, round_to=args.round_to, seed=args.seed,
         exclude=tuple(args.exclude), verify=args.verify, input_shapes=parse_input_shapes(args.input_shape),
+        data=args.data, finetune_epochs=args.finetune_epochs, finetune_images=args.finetune_images,
     )
     out, err = _console()
-    with err.status("pruning") as status:
-        result = prune(args.model, cfg, progress=lambda msg: status.update(msg))
+    if args.finetune_epochs:  # the fine-tuning progress bar needs the terminal to itself
+        result = prune(args.model, cfg, progress=lambda msg: err.print(f"[dim]{msg}[/dim]"))
+    else:
+        with err.status("pruning") as status:
+            result = prune(args.model, cfg, progress=lambda msg: status.update(msg))
     save_model(result.model, args.output)
     if args.report:
         save_json(result.report(), args.report)
@@ -171,18 +190,43 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from onnxprune.api import check_output_paths, save_model
+    from onnxprune.data import load_dataset
+    from onnxprune.ir import build_graph, load_model
+    from onnxprune.torchcopy import FinetuneConfig, finetune
+
+    check_output_paths(args.model, [args.output])
+    check_output_paths(args.teacher, [args.output])
+    student = load_model(args.model)
+    teacher = load_model(args.teacher).model
+    graph = build_graph(student)
+    splits = load_dataset(args.data, input_shape=graph.shapes[graph.inputs[0].name], seed=args.seed)
+    cfg = FinetuneConfig(epochs=args.epochs, optimizer=args.optimizer, lr=args.lr, tau=args.tau,
+                         temperature=args.temperature, seed=args.seed, max_train=args.images)
+    result = finetune(student.model, teacher, splits, cfg)
+    save_model(result.model, args.output)
+    out, _ = _console()
+    out.print(f"validation top-1 {result.initial_val_top1:.4f} -> {result.best_val_top1:.4f} "
+              f"(best epoch {result.best_epoch}); weights written back and verified against the torch student "
+              f"(max abs diff {result.verify_max_abs_diff or 0:.2g}) -> {args.output}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from onnxprune.api import save_json
     from onnxprune.demo import DemoConfig, run_demo
 
-    summary = run_demo(DemoConfig(epochs=args.epochs, train_images=args.train_images,
-                                  target_flops=args.target_flops))
+    summary = run_demo(DemoConfig(epochs=args.epochs, train_images=args.train_images, method=args.method,
+                                  target_flops=args.target_flops, finetune_epochs=args.finetune_epochs,
+                                  finetune_images=args.finetune_images))
     if args.json:
         save_json(summary, args.json)
     return 0
 
 
-COMMANDS = {"analyze": cmd_analyze, "prune": cmd_prune, "bench": cmd_bench, "eval": cmd_eval, "demo": cmd_demo}
+COMMANDS = {"analyze": cmd_analyze, "prune": cmd_prune, "bench": cmd_bench, "eval": cmd_eval, "demo": cmd_demo,
+            "finetune": cmd_finetune}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -168,3 +168,19 @@ def test_dynamic_input_needs_input_shape(tmp_path: Path) -> None:
     shape = "x".join(str(d.dim_value or 8) for d in dims)
     ok = run("analyze", str(path), "--input-shape", f"{name}:{shape.replace('0x', '1x', 1)}")
     assert ok.returncode == 0, ok.stderr
+
+
+def test_data_methods_need_data(model_file: Path, tmp_path: Path) -> None:
+    out = tmp_path / "o.onnx"
+    assert_one_line_error(run("prune", str(model_file), "-o", str(out), "--sparsity", "0.3", "--method", "taylor"),
+                          "--data")
+    assert_one_line_error(run("prune", str(model_file), "-o", str(out), "--sparsity", "0.3",
+                              "--finetune-epochs", "1"), "--data")
+    assert_one_line_error(run("prune", str(model_file), "-o", str(out), "--sparsity", "0.3", "--method", "sacp"),
+                          "not available")
+    assert not out.exists()
+
+
+def test_missing_dataset_is_one_line(model_file: Path, tmp_path: Path) -> None:
+    proc = run("eval", str(model_file), "--data", f"fashion-mnist:{tmp_path / 'nowhere'}")
+    assert_one_line_error(proc, "apt-get install dataset-fashion-mnist")

@@ -1,0 +1,246 @@
+"""Fast masked evaluation: a candidate mask applied to the torch copy without rewriting anything.
+
+Removing a channel is simulated the way `onnxprune.rewrite.masked_reference` does it: the input
+weights of its consumers (the analysis' "in" members) are zeroed, so that nothing downstream
+sees the channel; the pruned model computes exactly that. One `MaskedModel` serves thousands of
+candidates: per weight tensor it keeps the original values and, per member, the unit index of
+every position, so `apply(keep)` is one gather and one multiply per member (no re-conversion, no
+Python loop over channels).
+
+Speed (ResNet-20, 31 M MACs, 1,000 Fashion-MNIST 28x28 images, 2 shared cores): 0.7-0.9
+evaluations/s with 1 torch thread and batches of 128-256, 0.2-0.4/s with 2 threads on the same
+busy machine (OpenMP threads stall when the cores are shared); onnxruntime runs the unmasked
+model at about 1.3/s. `apply` itself takes well under a millisecond: the forward passes are the
+cost. The copy's 4-D weights and the inputs go to channels-last memory format (up to 1.7x faster
+with 2 threads, about even with 1).
+
+BatchNorm re-calibration (optional): after masking, the BatchNormalization layers downstream of
+the removed channels see other statistics; `recalibrate_bn` re-estimates their running mean and
+variance on a few batches (models whose exporter folded BN into Conv have none to re-estimate).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from onnxprune.deps import Analysis
+from onnxprune.errors import UnsupportedModelError
+from onnxprune.torchcopy.convert import TorchCopy
+
+
+@dataclass(frozen=True, eq=False)
+class _Factor:
+    units: torch.Tensor  # (positions,) int64 global unit index per position along `axis`
+    shape: tuple[int, ...]  # broadcast shape of the factor: positions on `axis`, 1 elsewhere
+
+
+@dataclass(frozen=True, eq=False)
+class _Target:
+    tensor: torch.Tensor  # the live parameter or buffer (modified in place)
+    original: torch.Tensor  # (same shape) its values before any mask
+    factors: tuple[_Factor, ...]
+
+
+@contextlib.contextmanager
+def torch_threads(count: int | None) -> Iterator[None]:
+    """torch's intra-op thread count set to `count` inside the block (None: unchanged)."""
+    if count is None:
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _as_tensor(x: np.ndarray | torch.Tensor) -> torch.Tensor:
+    if isinstance(x, torch.Tensor):
+        return x
+    return torch.from_numpy(np.ascontiguousarray(x))
+
+
+def batched_logits(copy: TorchCopy, x: np.ndarray | torch.Tensor, batch_size: int = 256,
+                   channels_last: bool = False) -> torch.Tensor:
+    """(N, classes) logits of the copy's first output, in batches (no grad; current train/eval
+    mode). A graph with a fixed batch size runs in batches of that size, the last one padded.
+    `channels_last` hands 4-D batches over in that memory format."""
+    xt = _as_tensor(x)
+    channels_last = channels_last and xt.dim() == 4
+    step = copy.fixed_batch or batch_size
+    outs = []
+    with torch.no_grad():
+        for start in range(0, len(xt), step):
+            xb = xt[start:start + step]
+            n = len(xb)
+            if copy.fixed_batch and n != step:
+                xb = torch.cat([xb, xb.new_zeros((step - n,) + tuple(xb.shape[1:]))])
+            if channels_last:
+                xb = xb.contiguous(memory_format=torch.channels_last)
+            outs.append(copy.logits(xb)[:n])
+    return torch.cat(outs) if outs else torch.zeros(0)
+
+
+def accuracy(logits: torch.Tensor, y: np.ndarray | torch.Tensor) -> tuple[float, float]:
+    """(top-1, mean cross-entropy) of (N, classes) logits against labels."""
+    yt = _as_tensor(y).long()
+    if logits.shape[1] <= int(yt.max()):
+        raise ValueError(f"the model has {logits.shape[1]} outputs but the data has label {int(yt.max())}")
+    top1 = float((logits.argmax(1) == yt).float().mean())
+    loss = float(F.cross_entropy(logits.float(), yt))
+    return top1, loss
+
+
+class MaskedModel:
+    """The torch copy of an analysed model, with candidate masks applied in place.
+
+    Example:
+        masked = MaskedModel(to_torch(analysis), analysis)
+        masked.apply(keep)                     # keep: bool (num_units,)
+        top1, loss = masked.evaluate(x_val, y_val)
+        masked.reset()                         # original weights back
+    """
+
+    def __init__(self, copy: TorchCopy, analysis: Analysis, channels_last: bool = True,
+                 threads: int | None = None) -> None:
+        """Take over `copy` (its weights are masked in place; `reset()` restores them).
+
+        `channels_last`: move the copy's 4-D parameters to channels-last memory format (faster
+        CPU convolutions; values and parameter objects unchanged).
+        `threads`: torch intra-op threads while evaluating (restored afterwards); None keeps
+        torch's setting. On a busy machine 1 thread can beat several (see the module docstring).
+        """
+        self.copy = copy
+        self.channels_last = channels_last
+        self.threads = threads
+        if channels_last:
+            copy.module.to(memory_format=torch.channels_last)
+        self.analysis = analysis
+        self.num_units = analysis.groups.num_units
+        targets: dict[int, tuple[torch.Tensor, list[_Factor]]] = {}
+        unbound = []
+        for rm in analysis.groups.members:
+            m = rm.member
+            if m.kind != "in" or not rm.units.size:
+                continue
+            binds = copy.bindings.get(m.tensor)
+            if not binds:
+                unbound.append(m.tensor)
+                continue
+            for binding in binds:
+                tensor = copy.resolve(binding)
+                axis = binding.torch_axis(m.axis, tensor.dim())
+                if tensor.shape[axis] != rm.units.size:
+                    raise UnsupportedModelError(
+                        f"torch copy: {m.tensor} has {tensor.shape[axis]} positions on axis {axis}, "
+                        f"the analysis expects {rm.units.size}"
+                    )
+                shape = [1] * tensor.dim()
+                shape[axis] = rm.units.size
+                factor = _Factor(torch.from_numpy(rm.units.astype(np.int64)), tuple(shape))
+                entry = targets.setdefault(id(tensor), (tensor, []))
+                entry[1].append(factor)
+        if unbound:
+            raise UnsupportedModelError(
+                f"torch copy: consumer weight(s) {', '.join(sorted(set(unbound))[:5])} are not torch tensors"
+            )
+        self._targets = tuple(_Target(t, t.detach().clone(), tuple(fs)) for t, fs in targets.values())
+        self._bn = [m for m in copy.module.modules()
+                    if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None]  # noqa: SLF001
+        self._bn_stats = [(bn.running_mean.clone(), bn.running_var.clone()) for bn in self._bn]
+        self._bn_dirty = False
+        self.keep: np.ndarray | None = None
+
+    @property
+    def batchnorms(self) -> int:
+        """How many BatchNorm layers `recalibrate_bn` can re-estimate."""
+        return len(self._bn_stats)
+
+    def apply(self, keep: np.ndarray) -> None:
+        """Zero the consumer input weights of every unit where `keep` is False (bool (num_units,)).
+
+        Restores the original weights (and BatchNorm statistics) first: masks do not accumulate.
+        """
+        keep = np.asarray(keep, dtype=bool)
+        if keep.shape != (self.num_units,):
+            raise ValueError(f"keep has shape {keep.shape}, expected ({self.num_units},)")
+        self._restore_bn()
+        factor_of_unit = torch.from_numpy(keep.astype(np.float32))  # (num_units,)
+        with torch.no_grad():
+            for target in self._targets:
+                first, *rest = target.factors
+                torch.mul(target.original,
+                          factor_of_unit[first.units].to(target.original.dtype).view(first.shape),
+                          out=target.tensor.data)
+                for f in rest:
+                    target.tensor.data.mul_(factor_of_unit[f.units].to(target.original.dtype).view(f.shape))
+        self.keep = keep.copy()
+
+    def reset(self) -> None:
+        """Original weights and BatchNorm statistics back."""
+        self._restore_bn()
+        with torch.no_grad():
+            for target in self._targets:
+                target.tensor.data.copy_(target.original)
+        self.keep = None
+
+    def _restore_bn(self) -> None:
+        if not self._bn_dirty:
+            return
+        with torch.no_grad():
+            for bn, (mean, var) in zip(self._bn, self._bn_stats):
+                bn.running_mean.copy_(mean)
+                bn.running_var.copy_(var)
+        self._bn_dirty = False
+
+    def recalibrate_bn(self, x: np.ndarray | torch.Tensor, batches: int = 4, batch_size: int = 128) -> int:
+        """Re-estimate the running statistics of every BatchNorm layer on `batches` batches of `x`
+        (cumulative average, under the current mask); returns how many layers were re-estimated.
+
+        The next `apply`/`reset` restores the original statistics.
+        """
+        if not self._bn_stats:
+            return 0
+        xt = _as_tensor(x)
+        step = self.copy.fixed_batch or batch_size
+        momenta = [bn.momentum for bn in self._bn]
+        self.copy.module.eval()
+        with torch_threads(self.threads):
+            try:
+                for bn in self._bn:
+                    bn.reset_running_stats()
+                    bn.momentum = None  # cumulative moving average over the batches seen
+                    bn.train()
+                self._bn_dirty = True
+                with torch.no_grad():
+                    for k, start in enumerate(range(0, len(xt), step)):
+                        xb = xt[start:start + step]
+                        if k >= batches or len(xb) < 2 or (self.copy.fixed_batch and len(xb) != step):
+                            break
+                        if self.channels_last and xb.dim() == 4:
+                            xb = xb.contiguous(memory_format=torch.channels_last)
+                        self.copy.logits(xb)
+            finally:
+                for bn, momentum in zip(self._bn, momenta):
+                    bn.momentum = momentum
+                self.copy.module.eval()
+        return len(self._bn_stats)
+
+    def logits(self, x: np.ndarray | torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+        """(N, classes) logits under the current mask (eval mode, no grad)."""
+        self.copy.module.eval()
+        with torch_threads(self.threads):
+            return batched_logits(self.copy, x, batch_size, self.channels_last)
+
+    def evaluate(self, x: np.ndarray | torch.Tensor, y: np.ndarray | torch.Tensor,
+                 batch_size: int = 256) -> tuple[float, float]:
+        """(top-1 accuracy, mean cross-entropy) under the current mask."""
+        return accuracy(self.logits(x, batch_size), y)
