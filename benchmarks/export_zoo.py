@@ -9,8 +9,9 @@ logits' scale (max |logits|) and input sensitivity (max |logits[0] - logits[1]| 
 for two random inputs), whether the exporter succeeded (and why not), Torch-Pruning's reference
 groups (count, total channels) and the time of its ``build_dependency``. Cached exports are
 reused: their times are those recorded when they were made (column ``cached``). The cache is
-``$ONNXPRUNE_ZOO_CACHE`` or ``~/.cache/onnxprune/zoo/torch-<version>-<CACHE_TAG>/``; a cold
-cache also pays each model's calibration (``zoo._calibrate``), before its first export.
+``$ONNXPRUNE_ZOO_CACHE`` or ``~/.cache/onnxprune/zoo/torch-<version>-<CACHE_TAG>/``. Column
+``model s``: the first ``zoo.torch_model`` of each model, which calibrates it on a cold cache
+(``zoo._calibrate``) and loads the cached calibration otherwise.
 """
 
 from __future__ import annotations
@@ -94,6 +95,7 @@ def _table(results: dict[str, dict[str, Any]], exporters: list[zoo.Exporter]) ->
     table = Table(title=f"zoo exports ({zoo.cache_dir()})")
     table.add_column("model")
     table.add_column("big")
+    table.add_column("model s", justify="right")
     table.add_column("max|logits|", justify="right")
     table.add_column("sensitivity", justify="right")
     for exporter in exporters:
@@ -106,7 +108,7 @@ def _table(results: dict[str, dict[str, Any]], exporters: list[zoo.Exporter]) ->
     table.add_column("TP channels", justify="right")
     table.add_column("TP build s", justify="right")
     for name, res in results.items():
-        cells = [name, "big" if zoo.ZOO[name].big else ""]
+        cells = [name, "big" if zoo.ZOO[name].big else "", _sec(res["model_seconds"])]
         ok = [res[e] for e in exporters if res[e]["ok"]]
         if ok:
             cells += [f"{ok[0]['logits_max_abs']:.3g}", f"{ok[0]['input_sensitivity']:.3g}"]
@@ -158,6 +160,12 @@ def main(argv: list[str] | None = None) -> int:
         task = progress.add_task("zoo", total=steps)
         for name in names:
             res: dict[str, Any] = {}
+            progress.update(task, description=f"{name} [calibration]")
+            start = time.perf_counter()
+            zoo.torch_model(name)
+            res["model_seconds"] = time.perf_counter() - start
+            progress.console.print(f"{name:20} model       {res['model_seconds']:6.1f} s "
+                                   f"(build, calibration unless cached)")
             for exporter in exporters:
                 progress.update(task, description=f"{name} [{exporter}]")
                 row = res[exporter] = _export_row(name, exporter, args.retry_failed)
@@ -205,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         escape(f"{name} [{key}]: {row['error']}")
         for name, res in results.items()
         for key, row in res.items()
-        if (key == "tp" and row["channels"] is None) or (key != "tp" and not row["ok"])
+        if (key == "tp" and row["channels"] is None) or (key in zoo.EXPORTERS and not row["ok"])
     ]
     for line in failed:
         console.print(f"[red]failed[/red] {line}")
