@@ -39,6 +39,7 @@ class PruneConfig:
     data: str | None = None  # dataset spec (onnxprune.data), needed by taylor and fine-tuning
     finetune_epochs: int = 0
     finetune_images: int | None = None  # cap on training images per epoch
+    data_options: Mapping[str, Any] = field(default_factory=dict)  # layout/resize/mean/std for load_dataset
 
     def allocation(self) -> AllocationConfig:
         return AllocationConfig(sparsity=self.sparsity, target_flops=self.target_flops,
@@ -104,7 +105,8 @@ def prune(src: str | os.PathLike[str] | onnx.ModelProto, cfg: PruneConfig,
         t0 = time.perf_counter()
         say(f"loading {cfg.data}")
         first = analysis.graph.inputs[0].name
-        splits = load_dataset(cfg.data, input_shape=analysis.graph.shapes[first], seed=cfg.seed)
+        splits = load_dataset(cfg.data, input_shape=analysis.graph.shapes[first], seed=cfg.seed,
+                              **dict(cfg.data_options))
         times["data"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     say(f"scoring ({cfg.method})")

@@ -26,6 +26,35 @@ def _fraction(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
 
 
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+        return h, w
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HxW, e.g. 32x32, got {text!r}") from None
+
+
+def _data_options(parser: argparse.ArgumentParser) -> None:
+    """Preprocessing flags shared by the commands that read a dataset."""
+    g = parser.add_argument_group("data preprocessing (defaults follow the model's input shape)")
+    g.add_argument("--layout", choices=["auto", "nchw", "nhwc"], default="auto",
+                   help="image layout the model expects (auto: from the input shape)")
+    g.add_argument("--resize", type=_size, metavar="HxW", help="resize images (default: the model's H, W)")
+    g.add_argument("--mean", type=_floats, metavar="M[,M,M]", help="per-channel mean after scaling to [0, 1]")
+    g.add_argument("--std", type=_floats, metavar="S[,S,S]", help="per-channel std after scaling to [0, 1]")
+
+
+def data_kwargs(args: argparse.Namespace) -> dict:
+    return {"layout": args.layout, "resize": args.resize, "mean": args.mean, "std": args.std}
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="onnxprune", description="Structured channel pruning of CNNs given as ONNX files.")
     p.add_argument("--version", action="version", version=f"onnxprune {__version__}")
@@ -62,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="fine-tune the pruned model with knowledge distillation from the original")
     pr.add_argument("--finetune-images", type=int, default=None, metavar="N",
                     help="training images per fine-tuning epoch (default: all)")
+    _data_options(pr)
 
     ft = sub.add_parser("finetune", help="fine-tune a pruned model with knowledge distillation")
     ft.add_argument("model", metavar="PRUNED.onnx")
@@ -75,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--temperature", type=float, default=4.0)
     ft.add_argument("--images", type=int, default=None, help="training images per epoch (default: all)")
     ft.add_argument("--seed", type=int, default=0)
+    _data_options(ft)
 
     b = sub.add_parser("bench", help="onnxruntime latency of one or more models")
     b.add_argument("models", nargs="+")
@@ -93,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=int, default=256)
     e.add_argument("--input-shape", action="append", metavar="NAME:1x3x224x224")
     e.add_argument("--json", metavar="OUT.json")
+    _data_options(e)
 
     d = sub.add_parser("demo", help="train a small CNN, prune it to 50%% MACs, compare before/after")
     d.add_argument("--epochs", type=int, default=2)
@@ -138,6 +170,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         global_ranking=args.global_ranking, round_to=args.round_to, seed=args.seed,
         exclude=tuple(args.exclude), verify=args.verify, input_shapes=parse_input_shapes(args.input_shape),
         data=args.data, finetune_epochs=args.finetune_epochs, finetune_images=args.finetune_images,
+        data_options=data_kwargs(args),
     )
     out, err = _console()
     if args.finetune_epochs:  # the fine-tuning progress bar needs the terminal to itself
@@ -179,7 +212,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from onnxprune.ir import build_graph, load_model, parse_input_shapes
 
     graph = build_graph(load_model(args.model), parse_input_shapes(args.input_shape))
-    splits = load_dataset(args.data, input_shape=graph.shapes[graph.inputs[0].name])
+    splits = load_dataset(args.data, input_shape=graph.shapes[graph.inputs[0].name], **data_kwargs(args))
     x, y = splits.split(args.split)
     out, err = _console()
     with err.status(f"evaluating on {len(x)} images ({args.split} split)"):
@@ -201,7 +234,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     student = load_model(args.model)
     teacher = load_model(args.teacher).model
     graph = build_graph(student)
-    splits = load_dataset(args.data, input_shape=graph.shapes[graph.inputs[0].name], seed=args.seed)
+    splits = load_dataset(args.data, input_shape=graph.shapes[graph.inputs[0].name], seed=args.seed,
+                          **data_kwargs(args))
     cfg = FinetuneConfig(epochs=args.epochs, optimizer=args.optimizer, lr=args.lr, tau=args.tau,
                          temperature=args.temperature, seed=args.seed, max_train=args.images)
     result = finetune(student.model, teacher, splits, cfg)

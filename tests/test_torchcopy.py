@@ -487,6 +487,11 @@ def test_cli_taylor_prune_finetune_eval(digits_teacher, tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     result = json.loads(js.read_text())
     assert result["n"] > 0 and result["top1"] > 0.5
+    shifted = tmp_path / "shifted.json"
+    proc = subprocess.run(cli + ["eval", str(pruned), "--data", "digits", "--layout", "nchw", "--resize", "8x8",
+                                 "--mean", "0.5", "--std", "0.01", "--json", str(shifted)], **env_run)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(shifted.read_text())["top1"] < result["top1"]  # the flags reach the data
     again = tmp_path / "again.onnx"
     proc = subprocess.run(cli + ["finetune", str(pruned), "--teacher", str(orig), "--data", "digits",
                                  "--epochs", "1", "-o", str(again)], **env_run)

@@ -94,3 +94,20 @@ def test_zoo_prunes_with_verified_equivalence(name: str, exporter: str) -> None:
             assert after <= 0.5 * before
         again = analyze(result.model)
         assert again.macs == after
+
+
+@pytest.mark.parametrize("name, exporter", _params())
+def test_zoo_torch_copy_agrees_with_onnxruntime(name: str, exporter: str) -> None:
+    """onnx2torch (with onnxprune's converters for what 1.5.15 lacks) reproduces onnxruntime."""
+    import torch
+
+    from onnxprune.torchcopy import to_torch
+
+    analysis = analyze(zoo.export(name, exporter))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # two torch threads stall each other on a busy 2-core machine
+    try:
+        copy = to_torch(analysis)  # raises UnsupportedModelError when the copy disagrees
+    finally:
+        torch.set_num_threads(threads)
+    assert copy.check.max_abs_diff <= 1e-3 * max(1.0, copy.check.max_abs_output)
