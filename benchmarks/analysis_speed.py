@@ -22,6 +22,7 @@ import torch
 
 from onnxprune.deps import analyze_graph
 from onnxprune.ir import build_graph, load_model
+from benchmarks.common import cached_export
 from tests import zoo
 
 
@@ -48,12 +49,6 @@ def torch_pruning_time(name: str, repeats: int) -> tuple[float, int]:
         count = sum(1 for _ in dg.get_all_groups(ignored_layers=[fc], root_module_types=(torch.nn.Conv2d, torch.nn.Linear)))
 
     return best_of(repeats, run), count
-
-
-def cached_export(name: str, exporter: str) -> Path:
-    """The cached export if present (timing runs do not need the export check), else export."""
-    path = zoo.onnx_path(name, exporter)
-    return path if path.exists() else zoo.export(name, exporter)
 
 
 def main() -> int:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from onnxprune.api import PruneConfig, prune, save_model
 from onnxprune.bench import BenchConfig, benchmark_model
-from tests import zoo
+from benchmarks.common import cached_export
 
 
 def measure_pair(original: Path, pruned: Path, cfg: BenchConfig, rounds: int
@@ -38,12 +38,6 @@ def measure_pair(original: Path, pruned: Path, cfg: BenchConfig, rounds: int
                 target.setdefault(r.batch, []).append(r.median_ms)
     med = lambda d: {b: float(np.median(v)) for b, v in d.items()}  # noqa: E731
     return med(base), med(after)
-
-
-def cached_export(name: str, exporter: str) -> Path:
-    """The cached export if present (timing runs do not need the export check), else export."""
-    path = zoo.onnx_path(name, exporter)
-    return path if path.exists() else zoo.export(name, exporter)
 
 
 def main() -> int:
