@@ -99,7 +99,7 @@ def prune(src: str | os.PathLike[str] | onnx.ModelProto, cfg: PruneConfig,
     analysis = analyze(src, cfg.input_shapes, cfg.exclude)
     times["analyze"] = time.perf_counter() - t0
     splits = copy = None
-    if cfg.data:
+    if cfg.data and (cfg.method in DATA_METHODS or cfg.finetune_epochs > 0):
         from onnxprune.data import load_dataset
 
         t0 = time.perf_counter()
