@@ -85,8 +85,7 @@ def load_model(src: str | os.PathLike[str] | onnx.ModelProto) -> LoadedModel:
     _check_operators(model, source)
     model = _convert_opset(model, original, source)
     normalize(model)
-    if model.ir_version > MAX_IR_VERSION:
-        model.ir_version = MAX_IR_VERSION
+    with_ir_version(model)
     return LoadedModel(model=model, source=source, opset=default_opset(model), original_opset=original)
 
 
