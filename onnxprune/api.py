@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,13 +15,14 @@ import onnx
 from onnxprune.criteria import WEIGHT_CRITERIA, weight_scores
 from onnxprune.deps import Analysis, analyze
 from onnxprune.errors import InputError
+from onnxprune.fileio import atomic_write
 from onnxprune.ir import Shape
 from onnxprune.rewrite import VerifyResult, apply_keep, verify
 from onnxprune.search import AllocationConfig, allocate
 
-METHODS = ("l1", "l2", "bn", "taylor", "random", "gat-ppo", "rl-pruner", "sacp")
-AVAILABLE_METHODS = WEIGHT_CRITERIA + ("taylor",)
-DATA_METHODS = ("taylor",)
+SEARCH_METHOD_NAMES = ("gat-ppo", "rl-pruner", "sacp")
+METHODS = ("l1", "l2", "bn", "taylor", "random") + SEARCH_METHOD_NAMES
+DATA_METHODS = ("taylor",) + SEARCH_METHOD_NAMES
 
 
 @dataclass(frozen=True)
@@ -40,10 +40,41 @@ class PruneConfig:
     finetune_epochs: int = 0
     finetune_images: int | None = None  # cap on training images per epoch
     data_options: Mapping[str, Any] = field(default_factory=dict)  # layout/resize/mean/std for load_dataset
+    # search methods only (gat-ppo, rl-pruner, sacp)
+    target_params: float | None = None  # fraction of the params kept (at most)
+    target_latency: float | None = None  # fraction of the measured onnxruntime latency (at most)
+    workers: int = 1  # local evaluation processes
+    eval_images: int | None = 1000  # validation images per cheap candidate evaluation
+    checkpoint: str | None = None
+    resume: bool = False
+    trajectory: str | None = None  # JSON trajectory output
+    plot: str | None = None  # PNG plot of the trajectory
+    search_progress: bool = True
+    options: Mapping[str, Any] = field(default_factory=dict)  # the method's own settings
 
     def allocation(self) -> AllocationConfig:
         return AllocationConfig(sparsity=self.sparsity, target_flops=self.target_flops,
                                 global_ranking=self.global_ranking, round_to=self.round_to)
+
+    def budget(self) -> Any:
+        """The search budget (`onnxprune.search.Budget`) from whichever target was given."""
+        from onnxprune.search import Budget
+
+        targets = {"macs": self.target_flops, "params": self.target_params, "latency": self.target_latency,
+                   "channels": None if self.sparsity is None else 1.0 - self.sparsity}
+        given = [(k, v) for k, v in targets.items() if v is not None]
+        if len(given) != 1:
+            raise InputError("give exactly one of --target-flops, --target-params, --target-latency, --sparsity")
+        return Budget(*given[0])
+
+    def search(self) -> Any:
+        """The `onnxprune.search.SearchConfig` of a search method."""
+        from onnxprune.search import EvalConfig, SearchConfig
+
+        return SearchConfig(budget=self.budget(), seed=self.seed, round_to=self.round_to,
+                            eval=EvalConfig(images=self.eval_images, workers=self.workers, seed=self.seed),
+                            checkpoint=self.checkpoint, resume=self.resume, trajectory=self.trajectory,
+                            plot=self.plot, progress=self.search_progress, options=dict(self.options))
 
 
 @dataclass(frozen=True, eq=False)
@@ -54,6 +85,7 @@ class PruneResult:
     verified: VerifyResult | None
     seconds: dict[str, float]
     finetuned: Any = None  # onnxprune.torchcopy.FinetuneResult when fine-tuned
+    searched: Any = None  # onnxprune.search.SearchResult for the search methods
 
     @property
     def macs(self) -> tuple[int, int]:
@@ -73,6 +105,8 @@ class PruneResult:
                                 "val_top1": list(self.finetuned.val_top1_history),
                                 "best_val_top1": self.finetuned.best_val_top1,
                                 "write_back_max_abs_diff": self.finetuned.verify_max_abs_diff}
+        if self.searched is not None:
+            data["search"] = dict(self.searched.summary)
         data["seconds"] = {k: round(v, 4) for k, v in self.seconds.items()}
         return data
 
@@ -83,16 +117,18 @@ def prune(src: str | os.PathLike[str] | onnx.ModelProto, cfg: PruneConfig,
     say = progress or (lambda _msg: None)
     if cfg.method not in METHODS:
         raise InputError(f"unknown method {cfg.method!r} (choose from {', '.join(METHODS)})")
-    if cfg.method not in AVAILABLE_METHODS:
-        raise InputError(
-            f"--method {cfg.method} is not available in this version (available: {', '.join(AVAILABLE_METHODS)})"
-        )
     if (cfg.method in DATA_METHODS or cfg.finetune_epochs > 0) and not cfg.data:
         why = f"--method {cfg.method}" if cfg.method in DATA_METHODS else "--finetune-epochs"
         raise InputError(f"{why} needs data: pass --data SPEC (e.g. fashion-mnist, digits, folder:DIR)")
     if cfg.finetune_epochs < 0:
         raise InputError(f"--finetune-epochs must be >= 0, got {cfg.finetune_epochs}")
-    alloc = cfg.allocation()
+    searching = cfg.method in SEARCH_METHOD_NAMES
+    if searching:
+        search_cfg = cfg.search()
+    else:
+        if cfg.target_params is not None or cfg.target_latency is not None:
+            raise InputError(f"--target-params and --target-latency need a search method ({', '.join(SEARCH_METHOD_NAMES)})")
+        alloc = cfg.allocation()
     times: dict[str, float] = {}
     t0 = time.perf_counter()
     say("analysing")
@@ -110,7 +146,15 @@ def prune(src: str | os.PathLike[str] | onnx.ModelProto, cfg: PruneConfig,
         times["data"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     say(f"scoring ({cfg.method})")
-    if cfg.method == "taylor":
+    searched = None
+    if searching:
+        from onnxprune.search import run_search
+        from onnxprune.torchcopy import to_torch
+
+        copy = to_torch(analysis, seed=cfg.seed)
+        searched = run_search(cfg.method, analysis, copy, splits, search_cfg, say)
+        keep = searched.keep
+    elif cfg.method == "taylor":
         from onnxprune.torchcopy import taylor_scores, to_torch
 
         copy = to_torch(analysis, seed=cfg.seed)
@@ -118,7 +162,8 @@ def prune(src: str | os.PathLike[str] | onnx.ModelProto, cfg: PruneConfig,
         scores = taylor_scores(copy, analysis, x, y, seed=cfg.seed)
     else:
         scores = weight_scores(analysis, cfg.method, cfg.seed)
-    keep = allocate(analysis, scores, alloc)
+    if not searching:
+        keep = allocate(analysis, scores, alloc)
     times["select"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     say("rewriting")
@@ -137,34 +182,23 @@ def prune(src: str | os.PathLike[str] | onnx.ModelProto, cfg: PruneConfig,
         t0 = time.perf_counter()
         say("fine-tuning with knowledge distillation")
         teacher = copy if copy is not None else to_torch(analysis, seed=cfg.seed)
-        tuned = finetune(model, teacher, splits,  # type: ignore[arg-type]
+        student = searched.model if searched is not None and searched.model is not None else model
+        tuned = finetune(student, teacher, splits,  # type: ignore[arg-type]
                          FinetuneConfig(epochs=cfg.finetune_epochs, seed=cfg.seed, max_train=cfg.finetune_images))
         model = tuned.model
         times["finetune"] = time.perf_counter() - t0
-    return PruneResult(analysis, keep, model, verified, times, tuned)
+    elif searched is not None and searched.model is not None:
+        model = searched.model  # the method post-trained the pruned model
+    return PruneResult(analysis, keep, model, verified, times, tuned, searched)
 
 
 def save_model(model: onnx.ModelProto, path: str | os.PathLike[str]) -> None:
     """Write atomically (temporary file in the same folder, then rename)."""
-    _atomic_write(Path(path), model.SerializeToString())
+    atomic_write(Path(path), model.SerializeToString())
 
 
 def save_json(data: Mapping[str, Any], path: str | os.PathLike[str]) -> None:
-    _atomic_write(Path(path), (json.dumps(data, indent=2) + "\n").encode())
-
-
-def _atomic_write(path: Path, payload: bytes) -> None:
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise InputError(f"{path}: folder {folder} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(payload)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(Path(path), (json.dumps(data, indent=2) + "\n").encode())
 
 
 def same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:

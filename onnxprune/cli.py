@@ -51,6 +51,54 @@ def _data_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--std", type=_floats, metavar="S[,S,S]", help="per-channel std after scaling to [0, 1]")
 
 
+# Named flags of the search methods; each goes into the method's options when given.
+SEARCH_FLAGS: dict[str, tuple[type, str]] = {
+    "episodes": (int, "gat-ppo: PPO episodes; rl-pruner: sampling stages per step"),
+    "steps": (int, "gat-ppo: decision steps per episode (1: one shot); rl-pruner: pruning steps"),
+    "block": (int, "gat-ppo: channels per keep/drop block"),
+    "blocks_per_group": (int, "gat-ppo: blocks per group (instead of --block)"),
+    "gat_backend": (str, "gat-ppo: auto | dgl | torch (auto: DGL where it imports)"),
+    "reward": (str, "rl-pruner: accuracy | flops | params (the paper's reward presets)"),
+    "preset": (str, "rl-pruner, sacp: cpu (default) | paper"),
+}
+
+
+def _option(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key.strip().replace("-", "_"), value.strip()
+
+
+def _search_options(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("search methods (gat-ppo, rl-pruner, sacp)")
+    for name, (kind, text) in SEARCH_FLAGS.items():
+        g.add_argument("--" + name.replace("_", "-"), dest=f"opt_{name}", type=kind, default=None, help=text,
+                       metavar="N" if kind is int else "NAME")
+    g.add_argument("--no-pretrain", dest="opt_pretrain", action="store_const", const=False, default=None,
+                   help="gat-ppo: skip the graph auto-encoder pre-training (ablation)")
+    g.add_argument("--option", action="append", type=_option, default=[], metavar="KEY=VALUE",
+                   help="any other setting of the method (repeatable; see the README)")
+    g.add_argument("--workers", type=int, default=1, help="local processes evaluating candidates")
+    g.add_argument("--eval-images", type=int, default=1000,
+                   help="validation images per candidate evaluation (0: the whole split)")
+    g.add_argument("--checkpoint", metavar="PATH", help="save the search state here (and --resume from it)")
+    g.add_argument("--resume", action="store_true", help="continue the search saved in --checkpoint")
+    g.add_argument("--trajectory", metavar="OUT.json", help="write the search trajectory as JSON")
+    g.add_argument("--plot", metavar="OUT.png", help="plot the search trajectory (reward phases, best accuracy)")
+
+
+def search_options(args: argparse.Namespace) -> dict:
+    """The method options given on the command line (named flags, then --option KEY=VALUE)."""
+    opts: dict = {}
+    for key, value in vars(args).items():
+        if key.startswith("opt_") and value is not None:
+            opts[key[4:]] = value
+    for key, value in args.option:
+        opts[key] = value
+    return opts
+
+
 def data_kwargs(args: argparse.Namespace) -> dict:
     return {"layout": args.layout, "resize": args.resize, "mean": args.mean, "std": args.std}
 
@@ -75,7 +123,12 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("--target-flops", type=_fraction, metavar="F",
                         help="keep at most F (0 < F <= 1) of the original MACs")
     target.add_argument("--sparsity", type=_fraction, metavar="S",
-                        help="remove a fraction S of the channels of every prunable group")
+                        help="remove a fraction S of the channels of every prunable group "
+                             "(search methods: of all prunable channels)")
+    target.add_argument("--target-params", type=_fraction, metavar="F",
+                        help="search methods: keep at most F of the parameters")
+    target.add_argument("--target-latency", type=_fraction, metavar="F",
+                        help="search methods: keep at most F of the onnxruntime CPU latency (batch 1, measured)")
     pr.add_argument("--global", dest="global_ranking", action="store_true",
                     help="rank all channels together instead of the same fraction per group")
     pr.add_argument("--round-to", type=int, default=1, metavar="K", help="kept channel counts multiple of K")
@@ -92,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--finetune-images", type=int, default=None, metavar="N",
                     help="training images per fine-tuning epoch (default: all)")
     _data_options(pr)
+    _search_options(pr)
 
     ft = sub.add_parser("finetune", help="fine-tune a pruned model with knowledge distillation")
     ft.add_argument("model", metavar="PRUNED.onnx")
@@ -164,16 +218,18 @@ def cmd_prune(args: argparse.Namespace) -> int:
     from onnxprune.ir import parse_input_shapes
     from onnxprune.report import prune_summary
 
-    check_output_paths(args.model, [args.output, args.report])
+    check_output_paths(args.model, [args.output, args.report, args.trajectory, args.plot, args.checkpoint])
     cfg = PruneConfig(
         method=args.method, sparsity=args.sparsity, target_flops=args.target_flops,
         global_ranking=args.global_ranking, round_to=args.round_to, seed=args.seed,
         exclude=tuple(args.exclude), verify=args.verify, input_shapes=parse_input_shapes(args.input_shape),
         data=args.data, finetune_epochs=args.finetune_epochs, finetune_images=args.finetune_images,
-        data_options=data_kwargs(args),
+        data_options=data_kwargs(args), target_params=args.target_params, target_latency=args.target_latency,
+        workers=args.workers, eval_images=args.eval_images, checkpoint=args.checkpoint, resume=args.resume,
+        trajectory=args.trajectory, plot=args.plot, options=search_options(args),
     )
     out, err = _console()
-    if args.finetune_epochs:  # the fine-tuning progress bar needs the terminal to itself
+    if args.finetune_epochs or args.method in ("gat-ppo", "rl-pruner", "sacp"):  # the fine-tuning progress bar needs the terminal to itself
         result = prune(args.model, cfg, progress=lambda msg: err.print(f"[dim]{msg}[/dim]"))
     else:
         with err.status("pruning") as status:

@@ -176,8 +176,11 @@ def test_data_methods_need_data(model_file: Path, tmp_path: Path) -> None:
                           "--data")
     assert_one_line_error(run("prune", str(model_file), "-o", str(out), "--sparsity", "0.3",
                               "--finetune-epochs", "1"), "--data")
-    assert_one_line_error(run("prune", str(model_file), "-o", str(out), "--sparsity", "0.3", "--method", "sacp"),
-                          "not available")
+    for method in ("gat-ppo", "rl-pruner", "sacp"):
+        assert_one_line_error(run("prune", str(model_file), "-o", str(out), "--sparsity", "0.3", "--method", method),
+                              "--data")
+    assert_one_line_error(run("prune", str(model_file), "-o", str(out), "--target-params", "0.5"),
+                          "search method")
     assert not out.exists()
 
 

@@ -1,0 +1,314 @@
+"""What every search method shares: its inputs (`SearchContext`), its output (`SearchResult`),
+the JSON trajectory, checkpoints for `--resume`, the progress bar and the method registry.
+
+A method is a function `run(ctx: SearchContext) -> SearchResult`. It reads candidates' costs
+from `ctx.meter`, scores them through `ctx.evaluator`, records each episode / stage with
+`ctx.trajectory.add(...)`, saves its state with `ctx.checkpoint.save(...)` at safe points and
+loads it with `ctx.checkpoint.load()` when resuming. The returned mask must meet the budget:
+`ctx.finish(...)` enforces that (with `make_feasible`) and fills the result.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import os
+import pickle
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, TypeVar
+
+import numpy as np
+
+from onnxprune.deps import Analysis
+from onnxprune.errors import InputError
+from onnxprune.fileio import atomic_write
+from onnxprune.search.budget import Budget, BudgetMeter, make_feasible
+from onnxprune.search.evaluator import EvalConfig, Evaluator
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """Settings common to every search method; `options` holds the method's own (validated by
+    the method's config class, e.g. `--option episodes=40`)."""
+
+    budget: Budget = Budget()
+    seed: int = 0
+    eval: EvalConfig = EvalConfig()
+    round_to: int = 1
+    checkpoint: str | None = None
+    resume: bool = False
+    trajectory: str | None = None
+    plot: str | None = None
+    progress: bool = True
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.resume and not self.checkpoint:
+            raise InputError("--resume needs --checkpoint PATH")
+
+
+class Trajectory:
+    """Records of a search (one dict per episode, stage or candidate), written as JSON."""
+
+    def __init__(self, method: str, meta: Mapping[str, Any] | None = None) -> None:
+        self.method = method
+        self.meta = dict(meta or {})
+        self.records: list[dict[str, Any]] = []
+
+    def add(self, **record: Any) -> dict[str, Any]:
+        clean = {k: _jsonable(v) for k, v in record.items()}
+        self.records.append(clean)
+        return clean
+
+    def to_json(self) -> dict[str, Any]:
+        return {"method": self.method, "meta": self.meta, "records": self.records}
+
+    def write(self, path: str | os.PathLike[str]) -> None:
+        atomic_write(Path(path), (json.dumps(self.to_json(), indent=1) + "\n").encode())
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    if isinstance(v, float):
+        return round(v, 6)
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    return v
+
+
+class Checkpoint:
+    """A method's search state, pickled atomically; refused on resume when it was made for
+    another model, method or configuration (`fingerprint`)."""
+
+    def __init__(self, path: str | None, fingerprint: str, resume: bool) -> None:
+        self.path = Path(path) if path else None
+        self.fingerprint = fingerprint
+        self.resume = resume
+        self.saves = 0
+
+    def save(self, state: Mapping[str, Any]) -> None:
+        if self.path is None:
+            return
+        atomic_write(self.path, pickle.dumps({"fingerprint": self.fingerprint, "state": dict(state)}))
+        self.saves += 1
+
+    def load(self) -> dict[str, Any] | None:
+        """The saved state when resuming, else None."""
+        if not self.resume or self.path is None:
+            return None
+        if not self.path.exists():
+            raise InputError(f"--resume: checkpoint {self.path} does not exist")
+        try:
+            data = pickle.loads(self.path.read_bytes())
+        except Exception as exc:  # corrupt or foreign file
+            raise InputError(f"--resume: {self.path} is not an onnxprune checkpoint ({type(exc).__name__})") from None
+        if not isinstance(data, dict) or data.get("fingerprint") != self.fingerprint:
+            raise InputError(f"--resume: {self.path} was made for another model, method or setting")
+        return data["state"]
+
+
+@dataclass(eq=False)
+class SearchContext:
+    """Everything a search method needs.
+
+    `scores` maps criterion names ("l1", "taylor") to per-unit importance (frozen units +inf).
+    `copy` is the torch copy of the original (the teacher for any post-training), `splits` the
+    data. `rng` is seeded from `cfg.seed`.
+    """
+
+    method: str
+    analysis: Analysis
+    evaluator: Evaluator
+    meter: BudgetMeter
+    scores: Mapping[str, np.ndarray]
+    cfg: SearchConfig
+    copy: Any = None
+    splits: Any = None
+    say: Callable[[str], None] = lambda _msg: None
+    trajectory: Trajectory = field(init=False)
+    checkpoint: Checkpoint = field(init=False)
+    started: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.rng = np.random.default_rng(self.cfg.seed)
+        self.started = time.perf_counter()
+        self.trajectory = Trajectory(self.method, {
+            "budget": {"kind": self.cfg.budget.kind, "target": self.cfg.budget.target},
+            "seed": self.cfg.seed, "options": dict(self.cfg.options), "model": self.analysis.graph.loaded.source,
+        })
+        self.checkpoint = Checkpoint(self.cfg.checkpoint, self.fingerprint(), self.cfg.resume)
+
+    def fingerprint(self) -> str:
+        h = hashlib.sha256()
+        for init in self.analysis.graph.model.graph.initializer:
+            h.update(init.name.encode())
+            h.update(init.raw_data[:4096])
+        h.update(json.dumps([self.method, self.cfg.budget.kind, self.cfg.budget.target, self.cfg.seed,
+                             sorted((k, repr(v)) for k, v in self.cfg.options.items())]).encode())
+        return h.hexdigest()[:32]
+
+    @property
+    def importance(self) -> np.ndarray:
+        """The best available importance: Taylor when computed, else L1."""
+        return self.scores.get("taylor", self.scores["l1"])
+
+    def option(self, name: str, default: Any) -> Any:
+        return self.cfg.options.get(name, default)
+
+    def finish(self, keep: np.ndarray, val_top1: float | None = None, model: Any = None,
+               **summary: Any) -> "SearchResult":
+        """The result, made feasible if needed; writes the trajectory (and plot) when asked.
+
+        `model`: optional pruned ONNX model with trained weights (structure of `apply_keep(keep)`),
+        for methods that post-train during the search; dropped if `keep` has to be changed.
+        """
+        feasible = self.meter.feasible(keep)
+        final = keep if feasible else make_feasible(self.meter, keep, self.importance)
+        if not feasible:
+            summary["made_feasible"] = True
+            val_top1, model = None, None
+        if val_top1 is None:
+            val_top1 = self.evaluator.evaluate([final], images=0)[0]
+        seconds = time.perf_counter() - self.started
+        summary.update(evaluations=self.evaluator.evaluations, eval_seconds=round(self.evaluator.seconds, 3),
+                       seconds=round(seconds, 3), budget_ratio=self.meter.ratio(final), val_top1=val_top1)
+        self.trajectory.meta["summary"] = _jsonable(summary)
+        if self.cfg.trajectory:
+            self.trajectory.write(self.cfg.trajectory)
+        if self.cfg.plot:
+            from onnxprune.search.plot import plot_trajectory
+
+            plot_trajectory(self.trajectory.to_json(), self.cfg.plot)
+        return SearchResult(final, float(val_top1), self.evaluator.evaluations, seconds, self.trajectory, summary,
+                            model)
+
+
+@dataclass(frozen=True, eq=False)
+class SearchResult:
+    """The chosen mask (always within budget) and how the search got there.
+
+    `val_top1`: validation top-1 of the result on the whole validation split (masked copy, or
+    `model` when the method post-trained one).
+    `model`: the pruned ONNX model with the method's trained weights, or None (original weights).
+    """
+
+    keep: np.ndarray
+    val_top1: float
+    evaluations: int
+    seconds: float
+    trajectory: Trajectory
+    summary: dict[str, Any]
+    model: Any = None
+
+
+T = TypeVar("T")
+
+
+def parse_options(cls: type[T], options: Mapping[str, Any], method: str, preset: Mapping[str, Any] | None = None) -> T:
+    """A method's config dataclass from `options` (values may be strings from the command line).
+
+    `preset` values apply first, `options` override them; an unknown key or a value of the
+    wrong type is a one-line `InputError` naming the valid keys.
+    """
+    fields_ = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    merged = dict(preset or {})
+    merged.update(options)
+    values: dict[str, Any] = {}
+    for key, raw in merged.items():
+        if key not in fields_:
+            raise InputError(f"{method}: unknown option {key!r} (valid: {', '.join(sorted(fields_))})")
+        default = getattr(cls, key, None)
+        values[key] = _coerce(raw, default, f"{method}: option {key}")
+    try:
+        return cls(**values)
+    except TypeError as exc:
+        raise InputError(f"{method}: {exc}") from None
+
+
+def _coerce(raw: Any, default: Any, what: str) -> Any:
+    if not isinstance(raw, str) or isinstance(default, str) or default is None:
+        if isinstance(raw, str) and default is None:
+            for kind in (int, float):
+                try:
+                    return kind(raw)
+                except ValueError:
+                    pass
+            return {"none": None, "true": True, "false": False}.get(raw.lower(), raw)
+        return raw
+    try:
+        if isinstance(default, bool):
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        if isinstance(default, int):
+            return int(raw)
+        if isinstance(default, float):
+            return float(raw)
+        if isinstance(default, tuple):
+            return tuple(float(v) for v in raw.split(","))
+    except ValueError:
+        raise InputError(f"{what}: cannot read {raw!r} as {type(default).__name__}") from None
+    return raw
+
+
+SearchFn = Callable[[SearchContext], SearchResult]
+SEARCH_METHODS: dict[str, str] = {
+    "gat-ppo": "onnxprune.search.gat_ppo:run",
+    "rl-pruner": "onnxprune.search.rl_pruner:run",
+    "sacp": "onnxprune.search.sacp:run",
+}
+
+
+def search_fn(method: str) -> SearchFn:
+    """The `run` function of a search method (imported lazily)."""
+    import importlib
+
+    if method not in SEARCH_METHODS:
+        raise InputError(f"unknown search method {method!r} (choose from {', '.join(SEARCH_METHODS)})")
+    module, _, name = SEARCH_METHODS[method].partition(":")
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name == module:
+            raise InputError(f"--method {method} is not available in this version") from None
+        raise
+    return getattr(mod, name)
+
+
+@contextlib.contextmanager
+def progress_bar(description: str, total: int, enabled: bool = True,
+                 fields: Mapping[str, str] | None = None) -> Iterator[Callable[..., None]]:
+    """A rich progress bar on stderr; yields `update(advance=1, **field_values)`.
+
+    `fields` maps a field name to its column label, e.g. {"reward": "reward"}; values given to
+    `update` appear after the bar. Disabled (or not a terminal): updates do nothing visible.
+    """
+    if not enabled:
+        yield lambda advance=1, **_kw: None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    cols = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+    for name, label in (fields or {}).items():
+        cols.append(TextColumn(f"{label} {{task.fields[{name}]}}"))
+    initial = {name: "-" for name in (fields or {})}
+    with Progress(*cols, console=Console(stderr=True), transient=False) as prog:
+        task = prog.add_task(description, total=total, **initial)
+
+        def update(advance: int = 1, **values: Any) -> None:
+            shown = {k: (f"{v:.4f}" if isinstance(v, float) else str(v)) for k, v in values.items()}
+            prog.update(task, advance=advance, **shown)
+
+        yield update

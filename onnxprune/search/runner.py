@@ -1,0 +1,38 @@
+"""`run_search`: builds a method's context (importance scores, evaluator, budget meter), runs
+the method, and releases the evaluator."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from onnxprune.criteria import weight_scores
+from onnxprune.deps import Analysis
+from onnxprune.search.base import SearchConfig, SearchContext, SearchResult, search_fn
+from onnxprune.search.budget import BudgetMeter
+from onnxprune.search.evaluator import Evaluator, LocalEvaluator
+
+
+def run_search(method: str, analysis: Analysis, copy: Any, splits: Any, cfg: SearchConfig,
+               say: Callable[[str], None] | None = None, evaluator: Evaluator | None = None) -> SearchResult:
+    """Run search `method` on `analysis` with the torch copy `copy` and data `splits`.
+
+    `copy` is masked in place during the search and restored afterwards (it stays usable as the
+    teacher). `evaluator` replaces the default `LocalEvaluator` (e.g. a distributed one).
+    """
+    from onnxprune.torchcopy import taylor_scores
+
+    say = say or (lambda _msg: None)
+    run = search_fn(method)
+    say("scoring channels (L1, Taylor)")
+    x, y = splits.train
+    scores = {"l1": weight_scores(analysis, "l1", cfg.seed),
+              "taylor": taylor_scores(copy, analysis, x, y, seed=cfg.seed)}
+    own = evaluator is None
+    ev = evaluator if evaluator is not None else LocalEvaluator(analysis, copy, splits, cfg.eval)
+    try:
+        ctx = SearchContext(method, analysis, ev, BudgetMeter(analysis, cfg.budget), scores, cfg, copy, splits, say)
+        say(f"searching ({method}, budget {cfg.budget.describe()})")
+        return run(ctx)
+    finally:
+        if own:
+            ev.close()
