@@ -57,7 +57,9 @@ class SacpConfig:
     `node_weights`: node-specific first layer (False: the paper's shared weights, an ablation).
     `min_rate`: lowest per-group keep rate sampled. `probe`: extra candidates from the rest of the
     ranking, evaluated only to measure the rank correlation. `k_finetune_epochs` (> 0: KD
-    fine-tune of each top-k pruned ONNX) on `k_finetune_images` training images (0: all).
+    fine-tune of each top-k pruned ONNX, BatchNorm re-estimated first) on `k_finetune_images`
+    training images (0: all). `recalibrate_output`: return the winner as a pruned ONNX with its
+    BatchNorm statistics re-estimated (what the candidates were scored with) when not fine-tuned.
     `eval_batch`: candidates per evaluation call (a checkpoint after each).
     """
 
@@ -79,6 +81,7 @@ class SacpConfig:
     probe: int = 8
     k_finetune_epochs: int = 0
     k_finetune_images: int = 3000
+    recalibrate_output: bool = True
     eval_batch: int = 8
 
     def __post_init__(self) -> None:
@@ -521,6 +524,30 @@ def _candidate_masks(ctx: SearchContext, tables: UnitTables, cfg: SacpConfig) ->
     return np.stack(keeps), np.array(ratios)
 
 
+def recalibrated_model(ctx: SearchContext, keep: np.ndarray) -> tuple[Any, float]:
+    """The pruned ONNX of `keep` with BatchNorm statistics re-estimated on training images (as the
+    evaluator scores masks), and its top-1 on the whole validation split."""
+    from onnxprune.deps import analyze
+    from onnxprune.ir import load_model
+    from onnxprune.rewrite import apply_keep
+    from onnxprune.torchcopy import MaskedModel, to_torch, verify_write_back, write_back
+    from onnxprune.torchcopy.masked import accuracy, batched_logits
+
+    pruned = load_model(apply_keep(ctx.analysis, keep)).model
+    pruned_analysis = analyze(pruned)
+    masked = MaskedModel(to_torch(pruned_analysis, seed=ctx.cfg.seed), pruned_analysis, channels_last=False)
+    ev = ctx.cfg.eval
+    x_train = ctx.splits.train[0]
+    rng = np.random.default_rng(ctx.cfg.seed)
+    x_bn = x_train[rng.choice(len(x_train), size=min(len(x_train), ev.bn_batches * ev.bn_batch_size), replace=False)]
+    masked.recalibrate_bn(x_bn, batches=ev.bn_batches, batch_size=ev.bn_batch_size)
+    model = write_back(pruned, masked.copy)
+    x_val, y_val = ctx.splits.val
+    verify_write_back(model, masked.copy, x_val, seed=ctx.cfg.seed)
+    masked.copy.module.eval()
+    return model, accuracy(batched_logits(masked.copy, x_val, ev.batch_size), y_val)[0]
+
+
 def run(ctx: SearchContext) -> SearchResult:
     """Train the encoder, rank L1 candidates by similarity to the unpruned model, evaluate the
     top m cheaply and the top k fully; return the best (fine-tuned model when `k_finetune_epochs`)."""
@@ -630,7 +657,9 @@ def run(ctx: SearchContext) -> SearchResult:
                 from onnxprune.rewrite import apply_keep
                 from onnxprune.torchcopy import FinetuneConfig, finetune
 
-                tuned = finetune(apply_keep(analysis, keep), ctx.copy, ctx.splits, FinetuneConfig(
+                start_model = (recalibrated_model(ctx, keep)[0] if cfg.recalibrate_output
+                               else apply_keep(analysis, keep))
+                tuned = finetune(start_model, ctx.copy, ctx.splits, FinetuneConfig(
                     epochs=cfg.k_finetune_epochs, max_train=cfg.k_finetune_images or None, seed=ctx.cfg.seed,
                     progress=False, threads=torch.get_num_threads()))
                 entry = {"val_top1": tuned.best_val_top1, "masked_val_top1": acc,
@@ -645,12 +674,15 @@ def run(ctx: SearchContext) -> SearchResult:
             save(full=finals)
 
     win = max(chosen, key=lambda i: (finals[i]["val_top1"], -ranked[i]["rank"]))
-    model = None
+    model, val_top1, keep = None, finals[win]["val_top1"], mask(win)
     if finals[win]["model"] is not None:
         import onnx
 
         model = onnx.load_from_string(finals[win]["model"])
-    return ctx.finish(mask(win), val_top1=finals[win]["val_top1"], model=model,
+    elif cfg.recalibrate_output:
+        model, val_top1 = recalibrated_model(ctx, keep)
+    return ctx.finish(keep, val_top1=val_top1, model=model, masked_val_top1=finals[win].get(
+                          "masked_val_top1", finals[win]["val_top1"]),
                       winner_rank=ranked[win]["rank"], winner_similarity=ranked[win]["similarity"],
                       candidates=state["candidates"], final_loss=losses[-1], first_loss=losses[0],
                       **{k: (None if math.isnan(v) else v) for k, v in corr.items()})
