@@ -16,6 +16,7 @@ of the node embeddings.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -98,6 +99,34 @@ def prior_logits(layout: BlockLayout, reference: np.ndarray, scale: float) -> np
     the `reference` mask (the global Taylor ranking at the budget): the first policy samples
     scatter around that mask instead of around keep-half-of-everything."""
     return (scale * (2.0 * layout.fractions(reference) - 1.0) * layout.valid()).astype(np.float32)
+
+
+def calibrate_offset(layout: BlockLayout, prior: np.ndarray, keep: np.ndarray,
+                     within: Callable[[np.ndarray], bool], feasible_share: float, rng: np.random.Generator,
+                     samples: int = 64, iterations: int = 14) -> float:
+    """A logit offset for every block so that about `feasible_share` of the masks sampled from
+    `sigmoid(prior + offset)` pass `within` (the budget test).
+
+    Flipping blocks of a mask at the budget does not keep it at the budget on average (more
+    blocks are kept than dropped, and MACs grow with in x out channels), so the prior alone
+    would sample mostly too small or too large masks. Common random numbers (`samples` fixed
+    draws) make the share monotone in the offset; bisection on [-6, 6].
+    """
+    valid = layout.valid()
+    draws = rng.random((samples, *prior.shape))
+
+    def share(offset: float) -> float:
+        p = 1.0 / (1.0 + np.exp(-(prior + offset)))
+        return float(np.mean([within(layout.apply(keep, (d < p) & valid)) for d in draws]))
+
+    lo, hi = -6.0, 6.0  # share(lo) high (few blocks kept), share(hi) low
+    for _ in range(iterations):
+        mid = 0.5 * (lo + hi)
+        if share(mid) >= feasible_share:
+            lo = mid
+        else:
+            hi = mid
+    return lo
 
 
 class ActorCritic(nn.Module):

@@ -70,6 +70,6 @@ def ppo_update(policy: ActorCritic, opt: torch.optim.Optimizer, edges: Edges, ep
         loss.backward()
         nn.utils.clip_grad_norm_(policy.parameters(), max_grad_norm)
         opt.step()
-        stats = {"policy_loss": float(policy_loss), "value_loss": float(value_loss),
-                 "entropy": float(entropy.mean()), "clip_fraction": float(((ratio - 1).abs() > clip).float().mean())}
+        stats = {"policy_loss": policy_loss.item(), "value_loss": value_loss.item(),
+                 "entropy": entropy.mean().item(), "clip_fraction": ((ratio - 1).abs() > clip).float().mean().item()}
     return stats

@@ -15,7 +15,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -25,7 +25,7 @@ from onnxprune.search.base import SearchContext, SearchResult, parse_options, pr
 from onnxprune.search.budget import make_feasible, mask_key
 from onnxprune.search.gat_ppo.encoder import BACKENDS, Edges, resolve_backend
 from onnxprune.search.gat_ppo.features import FEATURE_NAMES, build_state_graph
-from onnxprune.search.gat_ppo.policy import ActorCritic, block_size, build_blocks, prior_logits
+from onnxprune.search.gat_ppo.policy import ActorCritic, block_size, build_blocks, calibrate_offset, prior_logits
 from onnxprune.search.gat_ppo.ppo import Transition, ppo_update
 from onnxprune.search.gat_ppo.pretrain import pretrain_encoder
 from onnxprune.search.gat_ppo.reward import SelfCompetitionReward
@@ -42,6 +42,8 @@ class GatPpoConfig:
     layers: the GAT (embedding = hidden * heads); lr, clip, gamma, gae_lambda, entropy,
     value_coef, ppo_epochs: PPO; ema: decay of the accuracy average; penalty: budget penalty
     slope; prior: magnitude of the initial block logits from the global Taylor mask (0: none);
+    prior_feasible: share of feasible first samples the prior's offset is calibrated to (0: no
+    calibration);
     final_top: feasible candidates re-scored on the whole validation split.
     """
 
@@ -66,7 +68,8 @@ class GatPpoConfig:
     ppo_epochs: int = 4
     ema: float = 0.9
     penalty: float = 10.0
-    prior: float = 2.0
+    prior: float = 3.0
+    prior_feasible: float = 0.7
     final_top: int = 3
 
     def __post_init__(self) -> None:
@@ -86,6 +89,7 @@ class GatPpoConfig:
         for name in ("gamma", "gae_lambda"):
             need(0 <= getattr(self, name) <= 1, f"option {name} must be in [0, 1], got {getattr(self, name)}")
         need(0 < self.ema < 1, f"option ema must be in (0, 1), got {self.ema}")
+        need(0 <= self.prior_feasible < 1, f"option prior_feasible must be in [0, 1), got {self.prior_feasible}")
         for name in ("entropy", "value_coef", "penalty", "prior"):
             need(getattr(self, name) >= 0, f"option {name} must be >= 0, got {getattr(self, name)}")
 
@@ -119,6 +123,11 @@ class _Search:
         self.layout = build_blocks(self.graph, self.importance, cfg.block, cfg.blocks_per_group)
         reference = make_feasible(ctx.meter, analysis.full_keep(), self.importance)
         prior = prior_logits(self.layout, reference, cfg.prior)
+        self.offset = 0.0
+        if cfg.prior > 0 and cfg.prior_feasible > 0:
+            self.offset = calibrate_offset(self.layout, prior, analysis.full_keep(), self._cheap_budget(reference),
+                                           cfg.prior_feasible, np.random.default_rng(ctx.cfg.seed))
+            prior = (prior + self.offset * self.layout.valid()).astype(np.float32)
         with torch.random.fork_rng():
             torch.manual_seed(ctx.cfg.seed)
             self.policy = ActorCritic(len(FEATURE_NAMES), cfg.hidden, cfg.heads, cfg.layers, self.backend,
@@ -132,6 +141,15 @@ class _Search:
         self.best: list[tuple[float, int, np.ndarray]] = []  # (cheap val top-1, episode, keep)
         self.updates: list[dict[str, float]] = []
         self.pretrain_losses: list[float] = []
+
+    def _cheap_budget(self, reference: np.ndarray) -> Callable[[np.ndarray], bool]:
+        """The budget test for calibrating the prior: the meter's own for MACs, params and
+        channels; for latency (a measurement per mask) MACs at most those of `reference`."""
+        meter, analysis = self.ctx.meter, self.ctx.analysis
+        if meter.budget.kind != "latency":
+            return lambda keep: meter.feasible(analysis.repair(keep, self.importance))
+        limit = analysis.cost.macs(reference)
+        return lambda keep: analysis.cost.macs(analysis.repair(keep, self.importance)) <= limit
 
     # -- state -------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -225,7 +243,8 @@ class _Search:
         feasible_records = [r for r in ctx.trajectory.records if r.get("feasible")]
         block, per_group = block_size(self.graph.units, self.cfg.block, self.cfg.blocks_per_group)
         ctx.trajectory.meta.update(
-            gat_backend=self.backend, pretrain_losses=[round(x, 5) for x in self.pretrain_losses],
+            gat_backend=self.backend, prior_offset=round(self.offset, 4),
+            pretrain_losses=[round(x, 5) for x in self.pretrain_losses],
             updates=self.updates, nodes=self.graph.num_nodes, edges=int(self.graph.src.size),
             blocks=int(self.layout.counts.sum()))
         summary = {
