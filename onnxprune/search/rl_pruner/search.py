@@ -293,7 +293,7 @@ class RLPruner:
         summary: dict[str, Any] = {
             "steps": cfg.steps, "stages": cfg.stages, "samples": cfg.samples, "horizon": cfg.horizon,
             "reward": cfg.reward, "alpha": self.alpha, "beta": self.beta, "iso_cost": cfg.iso_cost,
-            "pd": self.pd, "post_trained": self.student_state is not None, **self.counters,
+            "pd": [round(float(p), 6) for p in self.pd], "post_trained": self.student_state is not None, **self.counters,
         }
         if self.student_state is None:
             return ctx.finish(keep, **summary)
