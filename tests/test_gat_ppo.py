@@ -240,14 +240,19 @@ def test_resume_continues_exactly(tiny, searched: SearchResult, tmp_path: Path) 
 
 @pytest.mark.dgl
 @needs_dgl
-def test_short_search_with_the_dgl_backend(tiny, searched: SearchResult) -> None:
+def test_short_search_with_the_dgl_backend(tiny) -> None:
     _, analysis = tiny
-    result = _search(tiny, {**OPTIONS, "gat_backend": "dgl", "episodes": 16})
+    one_batch = {**OPTIONS, "episodes": 8, "pretrain": False}
+    result = _search(tiny, {**one_batch, "gat_backend": "dgl"})
     assert result.summary["gat_backend"] == "dgl"
     assert analysis.cost.macs(result.keep) <= 0.5 * analysis.macs
-    # same initial weights and the same math: the first batch is sampled identically
-    first = [{k: r[k] for k in ("reward", "val_top1", "budget_ratio")} for r in result.trajectory.records[:8]]
-    assert first == [{k: r[k] for k in ("reward", "val_top1", "budget_ratio")} for r in searched.trajectory.records[:8]]
+    # same initial weights and the same math: the same episodes as with the torch backend
+    # (not after pre-training: Adam turns float-rounding differences of near-zero gradients
+    # into full steps, so the two trainings drift apart slowly)
+    same = _search(tiny, {**one_batch, "gat_backend": "torch"})
+    keys = ("reward", "val_top1", "budget_ratio")
+    assert [[r[k] for k in keys] for r in result.trajectory.records] == \
+        [[r[k] for k in keys] for r in same.trajectory.records]
 
 
 # -- options --------------------------------------------------------------------------------
