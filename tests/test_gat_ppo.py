@@ -255,6 +255,29 @@ def test_short_search_with_the_dgl_backend(tiny) -> None:
         [[r[k] for k in keys] for r in same.trajectory.records]
 
 
+def test_steps_decide_slices_of_groups_with_the_state_updated(tiny) -> None:
+    from onnxprune.search import BudgetMeter, LocalEvaluator, SearchContext
+    from onnxprune.search.gat_ppo.search import _Search
+
+    splits, analysis = tiny
+    l1 = weight_scores(analysis, "l1")
+    scfg = SearchConfig(budget=Budget("macs", 0.5), progress=False)
+    ev = LocalEvaluator(analysis, to_torch(analysis), splits, EvalConfig(images=50, recalibrate_bn=False))
+    ctx = SearchContext("gat-ppo", analysis, ev, BudgetMeter(analysis, scfg.budget), {"l1": l1, "taylor": l1}, scfg)
+    search = _Search(ctx, parse_config({"steps": 2, "gat_backend": "torch", "prior": "0"}))
+    keep, trans = search.rollout()
+    assert len(trans) == 2 and [t.reward for t in trans] == [0.0, 0.0]
+    first, second = trans[0].nodes.numpy(), trans[1].nodes.numpy()
+    assert not (first & second).any() and (first | second).all()  # each group decided once
+    col = FEATURE_NAMES.index("keep_ratio")
+    assert (trans[0].x[:, col] == 1).all()
+    decided = search.graph.keep_ratios(search.layout.apply(analysis.full_keep(), trans[0].actions.numpy() > 0.5,
+                                                           np.flatnonzero(first)))
+    np.testing.assert_allclose(trans[1].x[:, col].numpy(), decided)
+    assert (trans[1].x[first, col] < 1).any() and (trans[1].x[second, col] == 1).all()
+    ev.close()
+
+
 # -- options --------------------------------------------------------------------------------
 @pytest.mark.parametrize("options, needle", [
     ({"episodes": "0"}, "episodes must be >= 1"),
