@@ -12,7 +12,7 @@ from typing import Any, Callable, Iterable, Mapping
 import numpy as np
 import onnx
 
-from onnxprune.criteria import WEIGHT_CRITERIA, weight_scores
+from onnxprune.criteria import weight_scores
 from onnxprune.deps import Analysis, analyze
 from onnxprune.errors import InputError
 from onnxprune.fileio import atomic_write

@@ -8,7 +8,6 @@ they skip.
 
 from __future__ import annotations
 
-import inspect
 from pathlib import Path
 from typing import Any, Iterator
 from unittest import mock
@@ -42,18 +41,9 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(previous)
 
 
-def _digits() -> tuple[Any, onnx.ModelProto]:
-    """`digits_model()`, also under torch < 2.5 (the DGL env), whose exporter has no `dynamo`."""
-    if "dynamo" in inspect.signature(torch.onnx.export).parameters:
-        return digits_model()
-    export = torch.onnx.export
-    with mock.patch.object(torch.onnx, "export", lambda *a, dynamo=None, **kw: export(*a, **kw)):
-        return digits_model()
-
-
 @pytest.fixture(scope="module")
 def tiny() -> tuple[Any, Analysis]:
-    splits, model = _digits()
+    splits, model = digits_model()
     return splits, analyze(model)
 
 
@@ -299,7 +289,7 @@ def test_bad_options_are_input_errors(options: dict[str, str], needle: str) -> N
 def test_bad_options_through_the_cli(tiny, tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str],
                                      needle: str) -> None:
     model = tmp_path / "tiny.onnx"
-    onnx.save(_digits()[1], str(model))
+    onnx.save(digits_model()[1], str(model))
     code = main(["prune", str(model), "-o", str(tmp_path / "out.onnx"), "--method", "gat-ppo", "--target-flops",
                  "0.5", "--data", "digits", "--eval-images", "50", *flags])
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip() and ln.startswith("onnxprune:")]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import io
 import tempfile
 import warnings
@@ -66,7 +67,8 @@ def digits_model(epochs: int = 10) -> tuple[Splits, onnx.ModelProto]:
                 contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             warnings.simplefilter("ignore")
             path = Path(tmp) / "tiny.onnx"
-            torch.onnx.export(net, (torch.zeros(1, 1, 8, 8),), str(path), dynamo=False, opset_version=17,
+            legacy = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
+            torch.onnx.export(net, (torch.zeros(1, 1, 8, 8),), str(path), **legacy, opset_version=17,
                               training=torch.onnx.TrainingMode.PRESERVE, input_names=["input"],
                               output_names=["logits"], dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}})
             model = onnx.load(str(path))

@@ -196,9 +196,17 @@ def _finetune(pruned: onnx.ModelProto, teacher: onnx.ModelProto | TorchCopy, spl
     if len(x_train) == 0 or len(x_val) == 0:
         raise InputError("fine-tuning needs non-empty train and val splits")
 
-    # The teacher is fixed and the data is not augmented: its logits are computed once.
+    # The teacher is fixed and the data is not augmented: its logits are computed once per
+    # image, when a batch first needs them (with --finetune-images only a subset is ever used).
     teacher_copy.module.eval()
-    teacher_logits = batched_logits(teacher_copy, x_train, cfg.eval_batch_size)  # (N, classes)
+    teacher_cache: dict[int, torch.Tensor] = {}
+
+    def teacher_logits(idx: np.ndarray) -> torch.Tensor:
+        todo = [int(i) for i in idx if int(i) not in teacher_cache]
+        if todo:
+            fresh = batched_logits(teacher_copy, x_train[np.asarray(todo)], cfg.eval_batch_size)
+            teacher_cache.update(zip(todo, fresh))
+        return torch.stack([teacher_cache[int(i)] for i in idx])
 
     def val_top1() -> float:
         student.module.eval()
@@ -232,7 +240,7 @@ def _finetune(pruned: onnx.ModelProto, teacher: onnx.ModelProto | TorchCopy, spl
                     xb = x_train[tb_idx]
                     xt = torch.from_numpy(np.ascontiguousarray(xb))
                     yt = torch.from_numpy(y_train[tb_idx]).long()
-                    loss = distillation_loss(student.logits(xt), teacher_logits[tb_idx], yt, cfg.tau, cfg.temperature)
+                    loss = distillation_loss(student.logits(xt), teacher_logits(tb_idx), yt, cfg.tau, cfg.temperature)
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()

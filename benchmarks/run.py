@@ -1,0 +1,236 @@
+"""One command for the comparison of pruning methods on real data; regenerates BENCHMARKS.md.
+
+    python -m benchmarks.run --mode quick        # ResNet-20, 50% MACs, every method, 1 seed
+    python -m benchmarks.run --mode full         # 4 models x 4 targets x 7 methods (hours on 2 cores)
+    python -m benchmarks.run --report-only       # rebuild BENCHMARKS.md from the stored runs
+
+Every (model, method, target, seed) run is stored as one JSON file under
+`benchmarks/results/runs/`; a run that is already there is skipped (`--force` redoes it), so
+the full mode can be interrupted and continued, and quick and full runs add up. The report
+reads every stored run, writes `benchmarks/results/results.json`, the PNG plots under
+`benchmarks/results/` and `BENCHMARKS.md`.
+
+Every method gets the same fine-tune budget (knowledge distillation from the original, same
+epochs, images, tau and temperature) and is measured the same way: test top-1 with onnxruntime
+on Fashion-MNIST's t10k files (never used for search or fine-tuning), MACs and params from
+onnxprune's cost model, onnxruntime CPU latency at batch 1 and 32, search wall time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+RUNS = RESULTS / "runs"
+MODEL_DIR = Path(os.environ.get("ONNXPRUNE_BENCH_MODELS", Path.home() / ".cache" / "onnxprune" / "bench-models"))
+
+BASELINES = ("l1-uniform", "taylor-global", "random", "torch-pruning")
+SEARCHES = ("rl-pruner", "sacp", "gat-ppo")
+METHODS = BASELINES + SEARCHES
+TARGETS = ("sparsity-0.25", "sparsity-0.5", "sparsity-0.75", "flops-0.5")
+
+# How each benchmark model is trained when it is not cached yet (python -m models.train).
+TRAINING: dict[str, dict[str, Any]] = {
+    "resnet20": {"epochs": 3},
+    "resnet56": {"epochs": 2, "max_train_images": 30000},
+    "mobilenetv2": {"epochs": 2, "max_train_images": 20000},
+    "vgg19_bn": {"epochs": 2, "max_train_images": 20000, "lr": 0.02},
+}
+
+
+@dataclass(frozen=True)
+class Mode:
+    models: tuple[str, ...]
+    targets: tuple[str, ...]
+    methods: tuple[str, ...]
+    seeds: tuple[int, ...]  # baselines
+    search_seeds: tuple[int, ...]
+    finetune_epochs: int
+    finetune_images: int
+    eval_images: int
+    search_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+MODES = {
+    "quick": Mode(models=("resnet20",), targets=("flops-0.5",), methods=METHODS, seeds=(0,), search_seeds=(0,),
+                  finetune_epochs=1, finetune_images=5000, eval_images=500),
+    "full": Mode(models=("resnet20", "resnet56", "mobilenetv2", "vgg19_bn"), targets=TARGETS, methods=METHODS,
+                 seeds=(0, 1, 2), search_seeds=(0,), finetune_epochs=2, finetune_images=10000, eval_images=1000),
+}
+
+
+def model_path(arch: str) -> Path:
+    """The trained benchmark model (trained now if missing)."""
+    path = MODEL_DIR / f"{arch}.onnx"
+    if not path.exists():
+        from models.train import train
+
+        print(f"training {arch} (not cached in {MODEL_DIR})", flush=True)
+        train(arch, "fashion-mnist", out_dir=MODEL_DIR, name=arch, **TRAINING[arch])
+    return path
+
+
+def run_key(arch: str, method: str, target: str, seed: int) -> str:
+    return f"{arch}__{method}__{target}__s{seed}"
+
+
+def _target(target: str) -> tuple[str, float]:
+    kind, _, value = target.partition("-")
+    return kind, float(value)
+
+
+def _latency(model_bytes: bytes) -> dict[str, float]:
+    from onnxprune.bench import BenchConfig, benchmark_model
+
+    res = benchmark_model(model_bytes, BenchConfig(batch_sizes=(1, 32), warmup=5, runs=30))
+    return {f"latency_b{r.batch}_ms": r.median_ms for r in res}
+
+
+def _kept_fractions(model: Any, original: Any) -> list[float]:
+    """Kept fraction of every prunable group of the original, in group order (structure only:
+    the widths of the pruned model's producers compared with the original's)."""
+    from onnxprune.deps import analyze
+
+    widths = {}
+    pruned_graph = analyze(model).graph
+    for node in pruned_graph.nodes:
+        for out in node.outputs:
+            shape = pruned_graph.shapes.get(out)
+            if shape and len(shape) >= 2:
+                widths[node.name] = shape[1]
+    out = []
+    for g in original.prunable():
+        prod = g.producers[0] if g.producers else None
+        now = widths.get(prod) if prod else None
+        out.append(round(now / g.channels, 4) if now else float("nan"))
+    return out
+
+
+def run_one(arch: str, method: str, target: str, seed: int, mode: Mode) -> dict[str, Any]:
+    """Prune, fine-tune, evaluate and time one configuration; the run's JSON record."""
+    from onnxprune.api import PruneConfig, prune
+    from onnxprune.bench import evaluate_onnx
+    from onnxprune.data import load_dataset
+    from onnxprune.deps import analyze
+    from onnxprune.torchcopy import FinetuneConfig, finetune, to_torch
+
+    path = model_path(arch)
+    original = analyze(path)
+    kind, value = _target(target)
+    splits = load_dataset("fashion-mnist", input_shape=original.graph.shapes[original.graph.inputs[0].name], seed=seed)
+    record: dict[str, Any] = {"model": arch, "method": method, "target": target, "seed": seed,
+                              "finetune_epochs": mode.finetune_epochs, "finetune_images": mode.finetune_images}
+    t0 = time.perf_counter()
+    if method == "torch-pruning":
+        from benchmarks.peer import tp_export
+
+        pruned, ratio = tp_export(arch, path, **({"sparsity": value} if kind == "sparsity" else {"target_flops": value}))
+        record["search_s"] = time.perf_counter() - t0
+        record["tp_ratio"] = ratio
+        t1 = time.perf_counter()
+        tuned = finetune(pruned, to_torch(original, seed=seed), splits,
+                         FinetuneConfig(epochs=mode.finetune_epochs, max_train=mode.finetune_images, seed=seed,
+                                        progress=False))
+        model = tuned.model
+        record["finetune_s"] = time.perf_counter() - t1
+    else:
+        base = {"l1-uniform": ("l1", False), "taylor-global": ("taylor", True), "random": ("random", False)}
+        name, global_ranking = base.get(method, (method, False))
+        targets: dict[str, Any] = {"sparsity": value} if kind == "sparsity" else {"target_flops": value}
+        cfg = PruneConfig(method=name, global_ranking=global_ranking, seed=seed, data="fashion-mnist",
+                          finetune_epochs=mode.finetune_epochs, finetune_images=mode.finetune_images,
+                          eval_images=mode.eval_images, search_progress=False,
+                          options=dict(mode.search_options.get(method, {})), **targets)
+        result = prune(path, cfg)
+        model = result.model
+        record["search_s"] = result.seconds.get("select", 0.0)
+        record["finetune_s"] = result.seconds.get("finetune", 0.0)
+        record["verify_max_abs_diff"] = result.verified.max_abs_diff if result.verified else None
+        if result.searched is not None:
+            summary = result.searched.summary
+            record["evaluations"] = result.searched.evaluations
+            record["search_val_top1"] = result.searched.val_top1
+            record["search_summary"] = summary
+    pruned_analysis = analyze(model)
+    record["macs_ratio"] = pruned_analysis.macs / original.macs
+    record["params_ratio"] = pruned_analysis.params / original.params
+    acc = evaluate_onnx(model, *splits.test)
+    record["test_top1"] = acc.top1
+    record["kept"] = _kept_fractions(model, original)
+    record.update(_latency(model.SerializeToString()))
+    record["wall_s"] = time.perf_counter() - t0
+    return record
+
+
+def baseline_record(arch: str) -> dict[str, Any]:
+    from onnxprune.bench import evaluate_onnx
+    from onnxprune.data import load_dataset
+    from onnxprune.deps import analyze
+
+    path = model_path(arch)
+    a = analyze(path)
+    splits = load_dataset("fashion-mnist", input_shape=a.graph.shapes[a.graph.inputs[0].name], seed=0)
+    meta_path = path.with_suffix(".json")
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    rec = {"model": arch, "macs": a.macs, "params": a.params, "test_top1": evaluate_onnx(path, *splits.test).top1,
+           "training": {k: meta.get(k) for k in ("epochs", "train_images", "train_seconds", "val_top1")}}
+    rec.update(_latency(Path(path).read_bytes()))
+    return rec
+
+
+def run_mode(mode: Mode, force: bool, only_methods: tuple[str, ...] | None, only_models: tuple[str, ...] | None) -> None:
+    RUNS.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(1)
+    for arch in only_models or mode.models:
+        base_file = RUNS / f"{arch}__original.json"
+        if force or not base_file.exists():
+            base_file.write_text(json.dumps(baseline_record(arch), indent=1) + "\n")
+        for target in mode.targets:
+            for method in only_methods or mode.methods:
+                seeds = mode.search_seeds if method in SEARCHES else mode.seeds
+                for seed in seeds:
+                    out = RUNS / (run_key(arch, method, target, seed) + ".json")
+                    if out.exists() and not force:
+                        continue
+                    print(f"[{time.strftime('%H:%M:%S')}] {arch} {method} {target} seed {seed}", flush=True)
+                    try:
+                        rec = run_one(arch, method, target, seed, mode)
+                    except Exception as exc:  # recorded, the table says so
+                        rec = {"model": arch, "method": method, "target": target, "seed": seed,
+                               "error": f"{type(exc).__name__}: {exc}"[:400]}
+                    out.write_text(json.dumps(rec, indent=1) + "\n")
+                    shown = {k: rec.get(k) for k in ("test_top1", "macs_ratio", "search_s", "error")}
+                    print(f"    {json.dumps(shown)}", flush=True)
+
+
+if __name__ == "__main__":
+    from benchmarks.report import write_report
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--mode", choices=sorted(MODES), default="quick")
+    ap.add_argument("--methods", nargs="+", choices=METHODS, help="only these methods")
+    ap.add_argument("--models", nargs="+", choices=sorted(TRAINING), help="only these models")
+    ap.add_argument("--force", action="store_true", help="redo runs that are already stored")
+    ap.add_argument("--report-only", action="store_true", help="only rebuild BENCHMARKS.md from stored runs")
+    ap.add_argument("--zoo", action="store_true", help="also measure analysis/prune coverage on the torchvision zoo")
+    args = ap.parse_args()
+    mode = MODES[args.mode]
+    if not args.report_only:
+        run_mode(mode, args.force, tuple(args.methods) if args.methods else None,
+                 tuple(args.models) if args.models else None)
+        if args.zoo:
+            from benchmarks.zoo_coverage import run_coverage
+
+            run_coverage(full=args.mode == "full")
+    write_report(args.mode)
+    sys.exit(0)
