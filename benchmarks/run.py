@@ -19,6 +19,7 @@ onnxprune's cost model, onnxruntime CPU latency at batch 1 and 32, search wall t
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -33,6 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 RUNS = RESULTS / "runs"
 MODEL_DIR = Path(os.environ.get("ONNXPRUNE_BENCH_MODELS", Path.home() / ".cache" / "onnxprune" / "bench-models"))
+MODEL_OUT = MODEL_DIR / "pruned"  # every run's final ONNX (outside the repo), for `--latency-only`
 
 BASELINES = ("l1-uniform", "taylor-global", "random", "torch-pruning")
 SEARCHES = ("rl-pruner", "sacp", "gat-ppo")
@@ -64,6 +66,8 @@ class Mode:
 MODES = {
     "quick": Mode(models=("resnet20",), targets=("flops-0.5",), methods=METHODS, seeds=(0,), search_seeds=(0,),
                   finetune_epochs=1, finetune_images=5000, eval_images=500),
+    "standard": Mode(models=("resnet20", "resnet56", "mobilenetv2", "vgg19_bn"), targets=TARGETS, methods=METHODS,
+                     seeds=(0,), search_seeds=(0,), finetune_epochs=1, finetune_images=5000, eval_images=500),
     "full": Mode(models=("resnet20", "resnet56", "mobilenetv2", "vgg19_bn"), targets=TARGETS, methods=METHODS,
                  seeds=(0, 1, 2), search_seeds=(0,), finetune_epochs=2, finetune_images=10000, eval_images=1000),
 }
@@ -167,8 +171,10 @@ def run_one(arch: str, method: str, target: str, seed: int, mode: Mode) -> dict[
     acc = evaluate_onnx(model, *splits.test)
     record["test_top1"] = acc.top1
     record["kept"] = _kept_fractions(model, original)
-    record.update(_latency(model.SerializeToString()))
     record["wall_s"] = time.perf_counter() - t0
+    MODEL_OUT.mkdir(parents=True, exist_ok=True)
+    (MODEL_OUT / (run_key(arch, method, target, seed) + ".onnx")).write_bytes(model.SerializeToString())
+    record.update(_latency(model.SerializeToString()))
     return record
 
 
@@ -186,6 +192,24 @@ def baseline_record(arch: str) -> dict[str, Any]:
            "training": {k: meta.get(k) for k in ("epochs", "train_images", "train_seconds", "val_top1")}}
     rec.update(_latency(Path(path).read_bytes()))
     return rec
+
+
+def remeasure_latency() -> int:
+    """Latency of every stored run (and original) again, in one pass: for a quiet machine, since
+    runs made while other work shared the cores have noisy latencies."""
+    count = 0
+    for path in sorted(RUNS.glob("*.json")):
+        rec = json.loads(path.read_text())
+        if "error" in rec:
+            continue
+        model = model_path(rec["model"]) if path.stem.endswith("__original") else MODEL_OUT / (path.stem + ".onnx")
+        if not model.exists():
+            continue
+        rec.update(_latency(model.read_bytes()))
+        rec["latency_remeasured"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        path.write_text(json.dumps(rec, indent=1) + "\n")
+        count += 1
+    return count
 
 
 def run_mode(mode: Mode, force: bool, only_methods: tuple[str, ...] | None, only_models: tuple[str, ...] | None) -> None:
@@ -220,12 +244,22 @@ if __name__ == "__main__":
     ap.add_argument("--mode", choices=sorted(MODES), default="quick")
     ap.add_argument("--methods", nargs="+", choices=METHODS, help="only these methods")
     ap.add_argument("--models", nargs="+", choices=sorted(TRAINING), help="only these models")
+    ap.add_argument("--targets", nargs="+", choices=TARGETS, help="only these targets")
+    ap.add_argument("--seeds", nargs="+", type=int, help="baseline seeds (default: the mode's)")
     ap.add_argument("--force", action="store_true", help="redo runs that are already stored")
     ap.add_argument("--report-only", action="store_true", help="only rebuild BENCHMARKS.md from stored runs")
+    ap.add_argument("--latency-only", action="store_true",
+                    help="re-measure the latency of every stored run (on a quiet machine), then report")
     ap.add_argument("--zoo", action="store_true", help="also measure analysis/prune coverage on the torchvision zoo")
     args = ap.parse_args()
     mode = MODES[args.mode]
-    if not args.report_only:
+    if args.targets:
+        mode = dataclasses.replace(mode, targets=tuple(args.targets))
+    if args.seeds:
+        mode = dataclasses.replace(mode, seeds=tuple(args.seeds))
+    if args.latency_only:
+        print(f"re-measured {remeasure_latency()} models", flush=True)
+    elif not args.report_only:
         run_mode(mode, args.force, tuple(args.methods) if args.methods else None,
                  tuple(args.models) if args.models else None)
         if args.zoo:

@@ -175,6 +175,13 @@ def prune(src: str | os.PathLike[str] | onnx.ModelProto, cfg: PruneConfig,
         say("verifying")
         verified = verify(analysis, keep, model, seed=cfg.seed)
         times["verify"] = time.perf_counter() - t0
+    if splits is not None and (searched is None or searched.model is None):
+        from onnxprune.torchcopy import recalibrate_batchnorm
+
+        t0 = time.perf_counter()
+        say("re-estimating BatchNorm statistics")
+        model, _ = recalibrate_batchnorm(model, splits.train[0], seed=cfg.seed)
+        times["bn_recalibration"] = time.perf_counter() - t0
     tuned = None
     if cfg.finetune_epochs > 0:
         from onnxprune.torchcopy import FinetuneConfig, finetune, to_torch

@@ -497,3 +497,25 @@ def test_cli_taylor_prune_finetune_eval(digits_teacher, tmp_path: Path) -> None:
                                  "--epochs", "1", "-o", str(again)], **env_run)
     assert proc.returncode == 0, proc.stderr
     assert again.exists() and "validation top-1" in proc.stdout
+
+
+def test_recalibrate_batchnorm_restores_accuracy_after_pruning(digits_teacher) -> None:
+    from onnxprune.torchcopy import recalibrate_batchnorm
+
+    splits, teacher = digits_teacher
+    analysis = analyze(teacher)
+    keep = allocate(analysis, weight_scores(analysis, "random", 1), AllocationConfig(sparsity=0.5))
+    pruned = apply_keep(analysis, keep)
+    fixed, count = recalibrate_batchnorm(pruned, splits.train[0], seed=0)
+    assert count == 2
+    stats = {t.name: numpy_helper.to_array(t) for t in fixed.graph.initializer}
+    before = {t.name: numpy_helper.to_array(t) for t in pruned.graph.initializer}
+    changed = [n for n in before if "running" in n and not np.allclose(before[n], stats[n])]
+    assert changed  # the running statistics were re-estimated
+    weights_same = [n for n in before if "running" not in n and np.array_equal(before[n], stats[n])]
+    assert len(weights_same) == len([n for n in before if "running" not in n])  # nothing else moved
+    x_val, y_val = splits.val
+    assert evaluate_onnx(fixed, x_val, y_val).top1 >= evaluate_onnx(pruned, x_val, y_val).top1
+    folded = onnx.load_from_string(pruned.SerializeToString())
+    del folded.graph.node[:]  # no BatchNormalization node: returned as is
+    assert recalibrate_batchnorm(folded, splits.train[0])[1] == 0

@@ -527,25 +527,14 @@ def _candidate_masks(ctx: SearchContext, tables: UnitTables, cfg: SacpConfig) ->
 def recalibrated_model(ctx: SearchContext, keep: np.ndarray) -> tuple[Any, float]:
     """The pruned ONNX of `keep` with BatchNorm statistics re-estimated on training images (as the
     evaluator scores masks), and its top-1 on the whole validation split."""
-    from onnxprune.deps import analyze
-    from onnxprune.ir import load_model
+    from onnxprune.bench import evaluate_onnx
     from onnxprune.rewrite import apply_keep
-    from onnxprune.torchcopy import MaskedModel, to_torch, verify_write_back, write_back
-    from onnxprune.torchcopy.masked import accuracy, batched_logits
+    from onnxprune.torchcopy import recalibrate_batchnorm
 
-    pruned = load_model(apply_keep(ctx.analysis, keep)).model
-    pruned_analysis = analyze(pruned)
-    masked = MaskedModel(to_torch(pruned_analysis, seed=ctx.cfg.seed), pruned_analysis, channels_last=False)
     ev = ctx.cfg.eval
-    x_train = ctx.splits.train[0]
-    rng = np.random.default_rng(ctx.cfg.seed)
-    x_bn = x_train[rng.choice(len(x_train), size=min(len(x_train), ev.bn_batches * ev.bn_batch_size), replace=False)]
-    masked.recalibrate_bn(x_bn, batches=ev.bn_batches, batch_size=ev.bn_batch_size)
-    model = write_back(pruned, masked.copy)
-    x_val, y_val = ctx.splits.val
-    verify_write_back(model, masked.copy, x_val, seed=ctx.cfg.seed)
-    masked.copy.module.eval()
-    return model, accuracy(batched_logits(masked.copy, x_val, ev.batch_size), y_val)[0]
+    model, _ = recalibrate_batchnorm(apply_keep(ctx.analysis, keep), ctx.splits.train[0], batches=ev.bn_batches,
+                                     batch_size=ev.bn_batch_size, seed=ctx.cfg.seed)
+    return model, evaluate_onnx(model, *ctx.splits.val).top1
 
 
 def run(ctx: SearchContext) -> SearchResult:

@@ -262,3 +262,30 @@ def _finetune(pruned: onnx.ModelProto, teacher: onnx.ModelProto | TorchCopy, spl
                           seconds=time.perf_counter() - start, initial_val_top1=initial, best_epoch=best_epoch,
                           train_loss_history=tuple(losses), verify_max_abs_diff=diff)
 
+
+
+def recalibrate_batchnorm(model: onnx.ModelProto, x: np.ndarray, batches: int = 4, batch_size: int = 128,
+                          seed: int = 0, threads: int | None = None) -> tuple[onnx.ModelProto, int]:
+    """`model` with the running statistics of its BatchNormalization nodes re-estimated on
+    `batches` batches of `x` (a seeded sample), and how many were re-estimated.
+
+    After pruning, the BatchNorm layers downstream of removed channels see other statistics;
+    search methods score masks with them re-estimated, so the written model must carry them too.
+    Returns `model` unchanged (and 0) when it has no BatchNormalization (folded by the exporter).
+    The written-back model is checked against the torch copy.
+    """
+    from onnxprune.deps import analyze
+    from onnxprune.torchcopy.masked import MaskedModel
+
+    if not any(n.op_type == "BatchNormalization" for n in model.graph.node):
+        return model, 0
+    with torch_threads(threads):
+        base = load_model(model).model
+        analysis = analyze(base)
+        masked = MaskedModel(to_torch(analysis, seed=seed), analysis, channels_last=False)
+        rng = np.random.default_rng(seed)
+        sample = x[rng.choice(len(x), size=min(len(x), batches * batch_size), replace=False)]
+        count = masked.recalibrate_bn(sample, batches=batches, batch_size=batch_size)
+        out = write_back(base, masked.copy)
+        verify_write_back(out, masked.copy, sample[:64], seed=seed)
+    return out, count
