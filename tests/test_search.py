@@ -196,3 +196,27 @@ def test_parse_options() -> None:
         parse_options(_Opts, {"foo": 1}, "m")
     with pytest.raises(InputError, match="cannot read"):
         parse_options(_Opts, {"episodes": "many"}, "m")
+
+
+@pytest.mark.parametrize("kind, target", [("macs", 0.5), ("params", 0.6), ("channels", 0.4)])
+def test_fill_budget_adds_the_best_units_up_to_the_budget(tiny, kind: str, target: float) -> None:
+    from onnxprune.search import fill_budget
+
+    _, analysis = tiny
+    scores = weight_scores(analysis, "l1")
+    meter = BudgetMeter(analysis, Budget(kind, target))
+    low = make_feasible(BudgetMeter(analysis, Budget(kind, target * 0.6)), analysis.full_keep(), scores)
+    filled = fill_budget(meter, low, scores)
+    assert meter.feasible(filled)
+    assert (filled | low).tolist() == filled.tolist() and filled.sum() > low.sum()  # only additions
+    if kind == "channels":  # every unit costs the same: exactly as many as fit were added
+        assert meter.ratio(filled) > target - 1.0 / sum(g.units for g in analysis.prunable())
+    added = np.flatnonzero(filled & ~low)
+    left = np.flatnonzero(~filled & analysis.full_keep())
+    normed = {g.id: scores[g.unit_slice].mean() for g in analysis.prunable()}
+    group_of = analysis.groups.unit_group
+    worst_added = min(scores[u] / normed[group_of[u]] for u in added)
+    best_left = max(scores[u] / normed[group_of[u]] for u in left)
+    assert worst_added >= best_left  # the most important removed units came back first
+    over = analysis.full_keep()
+    assert fill_budget(meter, over, scores) is over or np.array_equal(fill_budget(meter, over, scores), over)

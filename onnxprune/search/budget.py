@@ -160,3 +160,46 @@ def make_feasible(meter: BudgetMeter, keep: np.ndarray, scores: np.ndarray,
         else:
             lo = mid
     return drop(hi)
+
+
+def fill_budget(meter: BudgetMeter, keep: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """`keep` with the most important removed units added back while it stays within budget.
+
+    A search that decides in blocks usually lands below its budget; the rest of the budget is
+    given to the removed units with the highest scores (normalized by their group's mean, as in
+    global ranking). Bisection over how many to add (the cost is monotone in it). Returns
+    `keep` unchanged when it is over budget or nothing fits.
+    """
+    keep = np.asarray(keep, dtype=bool)
+    if not meter.feasible(keep):
+        return keep
+    units: list[np.ndarray] = []
+    values: list[np.ndarray] = []
+    for g in meter.analysis.prunable():
+        local = scores[g.unit_slice].astype(np.float64)
+        removed = np.flatnonzero(~keep[g.unit_slice])
+        if removed.size == 0:
+            continue
+        finite = local[np.isfinite(local)]
+        scale = finite.mean() if finite.size and finite.mean() > 0 else 1.0
+        units.append(g.unit_start + removed)
+        values.append(local[removed] / scale)
+    if not units:
+        return keep
+    order = np.concatenate(units)[np.argsort(-np.concatenate(values), kind="stable")]
+
+    def add(n: int) -> np.ndarray:
+        out = keep.copy()
+        out[order[:n]] = True
+        return out
+
+    lo, hi = 0, order.size  # add(lo) feasible; find the largest feasible n
+    if meter.feasible(add(hi)):
+        return add(hi)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if meter.feasible(add(mid)):
+            lo = mid
+        else:
+            hi = mid
+    return add(lo)

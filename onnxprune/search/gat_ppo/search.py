@@ -22,7 +22,7 @@ import torch
 
 from onnxprune.errors import InputError
 from onnxprune.search.base import SearchContext, SearchResult, parse_options, progress_bar
-from onnxprune.search.budget import make_feasible, mask_key
+from onnxprune.search.budget import fill_budget, make_feasible, mask_key
 from onnxprune.search.gat_ppo.encoder import BACKENDS, Edges, resolve_backend
 from onnxprune.search.gat_ppo.features import FEATURE_NAMES, build_state_graph
 from onnxprune.search.gat_ppo.policy import ActorCritic, block_size, build_blocks, calibrate_offset, prior_logits
@@ -44,7 +44,8 @@ class GatPpoConfig:
     slope; prior: magnitude of the initial block logits from the global Taylor mask (0: none);
     prior_feasible: share of feasible first samples the prior's offset is calibrated to (0: no
     calibration);
-    final_top: feasible candidates re-scored on the whole validation split.
+    final_top: feasible candidates re-scored on the whole validation split; fill: also re-score
+    each of them with the unused budget given back to its most important removed channels.
     """
 
     episodes: int = 160
@@ -71,6 +72,7 @@ class GatPpoConfig:
     prior: float = 3.0
     prior_feasible: float = 0.7
     final_top: int = 3
+    fill: bool = True
 
     def __post_init__(self) -> None:
         def need(ok: bool, what: str) -> None:
@@ -237,6 +239,10 @@ class _Search:
         for _, _, keep in self.best:
             candidates.setdefault(mask_key(keep), keep)
         candidates.setdefault(mask_key(greedy), greedy)
+        if self.cfg.fill:  # blocks leave part of the budget unused: the best units get it
+            for keep in list(candidates.values()):
+                filled = fill_budget(ctx.meter, keep, self.importance)
+                candidates.setdefault(mask_key(filled), filled)
         keeps = list(candidates.values())
         full = ctx.evaluator.evaluate(keeps, images=0)
         pick = int(np.argmax(full))
