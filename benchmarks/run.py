@@ -134,6 +134,9 @@ def run_one(arch: str, method: str, target: str, seed: int, mode: Mode) -> dict[
     splits = load_dataset("fashion-mnist", input_shape=original.graph.shapes[original.graph.inputs[0].name], seed=seed)
     record: dict[str, Any] = {"model": arch, "method": method, "target": target, "seed": seed,
                               "finetune_epochs": mode.finetune_epochs, "finetune_images": mode.finetune_images}
+    if method in SEARCHES:
+        record["eval_images"] = mode.eval_images
+        record["search_options"] = dict(mode.search_options.get(method, {}))
     t0 = time.perf_counter()
     if method == "torch-pruning":
         from benchmarks.peer import tp_export
@@ -246,6 +249,10 @@ if __name__ == "__main__":
     ap.add_argument("--models", nargs="+", choices=sorted(TRAINING), help="only these models")
     ap.add_argument("--targets", nargs="+", choices=TARGETS, help="only these targets")
     ap.add_argument("--seeds", nargs="+", type=int, help="baseline seeds (default: the mode's)")
+    ap.add_argument("--search-seeds", nargs="+", type=int, help="search-method seeds (default: the mode's)")
+    ap.add_argument("--eval-images", type=int, help="validation images per cheap candidate evaluation")
+    ap.add_argument("--search-option", action="append", default=[], metavar="METHOD.KEY=VALUE",
+                    help="a search method's option, e.g. gat-ppo.episodes=96 (repeatable)")
     ap.add_argument("--force", action="store_true", help="redo runs that are already stored")
     ap.add_argument("--report-only", action="store_true", help="only rebuild BENCHMARKS.md from stored runs")
     ap.add_argument("--latency-only", action="store_true",
@@ -257,6 +264,17 @@ if __name__ == "__main__":
         mode = dataclasses.replace(mode, targets=tuple(args.targets))
     if args.seeds:
         mode = dataclasses.replace(mode, seeds=tuple(args.seeds))
+    if args.search_seeds:
+        mode = dataclasses.replace(mode, search_seeds=tuple(args.search_seeds))
+    if args.eval_images:
+        mode = dataclasses.replace(mode, eval_images=args.eval_images)
+    if args.search_option:
+        options: dict[str, dict[str, Any]] = {m: dict(o) for m, o in mode.search_options.items()}
+        for text in args.search_option:
+            key, _, value = text.partition("=")
+            method, _, name = key.partition(".")
+            options.setdefault(method, {})[name] = value
+        mode = dataclasses.replace(mode, search_options=options)
     if args.latency_only:
         print(f"re-measured {remeasure_latency()} models", flush=True)
     elif not args.report_only:
