@@ -16,10 +16,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 RUNS = RESULTS / "runs"
-METHOD_ORDER = ("l1-uniform", "taylor-global", "random", "torch-pruning", "rl-pruner", "sacp", "gat-ppo")
+METHOD_ORDER = ("l1-uniform", "taylor-global", "random", "torch-pruning", "rl-pruner", "rl-pruner-nopost", "sacp",
+                "gat-ppo")
 TARGET_ORDER = ("sparsity-0.25", "sparsity-0.5", "sparsity-0.75", "flops-0.5")
 COLORS = {"l1-uniform": "tab:blue", "taylor-global": "tab:orange", "random": "tab:gray",
-          "torch-pruning": "tab:purple", "rl-pruner": "tab:brown", "sacp": "tab:olive", "gat-ppo": "tab:red"}
+          "torch-pruning": "tab:purple", "rl-pruner": "tab:brown", "rl-pruner-nopost": "tab:pink", "sacp": "tab:olive", "gat-ppo": "tab:red"}
 
 
 def load_runs() -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
@@ -212,6 +213,15 @@ def write_report(mode: str) -> Path:
                 out.append(f"| {target} | {method} | {_fmt_acc([r['test_top1'] for r in good])} | "
                            f"{mean('macs_ratio'):.3f} | {mean('params_ratio'):.3f} | {b1:.2f}x | {b32:.2f}x | "
                            f"{mean('search_s'):.1f} | {'' if not np.isfinite(evals) else int(evals)} |")
+        out.append("")
+        settings = sorted({(r["method"], r.get("eval_images", 500 if "evaluations" in r else None), json.dumps(r.get("search_options", {}), sort_keys=True),
+                            r.get("finetune_epochs"), r.get("finetune_images"))
+                           for r in runs if r["model"] == model and "error" not in r}, key=str)
+        budgets = sorted({(e, i) for _, _, _, e, i in settings})
+        searched = [f"{m} eval-images {ev}" + (f" options {o}" if o != "{}" else "")
+                    for m, ev, o, _, _ in settings if ev is not None]
+        out.append("Fine-tune budget: " + "; ".join(f"{e} epoch(s) x {i} images" for e, i in budgets) + "."
+                   + (" Search settings: " + "; ".join(searched) + "." if searched else ""))
         out.append("")
     sacp = [r for r in runs if r.get("method") == "sacp" and "error" not in r]
     if sacp:

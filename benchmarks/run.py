@@ -37,8 +37,11 @@ MODEL_DIR = Path(os.environ.get("ONNXPRUNE_BENCH_MODELS", Path.home() / ".cache"
 MODEL_OUT = MODEL_DIR / "pruned"  # every run's final ONNX (outside the repo), for `--latency-only`
 
 BASELINES = ("l1-uniform", "taylor-global", "random", "torch-pruning")
-SEARCHES = ("rl-pruner", "sacp", "gat-ppo")
+SEARCHES = ("rl-pruner", "sacp", "gat-ppo", "rl-pruner-nopost")
 METHODS = BASELINES + SEARCHES
+# Benchmark-only variants: (method, options). rl-pruner post-trains between its pruning steps
+# (extra training the others do not get); without it, its masks meet the same fine-tune budget.
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {"rl-pruner-nopost": ("rl-pruner", {"post_epochs": 0})}
 TARGETS = ("sparsity-0.25", "sparsity-0.5", "sparsity-0.75", "flops-0.5")
 
 # How each benchmark model is trained when it is not cached yet (python -m models.train).
@@ -136,7 +139,7 @@ def run_one(arch: str, method: str, target: str, seed: int, mode: Mode) -> dict[
                               "finetune_epochs": mode.finetune_epochs, "finetune_images": mode.finetune_images}
     if method in SEARCHES:
         record["eval_images"] = mode.eval_images
-        record["search_options"] = dict(mode.search_options.get(method, {}))
+        record["search_options"] = {**VARIANTS.get(method, ("", {}))[1], **mode.search_options.get(method, {})}
     t0 = time.perf_counter()
     if method == "torch-pruning":
         from benchmarks.peer import tp_export
@@ -153,11 +156,14 @@ def run_one(arch: str, method: str, target: str, seed: int, mode: Mode) -> dict[
     else:
         base = {"l1-uniform": ("l1", False), "taylor-global": ("taylor", True), "random": ("random", False)}
         name, global_ranking = base.get(method, (method, False))
+        variant_options: dict[str, Any] = {}
+        if method in VARIANTS:
+            name, variant_options = VARIANTS[method][0], dict(VARIANTS[method][1])
         targets: dict[str, Any] = {"sparsity": value} if kind == "sparsity" else {"target_flops": value}
         cfg = PruneConfig(method=name, global_ranking=global_ranking, seed=seed, data="fashion-mnist",
                           finetune_epochs=mode.finetune_epochs, finetune_images=mode.finetune_images,
                           eval_images=mode.eval_images, search_progress=False,
-                          options=dict(mode.search_options.get(method, {})), **targets)
+                          options={**variant_options, **mode.search_options.get(method, {})}, **targets)
         result = prune(path, cfg)
         model = result.model
         record["search_s"] = result.seconds.get("select", 0.0)
