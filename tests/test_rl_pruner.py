@@ -187,6 +187,29 @@ def test_search_without_post_training(tiny) -> None:
     assert result.model is None and not result.summary["post_trained"]
 
 
+def test_latency_budget_plans_with_macs_and_meets_the_measurement(tiny) -> None:
+    from onnxprune.criteria import weight_scores
+    from onnxprune.search import LocalEvaluator, SearchContext
+    from onnxprune.search.rl_pruner import run
+    from onnxprune.torchcopy import taylor_scores
+
+    splits, analysis = tiny
+    measured = []
+
+    def fake_latency(keep: np.ndarray) -> float:  # a fixed overhead plus a MACs-proportional part
+        measured.append(1)
+        return 1e-3 * (0.3 + 0.7 * analysis.cost.macs(keep) / analysis.macs)
+
+    cfg = SearchConfig(budget=Budget("latency", 0.7), progress=False, options={**FAST, "post_epochs": 0})
+    meter = BudgetMeter(analysis, cfg.budget, latency_fn=fake_latency)
+    copy = to_torch(analysis)
+    scores = {"l1": weight_scores(analysis, "l1"), "taylor": taylor_scores(copy, analysis, *splits.train)}
+    with LocalEvaluator(analysis, copy, splits, EvalConfig(images=150, recalibrate_bn=False)) as ev:
+        result = run(SearchContext("rl-pruner", analysis, ev, meter, scores, cfg, copy, splits))
+    assert meter.feasible(result.keep) and meter.ratio(result.keep) > 0.6
+    assert 0 < len(measured) < 200  # measured per step while landing PD, not per candidate
+
+
 def test_same_seed_same_mask(tiny) -> None:
     a = _search(tiny, seed=3)
     b = _search(tiny, seed=3)
