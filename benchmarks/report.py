@@ -209,7 +209,8 @@ def write_report(mode: str) -> Path:
 
                 b1 = base.get("latency_b1_ms", float("nan")) / mean("latency_b1_ms")
                 b32 = base.get("latency_b32_ms", float("nan")) / mean("latency_b32_ms")
-                evals = mean("evaluations")
+                evals = _mean_std(r.get("search_summary", {}).get("total_evaluations", r.get("evaluations"))
+                                  for r in good)[0]
                 out.append(f"| {target} | {method} | {_fmt_acc([r['test_top1'] for r in good])} | "
                            f"{mean('macs_ratio'):.3f} | {mean('params_ratio'):.3f} | {b1:.2f}x | {b32:.2f}x | "
                            f"{mean('search_s'):.1f} | {'' if not np.isfinite(evals) else int(evals)} |")

@@ -171,7 +171,7 @@ def run_one(arch: str, method: str, target: str, seed: int, mode: Mode) -> dict[
         record["verify_max_abs_diff"] = result.verified.max_abs_diff if result.verified else None
         if result.searched is not None:
             summary = result.searched.summary
-            record["evaluations"] = result.searched.evaluations
+            record["evaluations"] = summary.get("total_evaluations", result.searched.evaluations)
             record["search_val_top1"] = result.searched.val_top1
             record["search_summary"] = summary
     pruned_analysis = analyze(model)

@@ -21,7 +21,7 @@ def plot_trajectory(data: Mapping[str, Any], path: str | os.PathLike[str]) -> No
     fig, (ax_r, ax_a) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
     xs_f = [i for i, r in enumerate(records) if r.get("feasible") and "reward" in r]
     xs_i = [i for i, r in enumerate(records) if not r.get("feasible") and "reward" in r]
-    ax_r.scatter(xs_i, [records[i]["reward"] for i in xs_i], s=8, c="tab:red", label="infeasible: budget penalty")
+    ax_r.scatter(xs_i, [records[i]["reward"] for i in xs_i], s=8, c="tab:red", label="over budget (gat-ppo: penalty)")
     ax_r.scatter(xs_f, [records[i]["reward"] for i in xs_f], s=8, c="tab:green",
                  label="feasible: reward")
     ax_r.set_ylabel("reward")
