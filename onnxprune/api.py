@@ -71,7 +71,7 @@ class PruneConfig:
         """The `onnxprune.search.SearchConfig` of a search method."""
         from onnxprune.search import EvalConfig, SearchConfig
 
-        return SearchConfig(budget=self.budget(), seed=self.seed, round_to=self.round_to,
+        return SearchConfig(budget=self.budget(), seed=self.seed,
                             eval=EvalConfig(images=self.eval_images, workers=self.workers, seed=self.seed),
                             checkpoint=self.checkpoint, resume=self.resume, trajectory=self.trajectory,
                             plot=self.plot, progress=self.search_progress, options=dict(self.options))
@@ -124,6 +124,8 @@ def prune(src: str | os.PathLike[str] | onnx.ModelProto, cfg: PruneConfig,
         raise InputError(f"--finetune-epochs must be >= 0, got {cfg.finetune_epochs}")
     searching = cfg.method in SEARCH_METHOD_NAMES
     if searching:
+        if cfg.round_to > 1 or cfg.global_ranking:
+            raise InputError(f"--round-to and --global apply to score-based methods, not to --method {cfg.method}")
         search_cfg = cfg.search()
     else:
         if cfg.target_params is not None or cfg.target_latency is not None:

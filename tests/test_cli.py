@@ -181,6 +181,8 @@ def test_data_methods_need_data(model_file: Path, tmp_path: Path) -> None:
                               "--data")
     assert_one_line_error(run("prune", str(model_file), "-o", str(out), "--target-params", "0.5"),
                           "search method")
+    assert_one_line_error(run("prune", str(model_file), "-o", str(out), "--target-flops", "0.5", "--method", "sacp",
+                              "--data", "digits", "--round-to", "8"), "--round-to")
     assert not out.exists()
 
 

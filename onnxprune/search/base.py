@@ -38,7 +38,6 @@ class SearchConfig:
     budget: Budget = Budget()
     seed: int = 0
     eval: EvalConfig = EvalConfig()
-    round_to: int = 1
     checkpoint: str | None = None
     resume: bool = False
     trajectory: str | None = None
