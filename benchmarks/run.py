@@ -30,18 +30,23 @@ from typing import Any
 
 import torch
 
+from onnxprune.methods import L1, RANDOM, RL_PRUNER, TAYLOR, names_of
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 RUNS = RESULTS / "runs"
 MODEL_DIR = Path(os.environ.get("ONNXPRUNE_BENCH_MODELS", Path.home() / ".cache" / "onnxprune" / "bench-models"))
 MODEL_OUT = MODEL_DIR / "pruned"  # every run's final ONNX (outside the repo), for `--latency-only`
 
-BASELINES = ("l1-uniform", "taylor-global", "random", "torch-pruning")
-SEARCHES = ("rl-pruner", "sacp", "gat-ppo", "rl-pruner-nopost")
-METHODS = BASELINES + SEARCHES
+# Score-based baselines: benchmark label -> (registered criterion, global ranking); plus the peer.
+SCORED: dict[str, tuple[str, bool]] = {f"{L1.name}-uniform": (L1.name, False), f"{TAYLOR.name}-global": (TAYLOR.name, True),
+                                       RANDOM.name: (RANDOM.name, False)}
+BASELINES = tuple(SCORED) + ("torch-pruning",)
 # Benchmark-only variants: (method, options). rl-pruner post-trains between its pruning steps
 # (extra training the others do not get); without it, its masks meet the same fine-tune budget.
-VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {"rl-pruner-nopost": ("rl-pruner", {"post_epochs": 0})}
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {f"{RL_PRUNER.name}-nopost": (RL_PRUNER.name, {"post_epochs": 0})}
+SEARCHES = names_of("search") + tuple(VARIANTS)  # every registered search method
+METHODS = BASELINES + SEARCHES
 TARGETS = ("sparsity-0.25", "sparsity-0.5", "sparsity-0.75", "flops-0.5")
 
 # How each benchmark model is trained when it is not cached yet (python -m models.train).
@@ -154,8 +159,7 @@ def run_one(arch: str, method: str, target: str, seed: int, mode: Mode) -> dict[
         model = tuned.model
         record["finetune_s"] = time.perf_counter() - t1
     else:
-        base = {"l1-uniform": ("l1", False), "taylor-global": ("taylor", True), "random": ("random", False)}
-        name, global_ranking = base.get(method, (method, False))
+        name, global_ranking = SCORED.get(method, (method, False))
         variant_options: dict[str, Any] = {}
         if method in VARIANTS:
             name, variant_options = VARIANTS[method][0], dict(VARIANTS[method][1])

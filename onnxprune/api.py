@@ -12,22 +12,17 @@ from typing import Any, Callable, Iterable, Mapping
 import numpy as np
 import onnx
 
-from onnxprune.criteria import weight_scores
 from onnxprune.deps import Analysis, analyze
 from onnxprune.errors import InputError
 from onnxprune.fileio import atomic_write
 from onnxprune.ir import Shape
+from onnxprune.methods import L1, method, names_of
 from onnxprune.rewrite import VerifyResult, apply_keep, verify
 from onnxprune.search import AllocationConfig, allocate
 
-SEARCH_METHOD_NAMES = ("gat-ppo", "rl-pruner", "sacp")
-METHODS = ("l1", "l2", "bn", "taylor", "random") + SEARCH_METHOD_NAMES
-DATA_METHODS = ("taylor",) + SEARCH_METHOD_NAMES
-
-
 @dataclass(frozen=True)
 class PruneConfig:
-    method: str = "l1"
+    method: str = L1.name  # a name registered in onnxprune.methods
     sparsity: float | None = None
     target_flops: float | None = None
     global_ranking: bool = False
@@ -115,21 +110,20 @@ def prune(src: str | os.PathLike[str] | onnx.ModelProto, cfg: PruneConfig,
           progress: Callable[[str], None] | None = None) -> PruneResult:
     """Analyse, score, allocate, rewrite and (by default) verify. Writes nothing."""
     say = progress or (lambda _msg: None)
-    if cfg.method not in METHODS:
-        raise InputError(f"unknown method {cfg.method!r} (choose from {', '.join(METHODS)})")
-    if (cfg.method in DATA_METHODS or cfg.finetune_epochs > 0) and not cfg.data:
-        why = f"--method {cfg.method}" if cfg.method in DATA_METHODS else "--finetune-epochs"
+    chosen = method(cfg.method)
+    if (chosen.needs_data or cfg.finetune_epochs > 0) and not cfg.data:
+        why = f"--method {cfg.method}" if chosen.needs_data else "--finetune-epochs"
         raise InputError(f"{why} needs data: pass --data SPEC (e.g. fashion-mnist, digits, folder:DIR)")
     if cfg.finetune_epochs < 0:
         raise InputError(f"--finetune-epochs must be >= 0, got {cfg.finetune_epochs}")
-    searching = cfg.method in SEARCH_METHOD_NAMES
+    searching = chosen.searches
     if searching:
         if cfg.round_to > 1 or cfg.global_ranking:
             raise InputError(f"--round-to and --global apply to score-based methods, not to --method {cfg.method}")
         search_cfg = cfg.search()
     else:
         if cfg.target_params is not None or cfg.target_latency is not None:
-            raise InputError(f"--target-params and --target-latency need a search method ({', '.join(SEARCH_METHOD_NAMES)})")
+            raise InputError(f"--target-params and --target-latency need a search method ({', '.join(names_of('search'))})")
         alloc = cfg.allocation()
     times: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -137,7 +131,7 @@ def prune(src: str | os.PathLike[str] | onnx.ModelProto, cfg: PruneConfig,
     analysis = analyze(src, cfg.input_shapes, cfg.exclude)
     times["analyze"] = time.perf_counter() - t0
     splits = copy = None
-    if cfg.data and (cfg.method in DATA_METHODS or cfg.finetune_epochs > 0):
+    if cfg.data and (chosen.needs_data or cfg.finetune_epochs > 0):
         from onnxprune.data import load_dataset
 
         t0 = time.perf_counter()
@@ -156,14 +150,12 @@ def prune(src: str | os.PathLike[str] | onnx.ModelProto, cfg: PruneConfig,
         copy = to_torch(analysis, seed=cfg.seed)
         searched = run_search(cfg.method, analysis, copy, splits, search_cfg, say)
         keep = searched.keep
-    elif cfg.method == "taylor":
-        from onnxprune.torchcopy import taylor_scores, to_torch
-
-        copy = to_torch(analysis, seed=cfg.seed)
-        x, y = splits.train  # type: ignore[union-attr]
-        scores = taylor_scores(copy, analysis, x, y, seed=cfg.seed)
     else:
-        scores = weight_scores(analysis, cfg.method, cfg.seed)
+        if chosen.needs_data:
+            from onnxprune.torchcopy import to_torch
+
+            copy = to_torch(analysis, seed=cfg.seed)
+        scores = chosen.load()(analysis, seed=cfg.seed, copy=copy, splits=splits)
     if not searching:
         keep = allocate(analysis, scores, alloc)
     times["select"] = time.perf_counter() - t0

@@ -12,6 +12,7 @@ from typing import Sequence
 
 from onnxprune import __version__
 from onnxprune.errors import OnnxPruneError
+from onnxprune.methods import L1, METHODS, TAYLOR, method, names_of, search_flags
 
 
 class _Parser(argparse.ArgumentParser):
@@ -51,18 +52,6 @@ def _data_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--std", type=_floats, metavar="S[,S,S]", help="per-channel std after scaling to [0, 1]")
 
 
-# Named flags of the search methods; each goes into the method's options when given.
-SEARCH_FLAGS: dict[str, tuple[type, str]] = {
-    "episodes": (int, "gat-ppo: PPO episodes; rl-pruner: sampling stages per step"),
-    "steps": (int, "gat-ppo: decision steps per episode (1: one shot); rl-pruner: pruning steps"),
-    "block": (int, "gat-ppo: channels per keep/drop block"),
-    "blocks_per_group": (int, "gat-ppo: blocks per group (instead of --block)"),
-    "gat_backend": (str, "gat-ppo: auto | dgl | torch (auto: DGL where it imports)"),
-    "reward": (str, "rl-pruner: accuracy | flops | params (the paper's reward presets)"),
-    "preset": (str, "rl-pruner, sacp: cpu (default) | paper"),
-}
-
-
 def _option(text: str) -> tuple[str, str]:
     key, sep, value = text.partition("=")
     if not sep or not key:
@@ -70,13 +59,25 @@ def _option(text: str) -> tuple[str, str]:
     return key.strip().replace("-", "_"), value.strip()
 
 
+def _method_help() -> str:
+    return "; ".join(f"{m.name}: {m.summary}" for m in METHODS.values())
+
+
 def _search_options(parser: argparse.ArgumentParser) -> None:
-    g = parser.add_argument_group("search methods (gat-ppo, rl-pruner, sacp)")
-    for name, (kind, text) in SEARCH_FLAGS.items():
-        g.add_argument("--" + name.replace("_", "-"), dest=f"opt_{name}", type=kind, default=None, help=text,
-                       metavar="N" if kind is int else "NAME")
-    g.add_argument("--no-pretrain", dest="opt_pretrain", action="store_const", const=False, default=None,
-                   help="gat-ppo: skip the graph auto-encoder pre-training (ablation)")
+    g = parser.add_argument_group(f"search methods ({', '.join(names_of('search'))})")
+    for name, takers in search_flags().items():
+        by_text: dict[str, list[str]] = {}
+        for method_name, flag in takers:
+            by_text.setdefault(flag.help, []).append(method_name)
+        text = "; ".join(f"{', '.join(users)}: {help_}" for help_, users in by_text.items())
+        flag = takers[0][1]
+        if flag.const is not None:
+            prefix = "--no-" if flag.const is False else "--"
+            g.add_argument(prefix + name.replace("_", "-"), dest=f"opt_{name}", action="store_const",
+                           const=flag.const, default=None, help=text)
+        else:
+            g.add_argument("--" + name.replace("_", "-"), dest=f"opt_{name}", type=flag.kind, default=None, help=text,
+                           metavar="N" if flag.kind is int else "NAME")
     g.add_argument("--option", action="append", type=_option, default=[], metavar="KEY=VALUE",
                    help="any other setting of the method (repeatable; see the README)")
     g.add_argument("--workers", type=int, default=1, help="local processes evaluating candidates")
@@ -117,8 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("prune", help="prune channels and write a smaller, verified ONNX model")
     pr.add_argument("model")
     pr.add_argument("-o", "--output", required=True, metavar="OUT.onnx")
-    pr.add_argument("--method", default="l1",
-                    choices=["l1", "l2", "bn", "taylor", "random", "gat-ppo", "rl-pruner", "sacp"])
+    pr.add_argument("--method", default=L1.name, choices=names_of(), help=_method_help())
     target = pr.add_mutually_exclusive_group(required=True)
     target.add_argument("--target-flops", type=_fraction, metavar="F",
                         help="keep at most F (0 < F <= 1) of the original MACs")
@@ -184,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--epochs", type=int, default=2)
     d.add_argument("--train-images", type=int, default=8000)
     d.add_argument("--target-flops", type=_fraction, default=0.5)
-    d.add_argument("--method", choices=["l1", "l2", "bn", "taylor", "random"], default="taylor")
+    d.add_argument("--method", choices=names_of("criterion"), default=TAYLOR.name)
     d.add_argument("--finetune-epochs", type=int, default=1)
     d.add_argument("--finetune-images", type=int, default=3000)
     d.add_argument("--json", metavar="OUT.json")
@@ -229,7 +229,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         trajectory=args.trajectory, plot=args.plot, options=search_options(args),
     )
     out, err = _console()
-    if args.finetune_epochs or args.method in ("gat-ppo", "rl-pruner", "sacp"):  # the fine-tuning progress bar needs the terminal to itself
+    if args.finetune_epochs or method(args.method).searches:  # progress bars need the terminal to themselves
         result = prune(args.model, cfg, progress=lambda msg: err.print(f"[dim]{msg}[/dim]"))
     else:
         with err.status("pruning") as status:

@@ -19,6 +19,7 @@ from rich.table import Table
 from onnxprune.api import PruneConfig, prune, save_model
 from onnxprune.bench import BenchConfig, benchmark_model, evaluate_onnx
 from onnxprune.data import DEFAULT_FASHION_MNIST_DIR, load_dataset
+from onnxprune.methods import TAYLOR
 
 
 @dataclass(frozen=True)
@@ -27,7 +28,7 @@ class DemoConfig:
     epochs: int = 2
     train_images: int = 8000
     target_flops: float = 0.5
-    method: str = "taylor"
+    method: str = TAYLOR.name
     finetune_epochs: int = 1
     finetune_images: int = 3000
     # Odd widths are slow in onnxruntime's CPU kernels; global ranking keeps the MACs target

@@ -9,7 +9,7 @@ they skip.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 from unittest import mock
 
 import numpy as np
@@ -19,7 +19,7 @@ import torch
 
 from onnxprune.cli import main
 from onnxprune.criteria import weight_scores
-from onnxprune.deps import Analysis, analyze
+from onnxprune.deps import Analysis
 from onnxprune.errors import InputError
 from onnxprune.search import Budget, EvalConfig, SearchConfig, SearchResult, run_search
 from onnxprune.search.base import Checkpoint
@@ -33,18 +33,7 @@ from tests.tiny import digits_model
 needs_dgl = pytest.mark.skipif(not dgl_available(), reason="DGL does not import here (bash scripts/dev.sh test-dgl)")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-@pytest.fixture(scope="module")
-def tiny() -> tuple[Any, Analysis]:
-    splits, model = digits_model()
-    return splits, analyze(model)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # -- encoder --------------------------------------------------------------------------------

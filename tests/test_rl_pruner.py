@@ -7,13 +7,11 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pytest
-import torch
 
-from onnxprune.deps import Analysis, analyze
 from onnxprune.errors import InputError
 from onnxprune.search import Budget, BudgetMeter, EvalConfig, SearchConfig
 from onnxprune.search.base import Checkpoint
@@ -25,18 +23,7 @@ from onnxprune.torchcopy import to_torch
 from tests.tiny import digits_model
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-@pytest.fixture(scope="module")
-def tiny() -> tuple[Any, Analysis]:
-    splits, model = digits_model()
-    return splits, analyze(model)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # --- pure functions -----------------------------------------------------------------------------

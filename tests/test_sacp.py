@@ -5,7 +5,7 @@ fine-tune), options and the rank correlations."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import onnx
@@ -14,7 +14,7 @@ import torch
 
 from onnxprune.cli import main
 from onnxprune.criteria import weight_scores
-from onnxprune.deps import Analysis, analyze
+from onnxprune.deps import Analysis
 from onnxprune.errors import InputError
 from onnxprune.search import Budget, EvalConfig, LocalEvaluator, SearchConfig, SearchResult, run_search
 from onnxprune.search import sacp
@@ -24,18 +24,7 @@ from tests.tiny import digits_model
 FAST = {"configs": 120, "candidates": 150, "top_m": 6, "top_k": 2, "epochs": 8, "probe": 2, "eval_batch": 3}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-@pytest.fixture(scope="module")
-def tiny() -> tuple[Any, Analysis]:
-    splits, model = digits_model()
-    return splits, analyze(model)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _search(tiny: tuple[Any, Analysis], budget: Budget = Budget("macs", 0.5), seed: int = 0,

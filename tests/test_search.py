@@ -6,34 +6,20 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pytest
-import torch
 
 from onnxprune.criteria import weight_scores
-from onnxprune.deps import Analysis, analyze
+from onnxprune.deps import Analysis
 from onnxprune.errors import InputError, UnsupportedModelError
 from onnxprune.search import (Budget, BudgetMeter, EvalConfig, LocalEvaluator, SearchConfig, SearchContext,
                               make_feasible, parse_options, removal_order)
 from onnxprune.search.plot import plot_trajectory
 from onnxprune.torchcopy import MaskedModel, to_torch
-from tests.tiny import digits_model
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-@pytest.fixture(scope="module")
-def tiny() -> tuple[object, Analysis]:
-    splits, model = digits_model()
-    return splits, analyze(model)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _random_keep(analysis: Analysis, rng: np.random.Generator, p: float = 0.6) -> np.ndarray:

@@ -43,6 +43,21 @@ class ResNetTiny(nn.Module):
         return self.fc(self.down2(x).mean(dim=(2, 3)))
 
 
+def fit(net: nn.Module, splits: Splits, epochs: int) -> nn.Module:
+    """`net` trained on the train split (Adam, lr 1e-2, batches of 64, seeded order), in eval mode."""
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    x, y = torch.from_numpy(splits.train[0]), torch.from_numpy(splits.train[1])
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(epochs):
+        net.train()
+        for idx in torch.randperm(len(x), generator=gen).split(64):
+            loss = nn.functional.cross_entropy(net(x[idx]), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return net.eval()
+
+
 @functools.lru_cache(maxsize=1)
 def digits_model(epochs: int = 10) -> tuple[Splits, onnx.ModelProto]:
     """(splits, trained ONNX model) on digits; deterministic (seeded, one torch thread)."""
@@ -51,18 +66,7 @@ def digits_model(epochs: int = 10) -> tuple[Splits, onnx.ModelProto]:
     torch.set_num_threads(1)
     try:
         torch.manual_seed(0)
-        net = ResNetTiny()
-        opt = torch.optim.Adam(net.parameters(), lr=1e-2)
-        x, y = torch.from_numpy(splits.train[0]), torch.from_numpy(splits.train[1])
-        gen = torch.Generator().manual_seed(0)
-        for _ in range(epochs):
-            net.train()
-            for idx in torch.randperm(len(x), generator=gen).split(64):
-                loss = nn.functional.cross_entropy(net(x[idx]), y[idx])
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-        net.eval()
+        net = fit(ResNetTiny(), splits, epochs)
         with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings(), \
                 contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             warnings.simplefilter("ignore")

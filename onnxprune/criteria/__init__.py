@@ -1,5 +1,5 @@
 """Channel importance scores (weight-based here; gradient-based `taylor` lives in torchcopy)."""
 
-from onnxprune.criteria.weights import WEIGHT_CRITERIA, WeightCriterion, weight_scores
+from onnxprune.criteria.weights import WEIGHT_CRITERIA, bn_scores, l1_scores, l2_scores, random_scores, weight_scores
 
-__all__ = ["WEIGHT_CRITERIA", "WeightCriterion", "weight_scores"]
+__all__ = ["WEIGHT_CRITERIA", "bn_scores", "l1_scores", "l2_scores", "random_scores", "weight_scores"]

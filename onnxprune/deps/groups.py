@@ -9,15 +9,13 @@ channels of one Conv, plus everything tied to them (residual Adds, depthwise con
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Mapping
+from typing import Iterable
 
 import numpy as np
 
 from onnxprune.errors import UnsupportedModelError
 from onnxprune.ir import LayerGraph, NodeView
 from onnxprune.ops import ChannelMap, Member, rule_for
-
-PRODUCER_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
 
 
 class _UnionFind:
@@ -264,12 +262,3 @@ def _resolve(eng: _Engine) -> GroupSet:
         (name, macs, None if o is None else lut[o], None if i is None else lut[i]) for name, macs, o, i in eng.macs
     )
     return GroupSet(tuple(groups), members, len(unit_of_root), macs_terms, ug)
-
-
-def group_of_nodes(groups: GroupSet) -> Mapping[str, list[int]]:
-    """Node name -> ids of the groups it produces."""
-    out: dict[str, list[int]] = {}
-    for g in groups.groups:
-        for p in g.producers:
-            out.setdefault(p, []).append(g.id)
-    return out

@@ -2,7 +2,7 @@
 the search methods (gat-ppo, rl-pruner, sacp) with their shared budget, evaluator and loop."""
 
 from onnxprune.search.allocate import AllocationConfig, allocate, global_keep, uniform_keep
-from onnxprune.search.base import (SEARCH_METHODS, Checkpoint, SearchConfig, SearchContext, SearchResult,
+from onnxprune.search.base import (Checkpoint, SearchConfig, SearchContext, SearchResult,
                                    Trajectory, parse_options, progress_bar, search_fn)
 from onnxprune.search.budget import (BUDGET_KINDS, Budget, BudgetMeter, fill_budget, make_feasible, mask_key,
                                      removal_order)
@@ -10,7 +10,7 @@ from onnxprune.search.evaluator import EvalConfig, Evaluator, LocalEvaluator
 from onnxprune.search.runner import run_search
 
 __all__ = [
-    "BUDGET_KINDS", "SEARCH_METHODS", "AllocationConfig", "Budget", "BudgetMeter", "Checkpoint", "EvalConfig",
+    "BUDGET_KINDS", "AllocationConfig", "Budget", "BudgetMeter", "Checkpoint", "EvalConfig",
     "Evaluator", "LocalEvaluator", "SearchConfig", "SearchContext", "SearchResult", "Trajectory", "allocate", "fill_budget",
     "global_keep", "make_feasible", "mask_key", "parse_options", "progress_bar", "removal_order", "run_search", "search_fn",
     "uniform_keep",

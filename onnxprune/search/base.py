@@ -1,5 +1,5 @@
 """What every search method shares: its inputs (`SearchContext`), its output (`SearchResult`),
-the JSON trajectory, checkpoints for `--resume`, the progress bar and the method registry.
+the JSON trajectory, checkpoints for `--resume` and the progress bar (methods are registered in `onnxprune.methods`).
 
 A method is a function `run(ctx: SearchContext) -> SearchResult`. It reads candidates' costs
 from `ctx.meter`, scores them through `ctx.evaluator`, records each episode / stage with
@@ -26,6 +26,7 @@ import numpy as np
 from onnxprune.deps import Analysis
 from onnxprune.errors import InputError
 from onnxprune.fileio import atomic_write
+from onnxprune.methods import L1, TAYLOR, method
 from onnxprune.search.budget import Budget, BudgetMeter, make_feasible
 from onnxprune.search.evaluator import EvalConfig, Evaluator
 
@@ -119,7 +120,7 @@ class Checkpoint:
 class SearchContext:
     """Everything a search method needs.
 
-    `scores` maps criterion names ("l1", "taylor") to per-unit importance (frozen units +inf).
+    `scores` maps criterion names (`L1.name`, `TAYLOR.name` of `onnxprune.methods`) to per-unit importance (frozen units +inf).
     `copy` is the torch copy of the original (the teacher for any post-training), `splits` the
     data. `rng` is seeded from `cfg.seed`.
     """
@@ -158,7 +159,7 @@ class SearchContext:
     @property
     def importance(self) -> np.ndarray:
         """The best available importance: Taylor when computed, else L1."""
-        return self.scores.get("taylor", self.scores["l1"])
+        return self.scores.get(TAYLOR.name, self.scores[L1.name])
 
     def option(self, name: str, default: Any) -> Any:
         return self.cfg.options.get(name, default)
@@ -262,27 +263,11 @@ def _coerce(raw: Any, default: Any, what: str) -> Any:
 
 
 SearchFn = Callable[[SearchContext], SearchResult]
-SEARCH_METHODS: dict[str, str] = {
-    "gat-ppo": "onnxprune.search.gat_ppo:run",
-    "rl-pruner": "onnxprune.search.rl_pruner:run",
-    "sacp": "onnxprune.search.sacp:run",
-}
 
 
-def search_fn(method: str) -> SearchFn:
-    """The `run` function of a search method (imported lazily)."""
-    import importlib
-
-    if method not in SEARCH_METHODS:
-        raise InputError(f"unknown search method {method!r} (choose from {', '.join(SEARCH_METHODS)})")
-    module, _, name = SEARCH_METHODS[method].partition(":")
-    try:
-        mod = importlib.import_module(module)
-    except ModuleNotFoundError as exc:
-        if exc.name == module:
-            raise InputError(f"--method {method} is not available in this version") from None
-        raise
-    return getattr(mod, name)
+def search_fn(name: str) -> SearchFn:
+    """The `run` function of the search method `name` (registered in `onnxprune.methods`; imported lazily)."""
+    return method(name, "search").load()
 
 
 @contextlib.contextmanager

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from onnxprune.criteria import weight_scores
 from onnxprune.deps import Analysis
+from onnxprune.methods import L1, TAYLOR
 from onnxprune.search.base import SearchConfig, SearchContext, SearchResult, search_fn
 from onnxprune.search.budget import BudgetMeter
 from onnxprune.search.evaluator import Evaluator, LocalEvaluator
@@ -19,14 +19,10 @@ def run_search(method: str, analysis: Analysis, copy: Any, splits: Any, cfg: Sea
     `copy` is masked in place during the search and restored afterwards (it stays usable as the
     teacher). `evaluator` replaces the default `LocalEvaluator` (e.g. a distributed one).
     """
-    from onnxprune.torchcopy import taylor_scores
-
     say = say or (lambda _msg: None)
     run = search_fn(method)
     say("scoring channels (L1, Taylor)")
-    x, y = splits.train
-    scores = {"l1": weight_scores(analysis, "l1", cfg.seed),
-              "taylor": taylor_scores(copy, analysis, x, y, seed=cfg.seed)}
+    scores = {c.name: c.load()(analysis, seed=cfg.seed, copy=copy, splits=splits) for c in (L1, TAYLOR)}
     own = evaluator is None
     ev = evaluator if evaluator is not None else LocalEvaluator(analysis, copy, splits, cfg.eval)
     try:

@@ -14,6 +14,7 @@ left out.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -127,3 +128,12 @@ def taylor_scores(copy: TorchCopy, analysis: Analysis, x: np.ndarray, y: np.ndar
         if not grp.prunable:
             scores[grp.unit_slice] = np.inf
     return scores
+
+
+def taylor_criterion(analysis: Analysis, *, seed: int = 0, copy: TorchCopy | None = None,
+                     splits: Any = None) -> np.ndarray:
+    """The registry's `taylor` criterion: `taylor_scores` on the training split of `splits`."""
+    if copy is None or splits is None:
+        raise ValueError("taylor needs the torch copy and the data splits")
+    x, y = splits.train
+    return taylor_scores(copy, analysis, x, y, seed=seed)

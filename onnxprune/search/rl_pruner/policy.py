@@ -17,9 +17,10 @@ from typing import Any, Mapping
 import numpy as np
 
 from onnxprune.errors import InputError
+from onnxprune.methods import RL_PRUNER
 from onnxprune.search.base import parse_options
 
-METHOD = "rl-pruner"
+METHOD = RL_PRUNER.name
 
 # (alpha, beta) of R = acc + alpha * C_F + beta * C_P: the paper's three reward strategies.
 REWARDS: dict[str, tuple[float, float]] = {"accuracy": (0.0, 0.0), "flops": (0.25, 0.0), "params": (0.0, 0.25)}

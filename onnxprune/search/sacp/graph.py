@@ -1,0 +1,129 @@
+"""The layer graph sacp embeds (`ConfigGraph`) and its node features."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from onnxprune.deps import Analysis
+from onnxprune.errors import InputError
+from onnxprune.search.sacp.config import METHOD
+
+_SKIP = {"Relu", "LeakyRelu", "PRelu", "Sigmoid", "Tanh", "Clip", "HardSigmoid", "HardSwish", "Elu", "Selu",
+         "Softplus", "Gelu", "Mish", "Identity", "Dropout"}
+_OP_CLASSES: tuple[frozenset[str], ...] = (
+    frozenset({"Conv", "ConvTranspose"}),
+    frozenset({"Gemm", "MatMul"}),
+    frozenset({"BatchNormalization", "InstanceNormalization", "LayerNormalization", "GroupNormalization"}),
+    frozenset({"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "LpPool"}),
+    frozenset({"Add", "Sum", "Sub", "Mul", "Div", "Max", "Min", "Mean"}),
+    frozenset({"Concat", "Split", "Slice"}),
+)
+STATIC_FEATURES = len(_OP_CLASSES) + 2  # op one-hot (+ "other"), log-width
+
+
+@dataclass(frozen=True, eq=False)
+class ConfigGraph:
+    """The layer graph of a model with a fixed node order.
+
+    `nodes[v]`/`op_types[v]`: ONNX node names and op types; `channels[v]` the width of its output;
+    `a_hat` (V, V) the normalized adjacency; `index` (V, F, W) unit index per feature bin and
+    pooled position (`num_units` = padding), `weight` (V, F, W) the averaging weights;
+    `static` (V, S) op one-hot and log-width.
+    """
+
+    nodes: tuple[str, ...]
+    op_types: tuple[str, ...]
+    channels: np.ndarray
+    edges: tuple[tuple[int, int], ...]
+    a_hat: torch.Tensor
+    index: torch.Tensor
+    weight: torch.Tensor
+    static: torch.Tensor
+    num_units: int
+    feature_len: int
+
+    def features(self, keeps: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, V, F) pooled keep vectors and (B, V, S+1) kept fraction + static features."""
+        k = torch.from_numpy(np.ascontiguousarray(keeps, dtype=np.float32))  # (B, U)
+        k = torch.cat([k, torch.zeros(k.shape[0], 1)], dim=1)  # (B, U+1): the padding unit is 0
+        x = (k[:, self.index] * self.weight).sum(-1)  # (B, V, F)
+        kept = x.sum(-1) * (1.0 / torch.from_numpy(np.minimum(self.channels, self.feature_len)).float())  # (B, V)
+        s = torch.cat([kept.unsqueeze(-1), self.static.expand(k.shape[0], -1, -1)], dim=-1)  # (B, V, S+1)
+        return x, s
+
+
+def build_graph(analysis: Analysis, feature_len: int = 64) -> ConfigGraph:
+    """The layer graph of `analysis` with each node's output channels as global unit indices.
+
+    A node's output channels come from its `out` member (Conv, Gemm), else its per-channel
+    parameters (BatchNormalization), else its inputs (Concat concatenates, other ops pass the
+    first tracked input through). Nodes without tracked channels and element-wise activations
+    are bridged: their inputs' layers connect to their consumers' layers.
+    """
+    member_units: dict[str, np.ndarray] = {}
+    param_units: dict[str, np.ndarray] = {}
+    for rm in analysis.groups.members:
+        if rm.member.kind == "out":
+            member_units.setdefault(rm.member.node, rm.units)
+        elif rm.member.kind == "param":
+            param_units.setdefault(rm.member.node, rm.units)
+    chan: dict[str, np.ndarray] = {}  # tensor -> (channels,) global unit per channel
+    sources: dict[str, set[int]] = {}  # tensor -> graph nodes it comes from
+    names: list[str] = []
+    ops: list[str] = []
+    units_of: list[np.ndarray] = []
+    edges: set[tuple[int, int]] = set()
+    for node in analysis.graph.nodes:
+        units = member_units.get(node.name, param_units.get(node.name))
+        ins = [chan[t] for t in node.inputs if t in chan]
+        if units is None and ins:
+            units = np.concatenate(ins) if node.op_type == "Concat" and len(ins) == sum(
+                1 for t in node.inputs if t) else ins[0]
+        srcs: set[int] = set().union(*[sources.get(t, set()) for t in node.inputs if t])
+        if units is not None and node.outputs:
+            chan[node.outputs[0]] = units
+        if units is None or node.op_type in _SKIP:
+            for out in node.outputs:
+                sources[out] = srcs
+            continue
+        me = len(names)
+        names.append(node.name)
+        ops.append(node.op_type)
+        units_of.append(np.asarray(units, dtype=np.int64))
+        edges.update((s, me) for s in srcs)
+        for out in node.outputs:
+            sources[out] = {me}
+    if not names:
+        raise InputError(f"{METHOD}: the model has no layer with tracked channels")
+    v = len(names)
+    adj = np.eye(v, dtype=np.float64)
+    for a, b in edges:
+        adj[a, b] = adj[b, a] = 1.0
+    d = 1.0 / np.sqrt(adj.sum(1))
+    a_hat = adj * d[:, None] * d[None, :]
+    channels = np.array([u.size for u in units_of], dtype=np.int64)
+    width = max(1, int(max(math.ceil(c / feature_len) + 1 for c in channels.tolist())))
+    index = np.full((v, feature_len, width), analysis.groups.num_units, dtype=np.int64)
+    weight = np.zeros((v, feature_len, width), dtype=np.float32)
+    for i, units in enumerate(units_of):
+        c = units.size
+        if c <= feature_len:  # zero-padded
+            index[i, :c, 0] = units
+            weight[i, :c, 0] = 1.0
+            continue
+        for j in range(feature_len):  # adaptive average pooling (torch's bin edges)
+            lo, hi = (j * c) // feature_len, -((-(j + 1) * c) // feature_len)
+            index[i, j, :hi - lo] = units[lo:hi]
+            weight[i, j, :hi - lo] = 1.0 / (hi - lo)
+    static = np.zeros((v, STATIC_FEATURES), dtype=np.float32)
+    for i, op in enumerate(ops):
+        cls = next((c for c, members in enumerate(_OP_CLASSES) if op in members), len(_OP_CLASSES))
+        static[i, cls] = 1.0
+        static[i, -1] = math.log2(channels[i] + 1) / 10.0
+    return ConfigGraph(tuple(names), tuple(ops), channels, tuple(sorted(edges)),
+                       torch.from_numpy(a_hat.astype(np.float32)), torch.from_numpy(index),
+                       torch.from_numpy(weight), torch.from_numpy(static), analysis.groups.num_units, feature_len)

@@ -1,0 +1,200 @@
+"""The sacp search loop: train, rank candidates by similarity, evaluate the top m cheaply and the top k fully."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+
+from onnxprune.methods import L1
+from onnxprune.search.base import SearchContext, SearchResult, progress_bar
+from onnxprune.search.budget import Budget, BudgetMeter, make_feasible, mask_key
+from onnxprune.search.sacp.config import METHOD, SacpConfig, sacp_options
+from onnxprune.search.sacp.encoder import GCNEncoder, similarity
+from onnxprune.search.sacp.graph import build_graph
+from onnxprune.search.sacp.stats import kendall, spearman
+from onnxprune.search.sacp.tables import UnitTables, sample_rates, scale_into_budget
+from onnxprune.search.sacp.train import train_encoder
+
+
+def _candidate_masks(ctx: SearchContext, tables: UnitTables, cfg: SacpConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Up to `cfg.candidates` distinct feasible L1 masks (uniform rates first) and their budget ratios.
+
+    A latency budget is too slow to measure per bisection step: candidates are then scaled into
+    the same fraction of MACs, and the evaluated ones are made feasible afterwards.
+    """
+    meter = ctx.meter
+    if ctx.cfg.budget.kind == "latency":
+        meter = BudgetMeter(ctx.analysis, Budget("macs", ctx.cfg.budget.target))
+    shapes = sample_rates(ctx.rng, cfg.candidates, tables.units.size, cfg.min_rate)
+    shapes[0] = 1.0  # uniform rates: the L1 baseline is always a candidate
+    keeps, ratios, seen = [], [], set()
+    for shape in shapes:
+        got = scale_into_budget(meter, tables, ctx.analysis, shape)
+        if got is None:
+            continue
+        key = mask_key(got[0])
+        if key in seen:
+            continue
+        seen.add(key)
+        keeps.append(got[0])
+        ratios.append(got[1])
+    if not keeps:  # out of reach for every shape: finish() raises the budget error
+        keep = make_feasible(ctx.meter, ctx.analysis.full_keep(), tables.scores)
+        return keep[None], np.array([ctx.meter.ratio(keep)])
+    return np.stack(keeps), np.array(ratios)
+
+
+def recalibrated_model(ctx: SearchContext, keep: np.ndarray) -> tuple[Any, float]:
+    """The pruned ONNX of `keep` with BatchNorm statistics re-estimated on training images (as the
+    evaluator scores masks), and its top-1 on the whole validation split."""
+    from onnxprune.bench import evaluate_onnx
+    from onnxprune.rewrite import apply_keep
+    from onnxprune.torchcopy import recalibrate_batchnorm
+
+    ev = ctx.cfg.eval
+    model, _ = recalibrate_batchnorm(apply_keep(ctx.analysis, keep), ctx.splits.train[0], batches=ev.bn_batches,
+                                     batch_size=ev.bn_batch_size, seed=ctx.cfg.seed)
+    return model, evaluate_onnx(model, *ctx.splits.val).top1
+
+
+def run(ctx: SearchContext) -> SearchResult:
+    """Train the encoder, rank L1 candidates by similarity to the unpruned model, evaluate the
+    top m cheaply and the top k fully; return the best (fine-tuned model when `k_finetune_epochs`)."""
+    cfg = sacp_options(dict(ctx.cfg.options))
+    analysis, l1 = ctx.analysis, ctx.scores[L1.name]
+    graph = build_graph(analysis, cfg.feature_len)
+    tables = UnitTables.build(analysis, l1, cfg.min_rate)
+    full = analysis.full_keep()
+    state = ctx.checkpoint.load() or {}
+    if state:
+        ctx.rng.bit_generator.state = state["rng"]
+        ctx.trajectory.records = list(state["records"])
+
+    def save(**extra: Any) -> None:
+        state.update(extra, rng=ctx.rng.bit_generator.state, records=list(ctx.trajectory.records))
+        ctx.checkpoint.save(state)
+
+    total = cfg.epochs + 1 + cfg.top_m + cfg.probe + cfg.top_k
+    fields = {"stage": "", "loss": "loss", "best": "best top-1"}
+    with progress_bar(METHOD, total, ctx.cfg.progress, fields=fields) as update:
+        # 1. contrastive training
+        encoder = GCNEncoder(len(graph.nodes), graph.feature_len, cfg.hidden, cfg.layers, cfg.proj, cfg.node_weights)
+        if "encoder" in state:
+            encoder.load_state_dict(state["encoder"])
+            encoder.eval()
+            losses = list(state["losses"])
+            update(cfg.epochs, stage="train", loss=losses[-1])
+        else:
+            def on_epoch(epoch: int, loss: float) -> None:
+                ctx.trajectory.add(stage="train", epoch=epoch, loss=loss)
+                update(1, stage="train", loss=loss)
+
+            ctx.say(f"{METHOD}: training the GCN encoder on {cfg.configs} configurations ({len(graph.nodes)} nodes)")
+            encoder, losses = train_encoder(graph, tables, full, cfg, ctx.rng, ctx.cfg.seed, on_epoch)
+            save(encoder={k: v.clone() for k, v in encoder.state_dict().items()}, losses=losses)
+
+        # 2. candidates ranked by similarity to the unpruned model
+        if "ranked" not in state:
+            keeps, ratios = _candidate_masks(ctx, tables, cfg)
+            sims = similarity(encoder, graph, keeps, full)
+            order = np.argsort(-sims, kind="stable")
+            top = order[:cfg.top_m]
+            rest = order[cfg.top_m:]
+            probes = np.sort(ctx.rng.choice(rest, size=min(cfg.probe, rest.size), replace=False)) if rest.size else rest
+            picked = np.concatenate([top, probes]).astype(np.int64)
+            place = np.empty_like(order)
+            place[order] = np.arange(order.size)
+            ranked = [{"rank": int(place[i]), "similarity": float(sims[i]),
+                       "budget_ratio": float(ratios[i]), "probe": bool(j >= top.size),
+                       "keep": np.packbits(keeps[i])} for j, i in enumerate(picked.tolist())]
+            ctx.trajectory.add(stage="rank", candidates=int(len(keeps)), similarity_max=float(sims.max()),
+                               similarity_mean=float(sims.mean()), similarity_std=float(sims.std()),
+                               uniform_rank=int(place[0]), uniform_similarity=float(sims[0]))
+            save(ranked=ranked, candidates=int(len(keeps)), light={}, full={})
+        ranked = state["ranked"]
+        update(1, stage="rank")
+        units = full.size
+
+        def mask(i: int) -> np.ndarray:
+            keep = np.unpackbits(ranked[i]["keep"], count=units).astype(bool)
+            if not ctx.meter.feasible(keep):  # latency budgets: scaled on MACs, fixed here
+                keep = make_feasible(ctx.meter, keep, l1)
+            return keep
+
+        # 3. the top m (and the probes) on the cheap validation subset
+        light: dict[int, float] = state["light"]
+        update(len(light), stage="light")
+        todo = [i for i in range(len(ranked)) if i not in light]
+        best = max(light.values(), default=float("nan"))
+        for start in range(0, len(todo), cfg.eval_batch):
+            batch = todo[start:start + cfg.eval_batch]
+            masks = [mask(i) for i in batch]
+            accs = ctx.evaluator.evaluate(masks)
+            for i, keep, acc in zip(batch, masks, accs):
+                light[i] = acc
+                c = ranked[i]
+                ctx.trajectory.add(stage="probe" if c["probe"] else "light", rank=c["rank"],
+                                   similarity=c["similarity"], reward=c["similarity"], val_top1=acc,
+                                   feasible=ctx.meter.feasible(keep), budget_ratio=ctx.meter.ratio(keep))
+            best = max(light.values())
+            update(len(batch), stage="light", best=best)
+            save(light=light)
+
+        top_ids = [i for i in range(len(ranked)) if not ranked[i]["probe"]]
+        sims_m = [ranked[i]["similarity"] for i in top_ids]
+        accs_m = [light[i] for i in top_ids]
+        corr = {"spearman": spearman(sims_m, accs_m), "kendall": kendall(sims_m, accs_m)}
+        all_ids = list(range(len(ranked)))
+        if cfg.probe:
+            corr["spearman_probe"] = spearman([ranked[i]["similarity"] for i in all_ids], [light[i] for i in all_ids])
+            corr["kendall_probe"] = kendall([ranked[i]["similarity"] for i in all_ids], [light[i] for i in all_ids])
+        if "correlation" not in state:
+            ctx.trajectory.add(stage="correlation", evaluated=len(top_ids), **corr)
+            save(correlation=corr)
+
+        # 4. the top k (by cheap accuracy) on the whole validation split, optionally fine-tuned
+        finals: dict[int, dict[str, Any]] = state["full"]
+        chosen = sorted(top_ids, key=lambda i: (-light[i], ranked[i]["rank"]))[:cfg.top_k]
+        update(sum(1 for i in chosen if i in finals), stage="full")
+        for i in chosen:
+            if i in finals:
+                continue
+            keep = mask(i)
+            acc = ctx.evaluator.evaluate([keep], images=0)[0]
+            entry: dict[str, Any] = {"val_top1": acc, "model": None}
+            if cfg.k_finetune_epochs > 0:
+                from onnxprune.rewrite import apply_keep
+                from onnxprune.torchcopy import FinetuneConfig, finetune
+
+                start_model = (recalibrated_model(ctx, keep)[0] if cfg.recalibrate_output
+                               else apply_keep(analysis, keep))
+                tuned = finetune(start_model, ctx.copy, ctx.splits, FinetuneConfig(
+                    epochs=cfg.k_finetune_epochs, max_train=cfg.k_finetune_images or None, seed=ctx.cfg.seed,
+                    progress=False, threads=torch.get_num_threads()))
+                entry = {"val_top1": tuned.best_val_top1, "masked_val_top1": acc,
+                         "model": tuned.model.SerializeToString()}
+            finals[i] = entry
+            c = ranked[i]
+            ctx.trajectory.add(stage="full", rank=c["rank"], similarity=c["similarity"], reward=c["similarity"],
+                               val_top1=entry["val_top1"], masked_val_top1=acc, subset_val_top1=light[i],
+                               finetuned=entry["model"] is not None, feasible=ctx.meter.feasible(keep),
+                               budget_ratio=ctx.meter.ratio(keep))
+            update(1, stage="full", best=max(e["val_top1"] for e in finals.values()))
+            save(full=finals)
+
+    win = max(chosen, key=lambda i: (finals[i]["val_top1"], -ranked[i]["rank"]))
+    model, val_top1, keep = None, finals[win]["val_top1"], mask(win)
+    if finals[win]["model"] is not None:
+        import onnx
+
+        model = onnx.load_from_string(finals[win]["model"])
+    elif cfg.recalibrate_output:
+        model, val_top1 = recalibrated_model(ctx, keep)
+    return ctx.finish(keep, val_top1=val_top1, model=model, masked_val_top1=finals[win].get(
+                          "masked_val_top1", finals[win]["val_top1"]),
+                      winner_rank=ranked[win]["rank"], winner_similarity=ranked[win]["similarity"],
+                      candidates=state["candidates"], final_loss=losses[-1], first_loss=losses[0],
+                      **{k: (None if math.isnan(v) else v) for k, v in corr.items()})
