@@ -13,11 +13,11 @@ import numpy as np
 import onnx
 
 from onnxprune.deps import Analysis, analyze
-from onnxprune.errors import InputError
+from onnxprune.errors import InputError, VerificationError
 from onnxprune.fileio import atomic_write
-from onnxprune.ir import Shape
+from onnxprune.ir import Shape, with_initializers
 from onnxprune.methods import L1, method, names_of
-from onnxprune.rewrite import VerifyResult, apply_keep, verify
+from onnxprune.rewrite import VerifyResult, apply_keep, check_runs, verify
 from onnxprune.search import AllocationConfig, allocate
 
 @dataclass(frozen=True)
@@ -148,7 +148,7 @@ def prune(src: str | os.PathLike[str] | onnx.ModelProto, cfg: PruneConfig,
         from onnxprune.torchcopy import to_torch
 
         copy = to_torch(analysis, seed=cfg.seed)
-        searched = run_search(cfg.method, analysis, copy, splits, search_cfg, say)
+        searched = run_search(cfg.method, analysis, copy, splits, search_cfg, say, **search_callables(analysis, splits))
         keep = searched.keep
     else:
         if chosen.needs_data:
@@ -161,20 +161,16 @@ def prune(src: str | os.PathLike[str] | onnx.ModelProto, cfg: PruneConfig,
     times["select"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     say("rewriting")
-    model = apply_keep(analysis, keep)
+    model, verified = rewrite_and_verify(analysis, keep, searched, cfg.verify, cfg.seed, cfg.input_shapes, cfg.exclude)
     times["rewrite"] = time.perf_counter() - t0
-    verified = None
-    if cfg.verify:
-        t0 = time.perf_counter()
-        say("verifying")
-        verified = verify(analysis, keep, model, seed=cfg.seed)
-        times["verify"] = time.perf_counter() - t0
-    if splits is not None and (searched is None or searched.model is None):
+    if splits is not None and (searched is None or not searched.trained):
         from onnxprune.torchcopy import recalibrate_batchnorm
 
         t0 = time.perf_counter()
         say("re-estimating BatchNorm statistics")
-        model, _ = recalibrate_batchnorm(model, splits.train[0], seed=cfg.seed)
+        bn = {} if searched is None else {"batches": search_cfg.eval.bn_batches,
+                                          "batch_size": search_cfg.eval.bn_batch_size}
+        model, _ = recalibrate_batchnorm(model, splits.train[0], seed=cfg.seed, **bn)
         times["bn_recalibration"] = time.perf_counter() - t0
     tuned = None
     if cfg.finetune_epochs > 0:
@@ -183,14 +179,59 @@ def prune(src: str | os.PathLike[str] | onnx.ModelProto, cfg: PruneConfig,
         t0 = time.perf_counter()
         say("fine-tuning with knowledge distillation")
         teacher = copy if copy is not None else to_torch(analysis, seed=cfg.seed)
-        student = searched.model if searched is not None and searched.model is not None else model
-        tuned = finetune(student, teacher, splits,  # type: ignore[arg-type]
+        tuned = finetune(model, teacher, splits,  # type: ignore[arg-type]
                          FinetuneConfig(epochs=cfg.finetune_epochs, seed=cfg.seed, max_train=cfg.finetune_images))
         model = tuned.model
         times["finetune"] = time.perf_counter() - t0
-    elif searched is not None and searched.model is not None:
-        model = searched.model  # the method post-trained the pruned model
     return PruneResult(analysis, keep, model, verified, times, tuned, searched)
+
+
+def search_callables(analysis: Analysis, splits: Any) -> dict[str, Callable[..., Any]]:
+    """What a search method may ask of the layers it must not import (`run_search` keywords):
+    `materialize(keep)` the pruned ONNX model, `latency(keep)` its onnxruntime CPU latency at
+    batch 1 in seconds, `score_model(model)` an ONNX model's top-1 on the validation split."""
+    from onnxprune.bench import BenchConfig, benchmark_model, evaluate_onnx
+
+    def materialize(keep: np.ndarray) -> onnx.ModelProto:
+        return apply_keep(analysis, keep)
+
+    def latency(keep: np.ndarray) -> float:
+        result = benchmark_model(materialize(keep).SerializeToString(), BenchConfig(batch_sizes=(1,), warmup=3, runs=15))
+        return result[0].median_ms / 1000.0
+
+    def score_model(model: onnx.ModelProto) -> float:
+        return evaluate_onnx(model, *splits.val).top1
+
+    return {"materialize": materialize, "latency": latency, "score_model": score_model}
+
+
+def rewrite_and_verify(analysis: Analysis, keep: np.ndarray, searched: Any = None, check: bool = True, seed: int = 0,
+                       input_shapes: Mapping[str, Shape] | None = None, exclude: Iterable[str] = (),
+                       ) -> tuple[onnx.ModelProto, VerifyResult | None]:
+    """The pruned model of `keep` and, when `check`, its verification.
+
+    With a search result that trained weights (`onnxprune.search.SearchResult`): `weights` (the
+    original model's, full size) are written in first, and the rewrite is verified against the
+    trained model with the same channels masked; `pruned_weights` are written into the rewrite
+    after the rewrite itself was verified, and the result must still pass the checker and run.
+    """
+    weights = getattr(searched, "weights", None)
+    pruned_weights = getattr(searched, "pruned_weights", None)
+    source = analysis
+    if weights is not None:
+        source = analyze(with_initializers(analysis.graph.model, weights), input_shapes, tuple(exclude))
+        if source.groups.num_units != analysis.groups.num_units:
+            raise VerificationError("the trained weights changed the channel analysis")
+    model = apply_keep(source, keep)
+    verified = verify(source, keep, model, seed=seed) if check else None
+    if pruned_weights is not None:
+        try:
+            model = with_initializers(model, pruned_weights)
+        except InputError as exc:
+            raise VerificationError(f"trained weights do not fit the pruned model: {exc}") from None
+        if check:
+            check_runs(source, model, seed=seed)
+    return model, verified
 
 
 def save_model(model: onnx.ModelProto, path: str | os.PathLike[str]) -> None:

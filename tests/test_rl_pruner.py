@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from onnxprune.api import rewrite_and_verify
 from onnxprune.errors import InputError
 from onnxprune.search import Budget, BudgetMeter, EvalConfig, SearchConfig
 from onnxprune.search.base import Checkpoint
@@ -153,8 +154,9 @@ def test_search_returns_a_feasible_post_trained_mask(tiny, kind: str, target: fl
     meter = BudgetMeter(analysis, Budget(kind, target))
     assert meter.feasible(result.keep) and not result.summary.get("made_feasible")
     assert all(result.keep[g.unit_slice].all() for g in analysis.channel_groups if not g.prunable)
-    assert result.model is not None and result.summary["post_trained"]
-    assert result.summary["verify_max_abs_diff"] < 1e-3
+    assert result.weights is not None and result.summary["post_trained"]
+    _, verified = rewrite_and_verify(analysis, result.keep, result)  # trained weights, rewritten, vs masked
+    assert verified is not None and verified.max_abs_diff < 1e-3
     assert 0.3 < result.val_top1 <= 1.0
     json.dumps(result.summary)  # goes into the --report JSON as it is
     records = json.loads(traj.read_text())["records"]
@@ -171,7 +173,7 @@ def test_search_without_post_training(tiny) -> None:
     _, analysis = tiny
     result = _search(tiny, options={"post_epochs": 0, "reward": "flops", "iso_cost": "false"})
     assert BudgetMeter(analysis, Budget("macs", 0.5)).feasible(result.keep)
-    assert result.model is None and not result.summary["post_trained"]
+    assert result.weights is None and not result.trained and not result.summary["post_trained"]
 
 
 def test_latency_budget_plans_with_macs_and_meets_the_measurement(tiny) -> None:

@@ -12,13 +12,14 @@ import onnx
 import pytest
 import torch
 
+from onnxprune.api import rewrite_and_verify, search_callables
 from onnxprune.cli import main
 from onnxprune.criteria import weight_scores
 from onnxprune.deps import Analysis
 from onnxprune.errors import InputError
 from onnxprune.search import Budget, EvalConfig, LocalEvaluator, SearchConfig, SearchResult, run_search
 from onnxprune.search import sacp
-from onnxprune.torchcopy import to_torch
+from onnxprune.torchcopy import recalibrate_batchnorm, to_torch
 from tests.tiny import digits_model
 
 FAST = {"configs": 120, "candidates": 150, "top_m": 6, "top_k": 2, "epochs": 8, "probe": 2, "eval_batch": 3}
@@ -33,7 +34,19 @@ def _search(tiny: tuple[Any, Analysis], budget: Budget = Budget("macs", 0.5), se
     options = {**FAST, **cfg.pop("options", {})}
     scfg = SearchConfig(budget=budget, seed=seed, eval=EvalConfig(images=100, bn_batches=2, bn_batch_size=64),
                         progress=False, options=options, **cfg)
-    return run_search("sacp", analysis, to_torch(analysis), splits, scfg, evaluator=evaluator)
+    return run_search("sacp", analysis, to_torch(analysis), splits, scfg, evaluator=evaluator,
+                      **search_callables(analysis, splits))
+
+
+def _written_model(tiny: tuple[Any, Analysis], result: SearchResult) -> onnx.ModelProto:
+    """The model the API writes for `result`: rewritten, verified, BatchNorm re-estimated as the
+    search's evaluator does (unless the method trained the weights)."""
+    splits, analysis = tiny
+    model, verified = rewrite_and_verify(analysis, result.keep, result)
+    assert verified is not None
+    if not result.trained:
+        model, _ = recalibrate_batchnorm(model, splits.train[0], batches=2, batch_size=64, seed=0)
+    return model
 
 
 def _ort_top1(model: onnx.ModelProto, splits: Any) -> float:
@@ -138,8 +151,9 @@ def test_search_returns_a_feasible_mask_near_the_budget(tiny, budget: Budget) ->
     full = [r for r in records if r.get("stage") == "full"]
     assert len(full) == FAST["top_k"]
     assert result.summary["masked_val_top1"] == pytest.approx(max(r["val_top1"] for r in full), abs=1e-6)
-    # the winner comes back with its BatchNorm re-estimated: it scores what the masked search saw
-    assert result.model is not None and result.val_top1 == pytest.approx(_ort_top1(result.model, tiny[0]), abs=0.01)
+    # the winner is written with its BatchNorm re-estimated: it scores what the masked search saw
+    assert not result.trained and result.val_top1 == pytest.approx(_ort_top1(_written_model(tiny, result), tiny[0]),
+                                                                   abs=0.01)
     assert result.val_top1 == pytest.approx(result.summary["masked_val_top1"], abs=0.05)
     assert -1.0 <= result.summary["spearman"] <= 1.0 and -1.0 <= result.summary["kendall"] <= 1.0
     sims = [r["similarity"] for r in light]
@@ -189,10 +203,10 @@ def test_resume_continues_an_interrupted_search(tiny, tmp_path: Path) -> None:
 
 def test_top_k_fine_tune_returns_the_trained_model(tiny) -> None:
     result = _search(tiny, options={"top_k": 1, "k_finetune_epochs": 1, "k_finetune_images": 300})
-    assert isinstance(result.model, onnx.ModelProto)
+    assert result.pruned_weights is not None and result.weights is None
     full = [r for r in result.trajectory.records if r.get("stage") == "full"]
     assert full[0]["finetuned"] and result.val_top1 == pytest.approx(full[0]["val_top1"])
-    assert _ort_top1(result.model, tiny[0]) == pytest.approx(result.val_top1, abs=0.01)  # what it claims
+    assert _ort_top1(_written_model(tiny, result), tiny[0]) == pytest.approx(result.val_top1, abs=0.01)  # what it claims
     assert result.val_top1 > 0.5  # ten classes
 
 

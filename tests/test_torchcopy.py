@@ -30,7 +30,8 @@ from onnxprune.search import AllocationConfig, allocate
 from onnxprune.torchcopy import (FinetuneConfig, MaskedModel, finetune, taylor_scores, to_torch, verify_write_back,
                                  write_back)
 from onnxprune.torchcopy import converters
-from onnxprune.torchcopy.convert import compare_outputs, ort_session, random_feeds, torch_outputs
+from onnxprune.numerics import compare_outputs, random_feeds, session
+from onnxprune.torchcopy.convert import ATOL, RTOL, torch_outputs
 from tests import graphs
 from tests.tiny import fit
 
@@ -338,7 +339,7 @@ def test_masked_evaluation_equals_onnxruntime_on_rewritten_model(analyses: Calla
     masked.apply(analysis.full_keep() & ~keep)  # another mask first: masks must not accumulate
     masked.apply(keep)
     pruned = apply_keep(analysis, keep)
-    expect = ort_session(pruned).run(None, {"input": x})[0]
+    expect = session(pruned).run(None, {"input": x})[0]
     got = masked.logits(x, batch_size=16).numpy()
     scale = np.abs(expect).max()
     assert np.allclose(got, expect, rtol=1e-3, atol=1e-4 * scale), np.abs(got - expect).max()
@@ -423,8 +424,8 @@ def test_finetune_with_distillation_recovers_accuracy(digits_teacher) -> None:
     student = to_torch(result.model)
     feeds = random_feeds(result.model, 4, seed=5)
     got = torch_outputs(student, feeds)
-    expect = ort_session(result.model).run(None, feeds)
-    compare_outputs(got, expect, ["logits"], "fine-tuned model")
+    expect = session(result.model).run(None, feeds)
+    compare_outputs(got, expect, ["logits"], "fine-tuned model", RTOL, ATOL)
     changed = [t.name for t in result.model.graph.initializer
                if not np.array_equal(numpy_helper.to_array(t),
                                      numpy_helper.to_array(next(p for p in pruned.graph.initializer if p.name == t.name)))]

@@ -9,6 +9,7 @@ import numpy as np
 import onnx
 
 from onnxprune.errors import InputError
+from onnxprune.numerics import session
 
 
 @dataclass(frozen=True)
@@ -24,13 +25,8 @@ class Accuracy:
 def evaluate_onnx(model: str | os.PathLike[str] | onnx.ModelProto, x: np.ndarray, y: np.ndarray,
                   batch_size: int = 256) -> Accuracy:
     """Run `model` on `x` in batches (CPU provider) and score its first output against `y`."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
     try:
-        sess = ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
+        sess = session(model, optimize=True)
     except Exception as exc:
         raise InputError(f"onnxruntime cannot load the model: {str(exc).splitlines()[0][:200]}") from None
     inp = sess.get_inputs()[0]

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from onnxprune.deps import Analysis
+from onnxprune.criteria.normalize import mean_normalized
 from onnxprune.errors import InputError
 from onnxprune.methods import METHODS, names_of
 
@@ -42,9 +43,7 @@ def _accumulate(analysis: Analysis, kinds: tuple[str, ...], p: int,
         arr = g.const(m.tensor)
         if arr is None or arr.ndim == 0:
             continue
-        norms = _position_norms(arr, m.axis, p)
-        mean = norms.mean()
-        norms = norms / mean if mean > 0 else norms
+        norms = mean_normalized(_position_norms(arr, m.axis, p))
         # A unit may cover several positions (Flatten -> Gemm): average them.
         per_unit = np.zeros(analysis.groups.num_units)
         hits = np.zeros(analysis.groups.num_units)

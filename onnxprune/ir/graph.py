@@ -13,6 +13,7 @@ from onnx import helper, numpy_helper, shape_inference
 
 from onnxprune.errors import InputError, UnsupportedModelError
 from onnxprune.ir.model import LoadedModel
+from onnxprune.numerics import session
 
 Shape = tuple[int, ...]
 
@@ -202,21 +203,14 @@ def _run_shapes(model: onnx.ModelProto, fixed: Mapping[str, Shape], names: list[
     Exporters with dynamic axes compute Reshape targets from `Shape` ops, which ONNX's data
     propagation does not always follow (TorchScript's channel shuffle, for instance).
     """
-    try:
-        import onnxruntime as ort
-    except ImportError:  # pragma: no cover - a declared dependency
-        return {}
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
     declared = {o.name for o in probe.graph.output}
     for name in names:
         if name not in declared:
             probe.graph.output.append(onnx.ValueInfoProto(name=name))
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    opts.log_severity_level = 4
     try:
-        sess = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        sess = session(probe, log_level=4)
         feeds = {}
         for i in sess.get_inputs():
             dtype = helper.tensor_dtype_to_np_dtype(

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 import onnx
@@ -201,3 +202,26 @@ def with_ir_version(model: onnx.ModelProto) -> onnx.ModelProto:
     if model.ir_version > MAX_IR_VERSION:
         model.ir_version = MAX_IR_VERSION
     return model
+
+
+def with_initializers(model: onnx.ModelProto, values: Mapping[str, np.ndarray]) -> onnx.ModelProto:
+    """A copy of `model` whose initializers named in `values` hold those values (same names).
+
+    The one place that writes weight values into a model (trained weights written back, masked
+    references); structural edits live in `onnxprune.rewrite`. Raises `InputError` when a name is
+    not an initializer of `model` or a shape differs.
+    """
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    present = {t.name: t for t in out.graph.initializer}
+    missing = [n for n in values if n not in present]
+    if missing:
+        raise InputError(f"the model lacks initializer(s) {', '.join(missing[:5])}: "
+                         "write weights into the model they were made from")
+    for name, value in values.items():
+        t = present[name]
+        arr = np.ascontiguousarray(value)
+        if tuple(arr.shape) != tuple(t.dims):
+            raise InputError(f"initializer {name}: new value has shape {tuple(arr.shape)}, the model's has {tuple(t.dims)}")
+        t.CopyFrom(numpy_helper.from_array(arr, name))
+    return out

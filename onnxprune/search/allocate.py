@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from onnxprune.criteria.normalize import mean_normalized
 from onnxprune.deps import Analysis, ChannelGroup
 from onnxprune.errors import InputError, UnsupportedModelError
 
@@ -67,11 +68,7 @@ def global_keep(analysis: Analysis, scores: np.ndarray, sparsity: float, round_t
     groups = analysis.prunable()
     if not groups:
         return keep
-    normed = []
-    for g in groups:
-        local = scores[g.unit_slice].astype(np.float64)
-        scale = local.mean() if local.size and local.mean() > 0 else 1.0
-        normed.append(local / scale)
+    normed = [mean_normalized(scores[g.unit_slice]) for g in groups]
     flat = np.concatenate(normed)
     n_remove = int(round(sparsity * flat.size))
     if n_remove == 0:

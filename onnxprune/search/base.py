@@ -120,9 +120,13 @@ class Checkpoint:
 class SearchContext:
     """Everything a search method needs.
 
-    `scores` maps criterion names (`L1.name`, `TAYLOR.name` of `onnxprune.methods`) to per-unit importance (frozen units +inf).
-    `copy` is the torch copy of the original (the teacher for any post-training), `splits` the
-    data. `rng` is seeded from `cfg.seed`.
+    `scores` maps criterion names (`L1.name`, `TAYLOR.name` of `onnxprune.methods`) to per-unit
+    importance (frozen units +inf). `copy` is the torch copy of the original (the teacher for any
+    post-training), `splits` the data. `rng` is seeded from `cfg.seed`.
+
+    Plain callables from the API (search never rewrites or benchmarks a model itself):
+    `materialize(keep)` the pruned ONNX model of a mask (original weights); `score_model(model)`
+    the validation top-1 of an ONNX model through onnxruntime. Either is None when not given.
     """
 
     method: str
@@ -134,6 +138,8 @@ class SearchContext:
     copy: Any = None
     splits: Any = None
     say: Callable[[str], None] = lambda _msg: None
+    materialize: Callable[[np.ndarray], Any] | None = None
+    score_model: Callable[[Any], float] | None = None
     trajectory: Trajectory = field(init=False)
     checkpoint: Checkpoint = field(init=False)
     started: float = field(init=False)
@@ -164,18 +170,18 @@ class SearchContext:
     def option(self, name: str, default: Any) -> Any:
         return self.cfg.options.get(name, default)
 
-    def finish(self, keep: np.ndarray, val_top1: float | None = None, model: Any = None,
-               **summary: Any) -> "SearchResult":
+    def finish(self, keep: np.ndarray, val_top1: float | None = None, weights: Mapping[str, np.ndarray] | None = None,
+               pruned_weights: Mapping[str, np.ndarray] | None = None, **summary: Any) -> "SearchResult":
         """The result, made feasible if needed; writes the trajectory (and plot) when asked.
 
-        `model`: optional pruned ONNX model with trained weights (structure of `apply_keep(keep)`),
-        for methods that post-train during the search; dropped if `keep` has to be changed.
+        `weights` / `pruned_weights`: trained weights for methods that train during the search
+        (see `SearchResult`); dropped if `keep` has to be changed.
         """
         feasible = self.meter.feasible(keep)
         final = keep if feasible else make_feasible(self.meter, keep, self.importance)
         if not feasible:
             summary["made_feasible"] = True
-            val_top1, model = None, None
+            val_top1, weights, pruned_weights = None, None, None
         if val_top1 is None:
             val_top1 = self.evaluator.evaluate([final], images=0)[0]
         seconds = time.perf_counter() - self.started
@@ -189,7 +195,7 @@ class SearchContext:
 
             plot_trajectory(self.trajectory.to_json(), self.cfg.plot)
         return SearchResult(final, float(val_top1), self.evaluator.evaluations, seconds, self.trajectory, summary,
-                            model)
+                            weights, pruned_weights)
 
 
 @dataclass(frozen=True, eq=False)
@@ -197,8 +203,12 @@ class SearchResult:
     """The chosen mask (always within budget) and how the search got there.
 
     `val_top1`: validation top-1 of the result on the whole validation split (masked copy, or
-    `model` when the method post-trained one).
-    `model`: the pruned ONNX model with the method's trained weights, or None (original weights).
+    the trained weights when the method trained some).
+    `weights`: trained values of the original model's initializers (by name, full size; e.g.
+    rl-pruner's post-training), or None; the API writes them in before rewriting `keep`.
+    `pruned_weights`: trained values of the initializers of `materialize(keep)` (e.g. sacp's
+    fine-tuned winner), or None; the API writes them into its rewrite of `keep`.
+    A search returns masks and weight arrays, never a model: the API rewrites and verifies.
     """
 
     keep: np.ndarray
@@ -207,19 +217,35 @@ class SearchResult:
     seconds: float
     trajectory: Trajectory
     summary: dict[str, Any]
-    model: Any = None
+    weights: Mapping[str, np.ndarray] | None = None
+    pruned_weights: Mapping[str, np.ndarray] | None = None
+
+    @property
+    def trained(self) -> bool:
+        """Whether the method trained weights (the API then skips BatchNorm re-estimation)."""
+        return self.weights is not None or self.pruned_weights is not None
 
 
 T = TypeVar("T")
 
 
-def parse_options(cls: type[T], options: Mapping[str, Any], method: str, preset: Mapping[str, Any] | None = None) -> T:
+def parse_options(cls: type[T], options: Mapping[str, Any], method: str, preset: Mapping[str, Any] | None = None,
+                  presets: Mapping[str, Mapping[str, Any]] | None = None) -> T:
     """A method's config dataclass from `options` (values may be strings from the command line).
 
-    `preset` values apply first, `options` override them; an unknown key or a value of the
-    wrong type is a one-line `InputError` naming the valid keys.
+    `preset` values apply first, `options` override them; with `presets`, the option `preset`
+    (default "cpu") names the preset (kept as an option only if `cls` has such a field). An
+    unknown key or preset, or a value of the wrong type, is a one-line `InputError`.
     """
     fields_ = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    options = dict(options)
+    if presets is not None:
+        name = str(options.get("preset", "cpu"))
+        if name not in presets:
+            raise InputError(f"{method}: unknown preset {name!r} (choose from {', '.join(presets)})")
+        if "preset" not in fields_:
+            options.pop("preset", None)
+        preset = presets[name]
     merged = dict(preset or {})
     merged.update(options)
     values: dict[str, Any] = {}

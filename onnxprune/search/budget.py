@@ -15,6 +15,7 @@ from typing import Callable
 
 import numpy as np
 
+from onnxprune.criteria.normalize import mean_normalized
 from onnxprune.deps import Analysis
 from onnxprune.errors import InputError, UnsupportedModelError
 
@@ -46,8 +47,8 @@ def mask_key(keep: np.ndarray) -> bytes:
 class BudgetMeter:
     """Measures keep masks against a budget.
 
-    `latency_fn(keep) -> seconds` overrides how latency is measured (tests, other providers);
-    by default the candidate is rewritten and timed with onnxruntime at batch 1 on the CPU.
+    `latency_fn(keep) -> seconds` measures a candidate's latency (the API rewrites the candidate
+    and times it with onnxruntime); a latency budget needs it.
     """
 
     def __init__(self, analysis: Analysis, budget: Budget,
@@ -57,19 +58,13 @@ class BudgetMeter:
         self._prunable = np.zeros(analysis.groups.num_units, dtype=bool)
         for g in analysis.prunable():
             self._prunable[g.unit_slice] = True
-        self._latency_fn = latency_fn or self._measure_latency
+        self._latency_fn = latency_fn
         self._latency_cache: dict[bytes, float] = {}
         self._base: float | None = None
 
-    def _measure_latency(self, keep: np.ndarray) -> float:
-        from onnxprune.bench import BenchConfig, benchmark_model
-        from onnxprune.rewrite import apply_keep
-
-        model = apply_keep(self.analysis, keep)
-        result = benchmark_model(model.SerializeToString(), BenchConfig(batch_sizes=(1,), warmup=3, runs=15))
-        return result[0].median_ms / 1000.0
-
     def latency(self, keep: np.ndarray) -> float:
+        if self._latency_fn is None:
+            raise ValueError("a latency budget needs latency_fn (the API passes one)")
         key = mask_key(keep)
         if key not in self._latency_cache:
             self._latency_cache[key] = float(self._latency_fn(keep))
@@ -98,6 +93,18 @@ class BudgetMeter:
         return self.ratio(keep) <= self.budget.target + 1e-12
 
 
+def first_true(lo: int, hi: int, pred: Callable[[int], bool]) -> int:
+    """The smallest n in (lo, hi] with `pred(n)`, by bisection, for a monotone `pred` with
+    `pred(lo)` false and `pred(hi)` true (each probe may cost a measurement: about log2(hi - lo))."""
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if pred(mid):
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
 def removal_order(analysis: Analysis, scores: np.ndarray, keep: np.ndarray,
                   min_keep_fraction: float = 0.05) -> np.ndarray:
     """Units that may still be removed from `keep`, least important first.
@@ -114,12 +121,10 @@ def removal_order(analysis: Analysis, scores: np.ndarray, keep: np.ndarray,
         spare = kept.size - floor
         if spare <= 0:
             continue
-        local = scores[g.unit_slice][kept].astype(np.float64)
-        finite = local[np.isfinite(local)]
-        scale = finite.mean() if finite.size and finite.mean() > 0 else 1.0
+        local = mean_normalized(scores[g.unit_slice][kept])
         order = np.argsort(local, kind="stable")[:spare]
         candidates.append(g.unit_start + kept[order])
-        values.append(local[order] / scale)
+        values.append(local[order])
     if not candidates:
         return np.zeros(0, dtype=np.int64)
     units = np.concatenate(candidates)
@@ -152,14 +157,7 @@ def make_feasible(meter: BudgetMeter, keep: np.ndarray, scores: np.ndarray,
             f"the budget {meter.budget.describe()} is out of reach: the smallest allowed model keeps "
             f"{meter.ratio(smallest):.3f}"
         )
-    lo, hi = 0, order.size  # drop(lo) infeasible, drop(hi) feasible
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if meter.feasible(drop(mid)):
-            hi = mid
-        else:
-            lo = mid
-    return drop(hi)
+    return drop(first_true(0, order.size, lambda n: meter.feasible(drop(n))))
 
 
 def fill_budget(meter: BudgetMeter, keep: np.ndarray, scores: np.ndarray) -> np.ndarray:
@@ -176,14 +174,11 @@ def fill_budget(meter: BudgetMeter, keep: np.ndarray, scores: np.ndarray) -> np.
     units: list[np.ndarray] = []
     values: list[np.ndarray] = []
     for g in meter.analysis.prunable():
-        local = scores[g.unit_slice].astype(np.float64)
         removed = np.flatnonzero(~keep[g.unit_slice])
         if removed.size == 0:
             continue
-        finite = local[np.isfinite(local)]
-        scale = finite.mean() if finite.size and finite.mean() > 0 else 1.0
         units.append(g.unit_start + removed)
-        values.append(local[removed] / scale)
+        values.append(mean_normalized(scores[g.unit_slice])[removed])
     if not units:
         return keep
     order = np.concatenate(units)[np.argsort(-np.concatenate(values), kind="stable")]
@@ -193,13 +188,7 @@ def fill_budget(meter: BudgetMeter, keep: np.ndarray, scores: np.ndarray) -> np.
         out[order[:n]] = True
         return out
 
-    lo, hi = 0, order.size  # add(lo) feasible; find the largest feasible n
-    if meter.feasible(add(hi)):
-        return add(hi)
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if meter.feasible(add(mid)):
-            lo = mid
-        else:
-            hi = mid
-    return add(lo)
+    if meter.feasible(add(order.size)):
+        return add(order.size)
+    # add(0) is feasible, add(order.size) is not: the largest feasible count is one below the first infeasible
+    return add(first_true(0, order.size, lambda n: not meter.feasible(add(n))) - 1)

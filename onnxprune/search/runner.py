@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+import numpy as np
+
 from onnxprune.deps import Analysis
 from onnxprune.methods import L1, TAYLOR
 from onnxprune.search.base import SearchConfig, SearchContext, SearchResult, search_fn
@@ -13,11 +15,17 @@ from onnxprune.search.evaluator import Evaluator, LocalEvaluator
 
 
 def run_search(method: str, analysis: Analysis, copy: Any, splits: Any, cfg: SearchConfig,
-               say: Callable[[str], None] | None = None, evaluator: Evaluator | None = None) -> SearchResult:
+               say: Callable[[str], None] | None = None, evaluator: Evaluator | None = None,
+               materialize: Callable[[np.ndarray], Any] | None = None,
+               latency: Callable[[np.ndarray], float] | None = None,
+               score_model: Callable[[Any], float] | None = None) -> SearchResult:
     """Run search `method` on `analysis` with the torch copy `copy` and data `splits`.
 
     `copy` is masked in place during the search and restored afterwards (it stays usable as the
     teacher). `evaluator` replaces the default `LocalEvaluator` (e.g. a distributed one).
+    `materialize(keep)` (pruned ONNX of a mask), `latency(keep)` (seconds, for latency budgets)
+    and `score_model(model)` (validation top-1 of an ONNX model) come from the API: search
+    neither rewrites nor benchmarks models itself.
     """
     say = say or (lambda _msg: None)
     run = search_fn(method)
@@ -26,7 +34,8 @@ def run_search(method: str, analysis: Analysis, copy: Any, splits: Any, cfg: Sea
     own = evaluator is None
     ev = evaluator if evaluator is not None else LocalEvaluator(analysis, copy, splits, cfg.eval)
     try:
-        ctx = SearchContext(method, analysis, ev, BudgetMeter(analysis, cfg.budget), scores, cfg, copy, splits, say)
+        ctx = SearchContext(method, analysis, ev, BudgetMeter(analysis, cfg.budget, latency), scores, cfg, copy,
+                            splits, say, materialize, score_model)
         say(f"searching ({method}, budget {cfg.budget.describe()})")
         return run(ctx)
     finally:

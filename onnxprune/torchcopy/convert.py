@@ -28,12 +28,13 @@ from typing import Iterator, Mapping, Sequence
 import numpy as np
 import onnx
 import torch
-from onnx import helper, numpy_helper
+from onnx import helper
 from torch import fx, nn
 
 from onnxprune.deps import Analysis
 from onnxprune.errors import InputError, UnsupportedModelError, VerificationError
-from onnxprune.ir import load_model
+from onnxprune.ir import load_model, with_initializers
+from onnxprune.numerics import compare_outputs, random_feeds, session, static_input_shapes
 from onnxprune.torchcopy.converters import register
 
 #: round-trip tolerance: |torch - onnxruntime| <= RTOL * |ort| + ATOL * max(1, max |ort|)
@@ -145,20 +146,20 @@ class TorchCopy:
             out = out[0]
         return out.reshape(out.shape[0], -1)
 
+    def initializer_values(self) -> dict[str, np.ndarray]:
+        """The current torch values of every bound initializer, in the ONNX layout and dtype."""
+        return {name: self.onnx_value(name) for name in self.bindings}
+
     def write_back(self, base: onnx.ModelProto | None = None) -> onnx.ModelProto:
         """A copy of `base` (default: `self.model`) with every bound initializer replaced by the
         torch copy's current values (same names, same dtypes)."""
-        out = onnx.ModelProto()
-        out.CopyFrom(self.model if base is None else base)
-        present = {t.name for t in out.graph.initializer}
+        model = self.model if base is None else base
+        present = {t.name for t in model.graph.initializer}
         missing = [n for n in self.bindings if n not in present]
         if base is not None and missing:
             raise InputError(f"the model to write into lacks initializer(s) {', '.join(missing[:5])}: "
                              "write back into the model the torch copy was made from")
-        for t in out.graph.initializer:
-            if t.name in self.bindings:
-                t.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(self.onnx_value(t.name)), t.name))
-        return out
+        return with_initializers(model, {n: v for n, v in self.initializer_values().items() if n in present})
 
 
 def _initializer(model: onnx.ModelProto, name: str) -> onnx.TensorProto | None:
@@ -313,84 +314,6 @@ def _promote(module: fx.GraphModule, model: onnx.ModelProto, bindings: dict[str,
             owner.register_parameter(b.attr, nn.Parameter(tensor))
 
 
-def _input_shapes(model: onnx.ModelProto, batch: int | None,
-                  input_shapes: Mapping[str, Sequence[int]] | None) -> tuple[dict[str, tuple[int, ...]], int | None]:
-    """Static shapes of the graph inputs (dynamic batch -> `batch`), and the fixed batch size."""
-    inits = {t.name for t in model.graph.initializer}
-    shapes: dict[str, tuple[int, ...]] = {}
-    fixed: int | None = None
-    for vi in model.graph.input:
-        if vi.name in inits:
-            continue
-        if input_shapes and vi.name in input_shapes:
-            shapes[vi.name] = tuple(int(d) for d in input_shapes[vi.name])
-            continue
-        dims = []
-        for pos, d in enumerate(vi.type.tensor_type.shape.dim):
-            if d.HasField("dim_value") and d.dim_value > 0:
-                dims.append(int(d.dim_value))
-                if pos == 0 and fixed is None:
-                    fixed = int(d.dim_value)
-            elif pos == 0:
-                dims.append(batch or 1)
-            else:
-                raise InputError(f"input {vi.name!r} has a dynamic dimension at position {pos}: "
-                                 f"pass input_shapes={{{vi.name!r}: (N, C, H, W)}}")
-        shapes[vi.name] = tuple(dims)
-    return shapes, fixed
-
-
-def random_feeds(model: onnx.ModelProto, batch: int, seed: int,
-                 input_shapes: Mapping[str, Sequence[int]] | None = None) -> dict[str, np.ndarray]:
-    """Seeded standard-normal inputs for every graph input (a dynamic batch set to `batch`)."""
-    shapes, _ = _input_shapes(model, batch, input_shapes)
-    rng = np.random.default_rng(seed)
-    types = {vi.name: vi.type.tensor_type.elem_type for vi in model.graph.input}
-    feeds = {}
-    for name, shape in shapes.items():
-        dtype = helper.tensor_dtype_to_np_dtype(types[name])
-        if np.issubdtype(dtype, np.floating):
-            feeds[name] = rng.standard_normal(shape).astype(dtype)
-        else:
-            feeds[name] = np.zeros(shape, dtype=dtype)
-    return feeds
-
-
-def ort_session(model: onnx.ModelProto):  # -> onnxruntime.InferenceSession
-    """onnxruntime on the CPU with graph optimizations off (what the numerics checks use)."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    opts.log_severity_level = 3
-    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-
-
-def compare_outputs(got: Sequence[np.ndarray], expect: Sequence[np.ndarray], names: Sequence[str],
-                    what: str, rtol: float = RTOL, atol: float = ATOL) -> tuple[float, float]:
-    """Raise `VerificationError` unless |got - expect| <= rtol |expect| + atol max(1, max|expect|).
-
-    Returns (max abs difference, max abs expected value).
-    """
-    worst, scale_all = 0.0, 0.0
-    for name, g, e in zip(names, got, expect):
-        g = np.asarray(g, dtype=np.float64)
-        e = np.asarray(e, dtype=np.float64)
-        if g.shape != e.shape:
-            raise VerificationError(f"{what}: output {name} has shape {g.shape}, onnxruntime gives {e.shape}")
-        if e.size == 0:
-            continue
-        scale = float(np.max(np.abs(e)))
-        diff = np.abs(g - e)
-        worst, scale_all = max(worst, float(diff.max())), max(scale_all, scale)
-        if not np.all(diff <= rtol * np.abs(e) + atol * max(1.0, scale)) or not np.all(np.isfinite(g)):
-            raise VerificationError(
-                f"{what}: output {name} differs from onnxruntime (max abs diff {float(diff.max()):.3g} "
-                f"for outputs up to {scale:.3g}; rtol {rtol}, atol {atol} x max(1, max|output|))"
-            )
-    return worst, scale_all
-
-
 def torch_outputs(copy: TorchCopy, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
     """Run the torch copy (eval mode, no grad) on numpy feeds; one array per graph output."""
     was_training = copy.module.training
@@ -409,7 +332,7 @@ def check_against_ort(copy: TorchCopy, model: onnx.ModelProto | None = None, tri
                       ) -> RoundTripCheck:
     """Compare `copy` with onnxruntime on `model` (default: the model it came from)."""
     model = copy.model if model is None else model
-    sess = ort_session(model)
+    sess = session(model)
     names = [o.name for o in sess.get_outputs()]
     batch = copy.fixed_batch or 2
     worst, scale = 0.0, 0.0
@@ -419,7 +342,7 @@ def check_against_ort(copy: TorchCopy, model: onnx.ModelProto | None = None, tri
         got = torch_outputs(copy, feeds)
         if len(got) != len(expect):
             raise VerificationError(f"{what}: {len(got)} outputs, onnxruntime gives {len(expect)}")
-        d, s = compare_outputs(got, expect, names, what)
+        d, s = compare_outputs(got, expect, names, what, RTOL, ATOL)
         worst, scale = max(worst, d), max(scale, s)
     return RoundTripCheck(max_abs_diff=worst, max_abs_output=scale, inputs_checked=trials, batch=batch)
 
@@ -453,7 +376,7 @@ def to_torch(model: onnx.ModelProto | Analysis, *, check: bool = True, seed: int
     register()
     normalized, shapes = _normalized(model)
     shapes.update(input_shapes or {})
-    _, fixed = _input_shapes(normalized, None, shapes)
+    _, fixed = static_input_shapes(normalized, None, shapes)
     try:
         with _quiet(), _recording() as seen:
             import onnx2torch

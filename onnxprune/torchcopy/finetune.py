@@ -33,8 +33,8 @@ from onnxprune.data import Splits
 from onnxprune.data import batches as iter_batches
 from onnxprune.errors import InputError, VerificationError
 from onnxprune.ir import load_model
-from onnxprune.torchcopy.convert import (TorchCopy, compare_outputs, ort_session, random_feeds, to_torch,
-                                         torch_outputs)
+from onnxprune.numerics import compare_outputs, random_feeds, session
+from onnxprune.torchcopy.convert import ATOL, RTOL, TorchCopy, to_torch, torch_outputs
 from onnxprune.torchcopy.masked import accuracy, batched_logits, torch_threads
 
 Optimizer = Literal["sgd", "adamw"]
@@ -139,7 +139,7 @@ def verify_write_back(model: onnx.ModelProto, student: TorchCopy, x: np.ndarray 
     (rtol 1e-3, atol 1e-4 x max(1, max |output|)).
     """
     try:
-        sess = ort_session(model)
+        sess = session(model)
     except Exception as exc:
         raise VerificationError(f"onnxruntime cannot load the fine-tuned model: {str(exc).splitlines()[0][:300]}") from None
     names = [o.name for o in sess.get_outputs()]
@@ -153,7 +153,7 @@ def verify_write_back(model: onnx.ModelProto, student: TorchCopy, x: np.ndarray 
     for feeds in feeds_list:
         expect = sess.run(names, feeds)
         got = torch_outputs(student, feeds)
-        diff, _ = compare_outputs(got, expect, names, "written-back model vs torch student")
+        diff, _ = compare_outputs(got, expect, names, "written-back model vs torch student", RTOL, ATOL)
         worst = max(worst, diff)
     return worst
 

@@ -36,16 +36,74 @@ from onnxprune.torchcopy.convert import TorchCopy
 
 
 @dataclass(frozen=True, eq=False)
-class _Factor:
-    units: torch.Tensor  # (positions,) int64 global unit index per position along `axis`
-    shape: tuple[int, ...]  # broadcast shape of the factor: positions on `axis`, 1 elsewhere
+class ConsumerWeight:
+    """A consumer's input weight in the torch copy and the unit of each position along its
+    channel axis: zeroing the positions of removed units hides them from everything downstream."""
+
+    tensor: torch.Tensor  # the live parameter or buffer (modified in place)
+    units: torch.Tensor  # (positions,) int64 global unit index per position along the axis
+    shape: tuple[int, ...]  # broadcast shape of a per-position factor: positions on the axis, 1 elsewhere
+
+    def factor(self, keep: torch.Tensor) -> torch.Tensor:
+        """The 0/1 factor of `keep` (float (num_units,)) for this weight, broadcastable to it."""
+        return keep[self.units].to(self.tensor.dtype).view(self.shape)
+
+
+def consumer_weights(copy: TorchCopy, analysis: Analysis) -> tuple[ConsumerWeight, ...]:
+    """Every consumer input weight ("in" member) of `analysis` as bound in `copy` (a tensor shared
+    by several members appears once per member)."""
+    out: list[ConsumerWeight] = []
+    unbound = []
+    for rm in analysis.groups.members:
+        m = rm.member
+        if m.kind != "in" or not rm.units.size:
+            continue
+        binds = copy.bindings.get(m.tensor)
+        if not binds:
+            unbound.append(m.tensor)
+            continue
+        for binding in binds:
+            tensor = copy.resolve(binding)
+            axis = binding.torch_axis(m.axis, tensor.dim())
+            if tensor.shape[axis] != rm.units.size:
+                raise UnsupportedModelError(
+                    f"torch copy: {m.tensor} has {tensor.shape[axis]} positions on axis {axis}, "
+                    f"the analysis expects {rm.units.size}"
+                )
+            shape = [1] * tensor.dim()
+            shape[axis] = rm.units.size
+            out.append(ConsumerWeight(tensor, torch.from_numpy(rm.units.astype(np.int64)), tuple(shape)))
+    if unbound:
+        raise UnsupportedModelError(
+            f"torch copy: consumer weight(s) {', '.join(sorted(set(unbound))[:5])} are not torch tensors"
+        )
+    return tuple(out)
+
+
+def _keep_factor(keep: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(keep, dtype=np.float32))  # (num_units,)
+
+
+class MaskProjection:
+    """Zeroes the consumer input weights of removed units in place (what training under a fixed
+    mask re-applies after every optimizer step: a projection onto the pruned model's weights)."""
+
+    def __init__(self, copy: TorchCopy, analysis: Analysis) -> None:
+        self.num_units = analysis.groups.num_units
+        self._weights = consumer_weights(copy, analysis)
+
+    def apply(self, keep: np.ndarray) -> None:
+        factor = _keep_factor(keep)
+        with torch.no_grad():
+            for w in self._weights:
+                w.tensor.data.mul_(w.factor(factor))
 
 
 @dataclass(frozen=True, eq=False)
 class _Target:
     tensor: torch.Tensor  # the live parameter or buffer (modified in place)
     original: torch.Tensor  # (same shape) its values before any mask
-    factors: tuple[_Factor, ...]
+    factors: tuple[ConsumerWeight, ...]
 
 
 @contextlib.contextmanager
@@ -125,33 +183,9 @@ class MaskedModel:
             copy.module.to(memory_format=torch.channels_last)
         self.analysis = analysis
         self.num_units = analysis.groups.num_units
-        targets: dict[int, tuple[torch.Tensor, list[_Factor]]] = {}
-        unbound = []
-        for rm in analysis.groups.members:
-            m = rm.member
-            if m.kind != "in" or not rm.units.size:
-                continue
-            binds = copy.bindings.get(m.tensor)
-            if not binds:
-                unbound.append(m.tensor)
-                continue
-            for binding in binds:
-                tensor = copy.resolve(binding)
-                axis = binding.torch_axis(m.axis, tensor.dim())
-                if tensor.shape[axis] != rm.units.size:
-                    raise UnsupportedModelError(
-                        f"torch copy: {m.tensor} has {tensor.shape[axis]} positions on axis {axis}, "
-                        f"the analysis expects {rm.units.size}"
-                    )
-                shape = [1] * tensor.dim()
-                shape[axis] = rm.units.size
-                factor = _Factor(torch.from_numpy(rm.units.astype(np.int64)), tuple(shape))
-                entry = targets.setdefault(id(tensor), (tensor, []))
-                entry[1].append(factor)
-        if unbound:
-            raise UnsupportedModelError(
-                f"torch copy: consumer weight(s) {', '.join(sorted(set(unbound))[:5])} are not torch tensors"
-            )
+        targets: dict[int, tuple[torch.Tensor, list[ConsumerWeight]]] = {}
+        for w in consumer_weights(copy, analysis):
+            targets.setdefault(id(w.tensor), (w.tensor, []))[1].append(w)
         self._targets = tuple(_Target(t, t.detach().clone(), tuple(fs)) for t, fs in targets.values())
         self._bn = [m for m in copy.module.modules()
                     if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None]  # noqa: SLF001
@@ -173,15 +207,13 @@ class MaskedModel:
         if keep.shape != (self.num_units,):
             raise ValueError(f"keep has shape {keep.shape}, expected ({self.num_units},)")
         self._restore_bn()
-        factor_of_unit = torch.from_numpy(keep.astype(np.float32))  # (num_units,)
+        factor_of_unit = _keep_factor(keep)
         with torch.no_grad():
             for target in self._targets:
                 first, *rest = target.factors
-                torch.mul(target.original,
-                          factor_of_unit[first.units].to(target.original.dtype).view(first.shape),
-                          out=target.tensor.data)
+                torch.mul(target.original, first.factor(factor_of_unit), out=target.tensor.data)
                 for f in rest:
-                    target.tensor.data.mul_(factor_of_unit[f.units].to(target.original.dtype).view(f.shape))
+                    target.tensor.data.mul_(f.factor(factor_of_unit))
         self.keep = keep.copy()
 
     def reset(self) -> None:

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from onnxprune.criteria.normalize import mean_normalized
 from onnxprune.data import batches as iter_batches
 from onnxprune.deps import Analysis
 from onnxprune.torchcopy.convert import TorchCopy
@@ -112,10 +113,7 @@ def taylor_scores(copy: TorchCopy, analysis: Analysis, x: np.ndarray, y: np.ndar
     total = np.zeros(n)
     count = np.zeros(n)
     for p in probes:
-        est = p.total.numpy()
-        mean = est.mean()
-        if mean > 0:
-            est = est / mean
+        est = mean_normalized(p.total.numpy())
         per_unit = np.zeros(n)
         hits = np.zeros(n)
         np.add.at(per_unit, p.units, est)

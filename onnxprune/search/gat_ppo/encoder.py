@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from onnxprune.errors import InputError
+from onnxprune.methods import GAT_PPO
 
 BACKENDS = ("auto", "dgl", "torch")
 DGL_ENV_HINT = "create its environment with `bash scripts/dev.sh dgl-env` and run .venv-dgl/bin/onnxprune"
@@ -43,11 +44,11 @@ def dgl_available() -> bool:
 def resolve_backend(name: str) -> str:
     """`auto` -> `dgl` where DGL imports, else `torch`; `dgl` without DGL -> InputError."""
     if name not in BACKENDS:
-        raise InputError(f"gat-ppo: --gat-backend must be one of {', '.join(BACKENDS)}, got {name!r}")
+        raise InputError(f"{GAT_PPO.name}: --gat-backend must be one of {', '.join(BACKENDS)}, got {name!r}")
     if name == "auto":
         return "dgl" if dgl_available() else "torch"
     if name == "dgl" and not dgl_available():
-        raise InputError(f"gat-ppo: --gat-backend dgl: DGL does not import in this environment; {DGL_ENV_HINT}")
+        raise InputError(f"{GAT_PPO.name}: --gat-backend dgl: DGL does not import in this environment; {DGL_ENV_HINT}")
     return name
 
 
@@ -116,7 +117,7 @@ class GATEncoder(nn.Module):
     def __init__(self, in_dim: int, hidden: int, heads: int, layers: int, backend: str = "torch") -> None:
         super().__init__()
         if backend not in ("dgl", "torch"):
-            raise InputError(f"gat-ppo: unknown GAT backend {backend!r} (resolve 'auto' first)")
+            raise InputError(f"{GAT_PPO.name}: unknown GAT backend {backend!r} (resolve 'auto' first)")
         self.backend = backend
         self.out_dim = hidden * heads
         dims = [in_dim] + [hidden * heads] * layers

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from onnxprune.errors import InputError
+from onnxprune.methods import GAT_PPO, L1
 from onnxprune.search.base import SearchContext, SearchResult, parse_options, progress_bar
 from onnxprune.search.budget import fill_budget, make_feasible, mask_key
 from onnxprune.search.gat_ppo.encoder import BACKENDS, Edges, resolve_backend
@@ -29,6 +30,8 @@ from onnxprune.search.gat_ppo.policy import ActorCritic, block_size, build_block
 from onnxprune.search.gat_ppo.ppo import Transition, ppo_update
 from onnxprune.search.gat_ppo.pretrain import pretrain_encoder
 from onnxprune.search.gat_ppo.reward import SelfCompetitionReward
+
+METHOD = GAT_PPO.name
 
 
 @dataclass(frozen=True)
@@ -77,7 +80,7 @@ class GatPpoConfig:
     def __post_init__(self) -> None:
         def need(ok: bool, what: str) -> None:
             if not ok:
-                raise InputError(f"gat-ppo: {what}")
+                raise InputError(f"{METHOD}: {what}")
 
         for name in ("episodes", "batch", "steps", "hidden", "heads", "layers", "ppo_epochs", "final_top"):
             need(getattr(self, name) >= 1, f"option {name} must be >= 1, got {getattr(self, name)}")
@@ -105,11 +108,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 def parse_config(options: dict[str, Any]) -> GatPpoConfig:
     """The options of a run (`preset` picks the base values); one-line InputError when bad."""
-    opts = dict(options)
-    preset = str(opts.pop("preset", "cpu"))
-    if preset not in PRESETS:
-        raise InputError(f"gat-ppo: unknown preset {preset!r} (choose from {', '.join(PRESETS)})")
-    return parse_options(GatPpoConfig, opts, "gat-ppo", preset=PRESETS[preset])
+    return parse_options(GatPpoConfig, options, METHOD, presets=PRESETS)
 
 
 class _Search:
@@ -120,7 +119,7 @@ class _Search:
         self.backend = resolve_backend(cfg.gat_backend)
         analysis = ctx.analysis
         self.importance = np.asarray(ctx.importance)
-        self.graph = build_state_graph(analysis, np.asarray(ctx.scores["l1"]), self.importance)
+        self.graph = build_state_graph(analysis, np.asarray(ctx.scores[L1.name]), self.importance)
         self.edges = Edges.of(self.graph.src, self.graph.dst, self.graph.num_nodes)
         self.layout = build_blocks(self.graph, self.importance, cfg.block, cfg.blocks_per_group)
         reference = make_feasible(ctx.meter, analysis.full_keep(), self.importance)
@@ -274,7 +273,7 @@ def run(ctx: SearchContext) -> SearchResult:
     """Search a keep mask with gat-ppo (see the module docstring)."""
     cfg = parse_config(dict(ctx.cfg.options))
     if not ctx.analysis.prunable():
-        raise InputError("gat-ppo: the model has no prunable channel group")
+        raise InputError(f"{METHOD}: the model has no prunable channel group")
     search = _Search(ctx, cfg)
     saved = ctx.checkpoint.load()
     if saved is not None:
@@ -286,7 +285,7 @@ def run(ctx: SearchContext) -> SearchResult:
                                                       cfg.pretrain_steps, cfg.pretrain_lr, ctx.rng)
         ctx.checkpoint.save(search.state())
     fields = {"reward": "reward", "feasible": "feasible", "best": "best top-1"}
-    with progress_bar("gat-ppo", cfg.episodes, ctx.cfg.progress, fields=fields) as update:
+    with progress_bar(METHOD, cfg.episodes, ctx.cfg.progress, fields=fields) as update:
         update(search.episode)
         while search.episode < cfg.episodes:
             size = min(cfg.batch, cfg.episodes - search.episode)

@@ -137,10 +137,7 @@ def options(raw: Mapping[str, Any]) -> RLPrunerConfig:
         if "stages" in opts and str(opts["stages"]) != str(episodes):
             raise InputError(f"{METHOD}: --episodes and stages= both given (episodes is an alias of stages)")
         opts["stages"] = episodes
-    preset = str(opts.get("preset", "cpu"))
-    if preset not in PRESETS:
-        raise InputError(f"{METHOD}: unknown preset {preset!r} (choose from {', '.join(PRESETS)})")
-    return parse_options(RLPrunerConfig, opts, METHOD, preset=PRESETS[preset])
+    return parse_options(RLPrunerConfig, opts, METHOD, presets=PRESETS)
 
 
 def reward_weights(reward: str, alpha: float | None = None, beta: float | None = None) -> tuple[float, float]:

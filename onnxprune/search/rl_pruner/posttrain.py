@@ -5,60 +5,21 @@ The student keeps the ORIGINAL model's shapes, so the analysis (groups, units, c
 valid for the whole search. A removed unit is simulated as in `MaskedModel`: the input weights of
 its consumers are zero, so that nothing downstream sees it, and the full-size student computes
 exactly what the physically pruned model computes (in training mode too). `MaskProjection`
-re-zeroes those weights after every optimizer step (a projection onto the pruned model's weight
-space). `with_weights` puts trained weights into the analysis' normalized ONNX model, so
-`apply_keep(with_weights(...), keep)` is the pruned model with the trained weights.
+(`onnxprune.torchcopy.masked`) re-zeroes those weights after every optimizer step (a projection
+onto the pruned model's weight space). The search returns the trained full-size weights
+(`TorchCopy.initializer_values()`); the API writes them into the model and rewrites it.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
-import onnx
 import torch
 
-from onnxprune.deps import Analysis
-from onnxprune.errors import UnsupportedModelError
 from onnxprune.torchcopy import TorchCopy
 from onnxprune.torchcopy.finetune import distillation_loss
-from onnxprune.torchcopy.masked import accuracy, batched_logits
-
-
-@dataclass(frozen=True, eq=False)
-class _Zeroed:
-    tensor: torch.Tensor  # live parameter (modified in place)
-    units: torch.Tensor  # (positions,) global unit of each position along the axis
-    shape: tuple[int, ...]  # broadcast shape of the factor
-
-
-class MaskProjection:
-    """Zeroes the consumer input weights of removed units in a torch copy of `analysis`' model."""
-
-    def __init__(self, copy: TorchCopy, analysis: Analysis) -> None:
-        self.num_units = analysis.groups.num_units
-        parts = []
-        for rm in analysis.groups.members:
-            m = rm.member
-            if m.kind != "in" or not rm.units.size:
-                continue
-            binds = copy.bindings.get(m.tensor)
-            if not binds:
-                raise UnsupportedModelError(f"post-training: consumer weight {m.tensor} is not a torch tensor")
-            for binding in binds:
-                tensor = copy.resolve(binding)
-                axis = binding.torch_axis(m.axis, tensor.dim())
-                shape = [1] * tensor.dim()
-                shape[axis] = rm.units.size
-                parts.append(_Zeroed(tensor, torch.from_numpy(rm.units.astype(np.int64)), tuple(shape)))
-        self._parts = tuple(parts)
-
-    def apply(self, keep: np.ndarray) -> None:
-        factor = torch.from_numpy(np.asarray(keep, dtype=np.float32))  # (num_units,)
-        with torch.no_grad():
-            for p in self._parts:
-                p.tensor.data.mul_(factor[p.units].to(p.tensor.dtype).view(p.shape))
+from onnxprune.torchcopy.masked import MaskProjection, accuracy, batched_logits
 
 
 @dataclass(frozen=True)
@@ -127,18 +88,3 @@ def top1(copy: TorchCopy, x: np.ndarray, y: np.ndarray) -> float:
 
 def state_of(copy: TorchCopy) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in copy.module.state_dict().items()}
-
-
-def with_weights(analysis: Analysis, copy: TorchCopy) -> Analysis:
-    """`analysis` with the initializers of its normalized model replaced by `copy`'s weights.
-
-    `copy` must be a torch copy of `analysis` (`to_torch(analysis)`): same graph, same names, so
-    groups, units and cost model are unchanged (and `--exclude` choices kept); `apply_keep` on
-    the result slices the trained weights.
-    """
-    model: onnx.ModelProto = copy.write_back(analysis.graph.model)
-    graph = analysis.graph
-    loaded = dataclasses.replace(graph.loaded, model=model)
-    new_graph = dataclasses.replace(graph, loaded=loaded, initializers={t.name: t for t in model.graph.initializer},
-                                    _arrays={})
-    return dataclasses.replace(analysis, graph=new_graph)

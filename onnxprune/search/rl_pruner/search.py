@@ -35,8 +35,8 @@ from onnxprune.search.rl_pruner.masks import Pruner, step_targets
 from onnxprune.search.rl_pruner.policy import (METHOD, ReplayBuffer, ReplayEntry, RLPrunerConfig, epsilon_at,
                                                initial_policy, options, reward_value, sample_action,
                                                update_policy)
-from onnxprune.search.rl_pruner.posttrain import (MaskProjection, PostTrainConfig, post_train, state_of, top1,
-                                                  with_weights)
+from onnxprune.search.rl_pruner.posttrain import PostTrainConfig, post_train, state_of, top1
+from onnxprune.torchcopy.masked import MaskProjection
 
 _CHECKPOINT_VERSION = 1
 
@@ -284,9 +284,6 @@ class RLPruner:
 
     # --- end -----------------------------------------------------------------------------------
     def _finish(self) -> SearchResult:
-        from onnxprune.rewrite import apply_keep
-        from onnxprune.torchcopy import verify_write_back
-
         ctx, cfg = self.ctx, self.cfg
         keep = self.base
         self._close_trained_evaluator()
@@ -299,15 +296,13 @@ class RLPruner:
             return ctx.finish(keep, **summary)
         self._ensure_copies()
         self.student.module.load_state_dict(self.student_state)
-        model = apply_keep(with_weights(ctx.analysis, self.student), keep)
         x_val, y_val = ctx.splits.val
-        summary["verify_max_abs_diff"] = verify_write_back(model, self.student, x_val, seed=ctx.cfg.seed)
         val = top1(self.student, x_val, y_val)
         self.counters["direct_evaluations"] += 1
         summary["direct_evaluations"] = self.counters["direct_evaluations"]
         summary["total_evaluations"] = (ctx.evaluator.evaluations + self.counters["trained_evaluations"]
                                         + self.counters["direct_evaluations"])
-        return ctx.finish(keep, val_top1=val, model=model, **summary)
+        return ctx.finish(keep, val_top1=val, weights=self.student.initializer_values(), **summary)
 
     # --- checkpoint ----------------------------------------------------------------------------
     def _save(self) -> None:

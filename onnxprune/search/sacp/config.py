@@ -78,8 +78,4 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 def sacp_options(options: dict[str, Any]) -> SacpConfig:
     """The method's config from `--option` values; `preset` picks the base values."""
-    opts = dict(options)
-    preset = str(opts.pop("preset", "cpu"))
-    if preset not in PRESETS:
-        raise InputError(f"{METHOD}: unknown preset {preset!r} (choose from {', '.join(PRESETS)})")
-    return parse_options(SacpConfig, opts, METHOD, preset=PRESETS[preset])
+    return parse_options(SacpConfig, options, METHOD, presets=PRESETS)

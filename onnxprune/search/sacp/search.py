@@ -50,14 +50,20 @@ def _candidate_masks(ctx: SearchContext, tables: UnitTables, cfg: SacpConfig) ->
 def recalibrated_model(ctx: SearchContext, keep: np.ndarray) -> tuple[Any, float]:
     """The pruned ONNX of `keep` with BatchNorm statistics re-estimated on training images (as the
     evaluator scores masks), and its top-1 on the whole validation split."""
-    from onnxprune.bench import evaluate_onnx
-    from onnxprune.rewrite import apply_keep
     from onnxprune.torchcopy import recalibrate_batchnorm
 
     ev = ctx.cfg.eval
-    model, _ = recalibrate_batchnorm(apply_keep(ctx.analysis, keep), ctx.splits.train[0], batches=ev.bn_batches,
+    model, _ = recalibrate_batchnorm(_materialize(ctx, keep), ctx.splits.train[0], batches=ev.bn_batches,
                                      batch_size=ev.bn_batch_size, seed=ctx.cfg.seed)
-    return model, evaluate_onnx(model, *ctx.splits.val).top1
+    if ctx.score_model is None:
+        raise ValueError(f"{METHOD}: the search context has no score_model (the API passes one)")
+    return model, ctx.score_model(model)
+
+
+def _materialize(ctx: SearchContext, keep: np.ndarray) -> Any:
+    if ctx.materialize is None:
+        raise ValueError(f"{METHOD}: the search context has no materialize (the API passes one)")
+    return ctx.materialize(keep)
 
 
 def run(ctx: SearchContext) -> SearchResult:
@@ -166,11 +172,10 @@ def run(ctx: SearchContext) -> SearchResult:
             acc = ctx.evaluator.evaluate([keep], images=0)[0]
             entry: dict[str, Any] = {"val_top1": acc, "model": None}
             if cfg.k_finetune_epochs > 0:
-                from onnxprune.rewrite import apply_keep
                 from onnxprune.torchcopy import FinetuneConfig, finetune
 
                 start_model = (recalibrated_model(ctx, keep)[0] if cfg.recalibrate_output
-                               else apply_keep(analysis, keep))
+                               else _materialize(ctx, keep))
                 tuned = finetune(start_model, ctx.copy, ctx.splits, FinetuneConfig(
                     epochs=cfg.k_finetune_epochs, max_train=cfg.k_finetune_images or None, seed=ctx.cfg.seed,
                     progress=False, threads=torch.get_num_threads()))
@@ -186,14 +191,17 @@ def run(ctx: SearchContext) -> SearchResult:
             save(full=finals)
 
     win = max(chosen, key=lambda i: (finals[i]["val_top1"], -ranked[i]["rank"]))
-    model, val_top1, keep = None, finals[win]["val_top1"], mask(win)
+    pruned_weights, val_top1, keep = None, finals[win]["val_top1"], mask(win)
     if finals[win]["model"] is not None:
         import onnx
+        from onnx import numpy_helper
 
-        model = onnx.load_from_string(finals[win]["model"])
-    elif cfg.recalibrate_output:
-        model, val_top1 = recalibrated_model(ctx, keep)
-    return ctx.finish(keep, val_top1=val_top1, model=model, masked_val_top1=finals[win].get(
+        tuned_model = onnx.load_from_string(finals[win]["model"])
+        names = {t.name for t in _materialize(ctx, keep).graph.initializer}
+        pruned_weights = {t.name: numpy_helper.to_array(t) for t in tuned_model.graph.initializer if t.name in names}
+    elif cfg.recalibrate_output:  # the API re-estimates BatchNorm the same way; score what it will write
+        _, val_top1 = recalibrated_model(ctx, keep)
+    return ctx.finish(keep, val_top1=val_top1, pruned_weights=pruned_weights, masked_val_top1=finals[win].get(
                           "masked_val_top1", finals[win]["val_top1"]),
                       winner_rank=ranked[win]["rank"], winner_similarity=ranked[win]["similarity"],
                       candidates=state["candidates"], final_loss=losses[-1], first_loss=losses[0],
