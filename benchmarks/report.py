@@ -173,8 +173,8 @@ def write_report(mode: str) -> Path:
            "- Models from `models/`, trained on Fashion-MNIST by `python -m models.train` "
            "(settings in `benchmarks/run.py::TRAINING`), exported with BatchNorm kept.",
            "- Targets: `sparsity-S` removes a fraction S of the prunable channels (uniform per group for "
-           "l1-uniform, random and Torch-Pruning; global for taylor-global; a channel budget for the search "
-           "methods); `flops-0.5` keeps at most 50% of the MACs.",
+           "l1-uniform, random and Torch-Pruning; global for taylor-global); the search methods get the MACs l1-uniform keeps at S as their budget "
+           "(runs stored before that had a channel budget: rows marked †); `flops-0.5` keeps at most 50% of the MACs.",
            "- Same fine-tune budget for every method: knowledge distillation from the original "
            "(tau 0.7, T 4, SGD + cosine), the epochs and images per epoch given in each run record; the "
            "best validation epoch is kept. rl-pruner additionally post-trains between its pruning steps "
@@ -204,6 +204,7 @@ def write_report(mode: str) -> Path:
         out += [f"## {model}", "",
                 "| target | method | test top-1 (%) | MACs | params | latency b1 | latency b32 | search (s) | evals |",
                 "|---|---|---|---|---|---|---|---|---|"]
+        marked = False
         for target in _ordered({k[1] for k in grouped if k[0] == model}, TARGET_ORDER):
             for method in _ordered({k[2] for k in grouped if k[0] == model and k[1] == target}, METHOD_ORDER):
                 recs = grouped[(model, target, method)]
@@ -216,14 +217,21 @@ def write_report(mode: str) -> Path:
                 def mean(key: str) -> float:
                     return _mean_std(r.get(key) for r in good)[0]
 
+                ref = [r["macs_ratio"] for r in grouped.get((model, target, "l1-uniform"), []) if "macs_ratio" in r]
+                mark = " †" if (target.startswith("sparsity") and ref and
+                                abs(mean("macs_ratio") / np.mean(ref) - 1) > 0.02) else ""
+                marked = marked or bool(mark)
                 b1 = base.get("latency_b1_ms", float("nan")) / mean("latency_b1_ms")
                 b32 = base.get("latency_b32_ms", float("nan")) / mean("latency_b32_ms")
                 evals = _mean_std(r.get("search_summary", {}).get("total_evaluations", r.get("evaluations"))
                                   for r in good)[0]
-                out.append(f"| {target} | {method} | {_fmt_acc([r['test_top1'] for r in good])} | "
+                out.append(f"| {target} | {method}{mark} | {_fmt_acc([r['test_top1'] for r in good])} | "
                            f"{mean('macs_ratio'):.3f} | {mean('params_ratio'):.3f} | {b1:.2f}x | {b32:.2f}x | "
                            f"{mean('search_s'):.1f} | {'' if not np.isfinite(evals) else int(evals)} |")
         out.append("")
+        if marked:
+            out += ["† MACs differ from l1-uniform's at this channel sparsity by more than 2%: not an equal-cost "
+                    "comparison (newer runs give the search methods l1-uniform's MACs as their budget).", ""]
         settings = sorted({(r["method"], r.get("eval_images", 500 if "evaluations" in r else None), json.dumps(r.get("search_options", {}), sort_keys=True),
                             r.get("finetune_epochs"), r.get("finetune_images"))
                            for r in runs if r["model"] == model and "error" not in r}, key=str)

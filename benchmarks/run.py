@@ -128,6 +128,18 @@ def _kept_fractions(model: Any, original: Any) -> list[float]:
     return out
 
 
+def equal_macs_target(path: Path, sparsity: float) -> float:
+    """The MACs fraction l1-uniform keeps at channel sparsity `sparsity` (the widths alone set it):
+    the budget the search methods get at a `sparsity-S` target, so that its rows compare models
+    of equal MACs."""
+    from onnxprune.criteria import weight_scores
+    from onnxprune.deps import analyze
+    from onnxprune.search.allocate import uniform_keep
+
+    a = analyze(path)
+    return a.cost.macs(uniform_keep(a, weight_scores(a, "l1"), sparsity)) / a.macs
+
+
 def run_one(arch: str, method: str, target: str, seed: int, mode: Mode) -> dict[str, Any]:
     """Prune, fine-tune, evaluate and time one configuration; the run's JSON record."""
     from onnxprune.api import PruneConfig, prune
@@ -164,6 +176,9 @@ def run_one(arch: str, method: str, target: str, seed: int, mode: Mode) -> dict[
         if method in VARIANTS:
             name, variant_options = VARIANTS[method][0], dict(VARIANTS[method][1])
         targets: dict[str, Any] = {"sparsity": value} if kind == "sparsity" else {"target_flops": value}
+        if kind == "sparsity" and method in SEARCHES:  # equal MACs with l1-uniform, not equal channels
+            targets = {"target_flops": equal_macs_target(path, value)}
+            record["budget"] = {"kind": "macs", "target": targets["target_flops"], "equal_to": "l1-uniform"}
         cfg = PruneConfig(method=name, global_ranking=global_ranking, seed=seed, data="fashion-mnist",
                           finetune_epochs=mode.finetune_epochs, finetune_images=mode.finetune_images,
                           eval_images=mode.eval_images, search_progress=False,

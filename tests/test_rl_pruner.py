@@ -16,9 +16,9 @@ from onnxprune.api import rewrite_and_verify
 from onnxprune.errors import InputError
 from onnxprune.search import Budget, BudgetMeter, EvalConfig, SearchConfig
 from onnxprune.search.base import Checkpoint
-from onnxprune.search.rl_pruner import (PRESETS, Pruner, ReplayBuffer, ReplayEntry, epsilon_at, initial_policy,
-                                        options, reward_value, reward_weights, sample_action, step_targets,
-                                        update_policy)
+from onnxprune.search.rl_pruner import (PRESETS, Pruner, ReplayBuffer, ReplayEntry, constant_reward_terms,
+                                        epsilon_at, initial_policy, options, reward_value, reward_weights,
+                                        sample_action, step_targets, update_policy)
 from onnxprune.search.runner import run_search
 from onnxprune.torchcopy import to_torch
 from tests.tiny import digits_model
@@ -79,8 +79,9 @@ def test_reward_presets_and_value() -> None:
 
 def test_options_presets_and_aliases() -> None:
     paper = options({"preset": "paper"})
-    assert (paper.noise, paper.lam, paper.gamma, paper.horizon, paper.samples, paper.stages, paper.delta,
-            paper.epsilon, paper.calibration, paper.tau) == (0.04, 0.1, 0.9, 1, 10, 10, 0.2, 0.4, 100, 0.75)
+    assert (paper.noise, paper.lam, paper.gamma, paper.horizon, paper.lookahead, paper.samples, paper.stages,
+            paper.delta, paper.epsilon, paper.calibration, paper.tau) == (0.04, 0.1, 0.9, 2, 10, 10, 10, 0.2, 0.4,
+                                                                          100, 0.75)
     assert options({"preset": "paper", "samples": "4"}).samples == 4  # explicit options override
     assert options({"episodes": 5}).stages == 5  # CLI --episodes
     assert set(PRESETS) == {"cpu", "paper"}
@@ -109,6 +110,23 @@ def test_actions_are_distributions() -> None:
     for _ in range(20):
         a = sample_action(pd, 0.2, rng)
         assert a.sum() == pytest.approx(1.0) and np.all(a >= 0)
+
+
+def test_noise_is_a_variance() -> None:
+    # the paper's v (eq. 11) is a variance: v = 0.04 is a standard deviation of 0.2
+    pd = initial_policy(np.array([16, 32, 32, 64]))
+    a = sample_action(pd, 0.04, np.random.default_rng(7))
+    z = np.random.default_rng(7).standard_normal(pd.shape) * 0.2
+    expected = np.clip(pd + z, 0.0, None)
+    np.testing.assert_allclose(a, expected / expected.sum(), atol=1e-12)
+
+
+def test_constant_reward_terms() -> None:
+    assert constant_reward_terms("macs", True) == ["C_F"]
+    assert constant_reward_terms("latency", True) == ["C_F"]
+    assert constant_reward_terms("params", True) == ["C_P"]
+    assert constant_reward_terms("channels", True) == []
+    assert constant_reward_terms("macs", False) == []
 
 
 @pytest.mark.parametrize("kind, target", [("macs", 0.5), ("params", 0.3), ("channels", 0.6)])
@@ -161,12 +179,42 @@ def test_search_returns_a_feasible_post_trained_mask(tiny, kind: str, target: fl
     json.dumps(result.summary)  # goes into the --report JSON as it is
     records = json.loads(traj.read_text())["records"]
     samples = [r for r in records if r["kind"] == "sample"]
-    assert len(samples) == FAST["steps"] * FAST["stages"] * FAST["samples"]
-    assert {r["step"] for r in samples} == {1, 2}
+    # defaults: horizon 2, lookahead 1; the last step is terminal (no lookahead)
+    first = [r for r in samples if r["depth"] == 0]
+    assert len(first) == FAST["steps"] * FAST["stages"] * FAST["samples"]
+    assert len(samples) - len(first) == (FAST["steps"] - 1) * FAST["stages"] * FAST["samples"]
+    assert {r["step"] for r in samples} == {1, 2} and {r["step"] for r in samples if r["depth"]} == {1}
+    assert result.summary["picked"] in ("best_q", "pd_landed")
     assert all(r["feasible"] for r in samples if r["step"] == 2)  # the last step lands within budget
     stages = [r for r in records if r["kind"] == "stage"]
     assert all(sum(r["pd"]) == pytest.approx(1.0, abs=1e-5) for r in stages)
     assert [r["kind"] for r in records].count("step") == 2
+
+
+def test_q_adds_the_discounted_best_lookahead(tiny) -> None:
+    gamma, samples, look = 0.5, FAST["samples"], 2
+    result = _search(tiny, options={"post_epochs": 0, "gamma": gamma, "lookahead": look})
+    records = result.trajectory.records
+    stages = {}
+    for r in records:
+        if r["kind"] == "sample":
+            stages.setdefault((r["step"], r["stage"]), []).append(r)
+    assert len(stages) == FAST["steps"] * FAST["stages"]
+    used = 0
+    for (step, _stage), rs in stages.items():
+        first, rest = rs[:samples], rs[samples:]
+        assert all(r["depth"] == 0 for r in first) and all(r["depth"] == 1 for r in rest)
+        if step == FAST["steps"]:  # terminal: Q = R
+            assert not rest and all(r["q"] == pytest.approx(r["reward"], abs=1e-5) for r in first)
+            continue
+        assert len(rest) == samples * look
+        for i, r in enumerate(first):
+            kids = rest[i * look:(i + 1) * look]
+            assert r["q"] == pytest.approx(r["reward"] + gamma * max(k["reward"] for k in kids), abs=1e-5)
+            used += abs(r["q"] - r["reward"]) > 1e-3
+    assert used  # the lookahead is not a no-op
+    one = _search(tiny, options={"post_epochs": 0, "horizon": 1})
+    assert all(r["depth"] == 0 and r["q"] == r["reward"] for r in one.trajectory.records if r["kind"] == "sample")
 
 
 def test_search_without_post_training(tiny) -> None:

@@ -157,8 +157,9 @@ def test_finish_enforces_the_budget_and_writes_trajectory_and_plot(tiny, tmp_pat
     for i in range(6):
         ctx.trajectory.add(episode=i, reward=-0.5 + 0.2 * i, feasible=i > 2, val_top1=0.5 + 0.05 * i,
                            keep_ratio=np.float64(0.6))
-    result = ctx.finish(analysis.full_keep())  # over budget: made feasible
+    result = ctx.finish(analysis.full_keep(), picked="sampled")  # over budget: made feasible
     assert ctx.meter.feasible(result.keep) and result.summary["made_feasible"]
+    assert result.summary["picked"] == "sampled+made_feasible"  # the label follows the returned mask
     data = json.loads(traj.read_text())
     assert data["method"] == "test" and len(data["records"]) == 6
     assert data["meta"]["summary"]["budget_ratio"] <= 0.5

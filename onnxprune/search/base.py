@@ -176,11 +176,15 @@ class SearchContext:
 
         `weights` / `pruned_weights`: trained weights for methods that train during the search
         (see `SearchResult`); dropped if `keep` has to be changed.
+        `summary["picked"]`, when given, names where the returned mask came from (e.g. "best_q",
+        "greedy", "filled"); "+made_feasible" is appended when the mask had to be changed.
         """
         feasible = self.meter.feasible(keep)
         final = keep if feasible else make_feasible(self.meter, keep, self.importance)
         if not feasible:
             summary["made_feasible"] = True
+            if summary.get("picked"):  # the label named the method's mask, not the one returned
+                summary["picked"] = f"{summary['picked']}+made_feasible"
             val_top1, weights, pruned_weights = None, None, None
         if val_top1 is None:
             val_top1 = self.evaluator.evaluate([final], images=0)[0]

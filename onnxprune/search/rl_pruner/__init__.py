@@ -8,12 +8,12 @@ into keep masks, `posttrain` the masked KD training, `search` the loop.
 
 from onnxprune.search.rl_pruner.masks import Pruner, State, step_targets
 from onnxprune.search.rl_pruner.policy import (PRESETS, REWARDS, ReplayBuffer, ReplayEntry, RLPrunerConfig,
-                                               epsilon_at, initial_policy, options, reward_value, reward_weights,
-                                               sample_action, update_policy)
+                                               constant_reward_terms, epsilon_at, initial_policy, options,
+                                               reward_value, reward_weights, sample_action, update_policy)
 from onnxprune.search.rl_pruner.search import RLPruner, run
 
 __all__ = [
     "PRESETS", "REWARDS", "Pruner", "RLPruner", "RLPrunerConfig", "ReplayBuffer", "ReplayEntry", "State",
-    "epsilon_at", "initial_policy", "options", "reward_value", "reward_weights", "run", "sample_action",
+    "constant_reward_terms", "epsilon_at", "initial_policy", "options", "reward_value", "reward_weights", "run", "sample_action",
     "step_targets", "update_policy",
 ]

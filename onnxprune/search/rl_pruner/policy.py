@@ -3,8 +3,8 @@ and the clipped policy update (arXiv 2411.06463, section 3.2). Everything here i
 function of numpy arrays, so that it can be tested on its own.
 
 Vocabulary (the paper's): the policy is the pruning distribution `PD` over the prunable channel
-groups (non-negative, sums to 1); an action `a = PD + z`, `z ~ N(0, noise^2)` per group, clipped
-at 0 and renormalized; a step with sparsity `S` removes `round(a_i * S * U)` units from group i
+groups (non-negative, sums to 1); an action `a = PD + z`, `z ~ N(0, v)` per group (`v = noise`, a
+variance as in the paper's eq. 11: the standard deviation is sqrt(v)), clipped at 0 and renormalized; a step with sparsity `S` removes `round(a_i * S * U)` units from group i
 (`U`: prunable units of the original model).
 """
 
@@ -30,8 +30,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "cpu": {},
     # The paper's defaults (section 4.1). It prunes in many small steps with a longer
     # post-training; `steps` and `post_images` here are our choice of "many" and "all".
-    "paper": {"steps": 10, "stages": 10, "samples": 10, "noise": 0.04, "lam": 0.1, "gamma": 0.9, "horizon": 1,
-              "delta": 0.2, "epsilon": 0.4, "epsilon_decay": "cosine", "calibration": 100, "tau": 0.75,
+    "paper": {"steps": 10, "stages": 10, "samples": 10, "noise": 0.04, "lam": 0.1, "gamma": 0.9, "horizon": 2,
+              "lookahead": 10, "delta": 0.2, "epsilon": 0.4, "epsilon_decay": "cosine", "calibration": 100, "tau": 0.75,
               "iso_cost": False, "post_images": 1_000_000},
 }
 
@@ -43,9 +43,14 @@ class RLPrunerConfig:
     steps: pruning steps to reach the budget (the kept fraction follows target^(k/steps)).
     stages: sampling stages per step (CLI `--episodes` is an alias).
     samples: actions sampled per stage (N_S); also the replay buffer's size.
-    noise: standard deviation of the Gaussian noise added to PD (the paper's v).
-    lam: policy step size (lambda). gamma: discount. horizon: sampled time steps T per action
-        (T > 1 samples a tree: N_S + N_S^2 + ... candidates per stage).
+    noise: variance v of the Gaussian noise added to PD (the paper's v; standard deviation sqrt(v)).
+    lam: policy step size (lambda). gamma: discount.
+    horizon: pruning steps a Q value looks at. 1: Q = R. 2 (the paper's eq. 13, its bootstrap cut
+        after one step): Q = R + gamma * max_j R(s', a'_j) over `lookahead` next actions a'_j
+        landed on the next step's target from the candidate s'; deeper trees recurse. The last
+        pruning step is terminal (Q = R there).
+    lookahead: next actions per candidate below the first level; the first is PD itself (no
+        noise), the others PD + z. A stage evaluates samples * (1 + lookahead + ...) candidates.
     delta: per-element clip of the policy change ratio. epsilon, epsilon_decay, epsilon_span:
         exploration probability, decayed (constant | linear | cosine) to 0 over the first
         `epsilon_span` of the pruning steps.
@@ -62,10 +67,11 @@ class RLPrunerConfig:
     steps: int = 3
     stages: int = 3
     samples: int = 6
-    noise: float = 0.04
+    noise: float = 0.0016
     lam: float = 0.1
     gamma: float = 0.9
-    horizon: int = 1
+    horizon: int = 2
+    lookahead: int = 1
     delta: float = 0.2
     epsilon: float = 0.4
     epsilon_decay: str = "cosine"
@@ -88,7 +94,7 @@ class RLPrunerConfig:
             if not ok:
                 raise InputError(f"{METHOD}: {text}")
 
-        for name in ("steps", "stages", "samples", "horizon", "calibration"):
+        for name in ("steps", "stages", "samples", "horizon", "lookahead", "calibration"):
             value = getattr(self, name)
             need(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
                  f"option {name} must be an integer >= 1, got {value!r}")
@@ -157,6 +163,15 @@ def reward_value(top1: float, macs_ratio: float, params_ratio: float, alpha: flo
     return float(top1 + alpha * (1.0 - macs_ratio) + beta * (1.0 - params_ratio))
 
 
+def constant_reward_terms(kind: str, iso_cost: bool) -> list[str]:
+    """The reward's cost terms that cannot rank the candidates of a step: with `iso_cost` every
+    candidate lands on the step's target, so C_F is constant under a MACs budget (and a latency
+    one, planned in MACs) and C_P under a params budget. Channel budgets leave both free."""
+    if not iso_cost:
+        return []
+    return {"macs": ["C_F"], "latency": ["C_F"], "params": ["C_P"]}.get(kind, [])
+
+
 def epsilon_at(progress: float, epsilon: float, decay: str, span: float = 0.1) -> float:
     """Exploration probability after `progress` (fraction of the pruning steps done, 0..1).
 
@@ -179,9 +194,10 @@ def initial_policy(units: np.ndarray) -> np.ndarray:
     return units / units.sum()
 
 
-def sample_action(pd: np.ndarray, noise: float, rng: np.random.Generator) -> np.ndarray:
-    """a = PD + z, z ~ N(0, noise^2) per group; clipped at 0 and renormalized (eqs. 11-12)."""
-    a = np.clip(pd + rng.normal(0.0, noise, size=pd.shape), 0.0, None)
+def sample_action(pd: np.ndarray, variance: float, rng: np.random.Generator) -> np.ndarray:
+    """a = PD + z, z ~ N(0, variance) per group (standard deviation sqrt(variance)); clipped at 0
+    and renormalized (eqs. 11-12)."""
+    a = np.clip(pd + rng.normal(0.0, math.sqrt(variance), size=pd.shape), 0.0, None)
     total = a.sum()
     return a / total if total > 0 else pd.copy()
 

@@ -3,10 +3,11 @@ updates, post-training with teacher switching, checkpoints and trajectory.
 
 One pruning step k (of `steps`) brings the model from the kept fraction target^((k-1)/steps) to
 target^(k/steps) of the budget's kind:
-  1. every sampling stage draws `samples` actions around PD (a tree of depth `horizon`), turns
-     each into a mask (`masks.Pruner`), scores ALL of them with one `evaluator.evaluate` call,
-     computes R and Q (Q = R + gamma * max Q of the children), fills the replay buffer, picks a*
-     epsilon-greedily and updates PD;
+  1. every sampling stage draws `samples` actions around PD, each with `lookahead` next actions
+     landed on the next step's targets (a tree of depth `horizon`, cut at the last step, which is
+     terminal), turns each into a mask (`masks.Pruner`), scores ALL of them with one
+     `evaluator.evaluate` call, computes R and Q (Q = R + gamma * max Q of the children; R at the
+     leaves), fills the replay buffer with the first level, picks a* epsilon-greedily and updates PD;
   2. the next state is the best-Q candidate of the buffer (an evaluated architecture that meets
      the step's target; the last step's meets the budget);
   3. post-training (KD from the current teacher) on the full-size student with the mask
@@ -32,13 +33,13 @@ from onnxprune.search.base import SearchContext, SearchResult, progress_bar
 from onnxprune.search.budget import make_feasible
 from onnxprune.search.evaluator import Evaluator, LocalEvaluator
 from onnxprune.search.rl_pruner.masks import Pruner, step_targets
-from onnxprune.search.rl_pruner.policy import (METHOD, ReplayBuffer, ReplayEntry, RLPrunerConfig, epsilon_at,
-                                               initial_policy, options, reward_value, sample_action,
-                                               update_policy)
+from onnxprune.search.rl_pruner.policy import (METHOD, ReplayBuffer, ReplayEntry, RLPrunerConfig,
+                                               constant_reward_terms, epsilon_at, initial_policy, options,
+                                               reward_value, sample_action, update_policy)
 from onnxprune.search.rl_pruner.posttrain import PostTrainConfig, post_train, state_of, top1
 from onnxprune.torchcopy.masked import MaskProjection
 
-_CHECKPOINT_VERSION = 1
+_CHECKPOINT_VERSION = 2
 
 
 def run(ctx: SearchContext) -> SearchResult:
@@ -59,9 +60,14 @@ class RLPruner:
             raise InputError(f"{METHOD}: post-training needs data (or pass --option post_epochs=0)")
         self.budget = ctx.cfg.budget
         self.latency = self.budget.kind == "latency"
-        self.targets = step_targets(self.budget.target, cfg.steps, extra=cfg.horizon - 1)
+        self.targets = step_targets(self.budget.target, cfg.steps)
         self.macs0, self.params0 = max(analysis.macs, 1), max(analysis.params, 1)
         self.alpha, self.beta = cfg.weights
+        self.constant_terms = constant_reward_terms(self.budget.kind, cfg.iso_cost)
+        wasted = [t for t, w in (("C_F", self.alpha), ("C_P", self.beta)) if t in self.constant_terms and w]
+        if wasted:
+            ctx.say(f"{METHOD}: with iso_cost=true every candidate of a step has the same "
+                    f"{' and '.join(wasted)}, so its reward weight does not change the ranking")
         # search state (checkpointed)
         self.step, self.stage = 0, 0
         self.pd = initial_policy(np.array([g.units for g in groups]))
@@ -138,8 +144,7 @@ class RLPruner:
                 self.ev.close()
 
     def _begin_step(self) -> None:
-        horizon = self.cfg.horizon
-        wanted = self.targets[self.step:self.step + horizon]
+        wanted = self.targets[self.step:self.step + self.cfg.horizon]  # the last step is terminal
         if not self.latency:
             self.proxy_targets = wanted
             return
@@ -151,22 +156,25 @@ class RLPruner:
         """One sampling stage; returns the best reward among its actions."""
         cfg, ctx, pruner = self.cfg, self.ctx, self.pruner
         assert self.proxy_targets is not None
-        # candidates: a tree of depth `horizon` (parent index, depth, sample, action, keep)
+        # candidates: a tree over the step's targets (parent index, depth, sample, action, keep);
+        # below the first level, child 0 is PD itself and the others PD + noise
         nodes: list[tuple[int, int, int, np.ndarray, np.ndarray]] = []
         frontier = [(-1, pruner.state(self.base))]
-        for depth in range(cfg.horizon):
+        depths = len(self.proxy_targets)
+        for depth in range(depths):
             target = self.proxy_targets[depth]
             following = []
             for parent, state in frontier:
                 shared = None if cfg.iso_cost else pruner.solve(state, self.pd, target, self.proxy)
-                for j in range(cfg.samples):
-                    action = sample_action(self.pd, cfg.noise, ctx.rng)
+                for j in range(cfg.samples if depth == 0 else cfg.lookahead):
+                    action = (self.pd.copy() if depth > 0 and j == 0
+                              else sample_action(self.pd, cfg.noise, ctx.rng))
                     if shared is None:
                         keep = pruner.land(state, action, target, self.proxy)
                     else:
                         keep = pruner.prune(state, action, shared)
                     nodes.append((parent, depth, j, action, keep))
-                    if depth + 1 < cfg.horizon:
+                    if depth + 1 < depths:
                         following.append((len(nodes) - 1, pruner.state(keep)))
             frontier = following
         accs = self.ev.evaluate([n[4] for n in nodes])  # one call: workers run the stage in parallel
@@ -205,15 +213,15 @@ class RLPruner:
         target = self.proxy_targets[0]
         fits = [e for e in self.rb.entries if self.proxy(e.keep) <= target + 1e-9]
         if fits:
-            keep = max(fits, key=lambda e: e.q).keep
+            keep, picked = max(fits, key=lambda e: e.q).keep, "best_q"
         else:
-            keep = self.pruner.land(self.pruner.state(self.base), self.pd, target, self.proxy)
+            keep, picked = self.pruner.land(self.pruner.state(self.base), self.pd, target, self.proxy), "pd_landed"
         last = self.step == self.cfg.steps - 1
         if last and not self.ctx.meter.feasible(keep):
-            keep = make_feasible(self.ctx.meter, keep, self.scores, self.cfg.min_keep)
+            keep, picked = make_feasible(self.ctx.meter, keep, self.scores, self.cfg.min_keep), f"{picked}+made_feasible"
         self.base = keep
-        record: dict[str, Any] = {"kind": "step", "step": self.step + 1, "macs_ratio": self.macs_ratio(keep),
-                                  "params_ratio": self.params_ratio(keep)}
+        record: dict[str, Any] = {"kind": "step", "step": self.step + 1, "picked": picked,
+                                  "macs_ratio": self.macs_ratio(keep), "params_ratio": self.params_ratio(keep)}
         if not self.latency or last:
             record["budget_ratio"] = self.ctx.meter.ratio(keep)
         if self.cfg.post_training:
@@ -287,9 +295,13 @@ class RLPruner:
         ctx, cfg = self.ctx, self.cfg
         keep = self.base
         self._close_trained_evaluator()
+        steps = [r for r in ctx.trajectory.records if r.get("kind") == "step"]
         summary: dict[str, Any] = {
             "steps": cfg.steps, "stages": cfg.stages, "samples": cfg.samples, "horizon": cfg.horizon,
+            "lookahead": cfg.lookahead, "noise_variance": cfg.noise, "noise_std": math.sqrt(cfg.noise),
+            "picked": steps[-1].get("picked") if steps else None,
             "reward": cfg.reward, "alpha": self.alpha, "beta": self.beta, "iso_cost": cfg.iso_cost,
+            "constant_reward_terms": self.constant_terms,
             "pd": [round(float(p), 6) for p in self.pd], "post_trained": self.student_state is not None, **self.counters,
         }
         if self.student_state is None:
