@@ -23,7 +23,7 @@ from onnxprune.torchcopy import recalibrate_batchnorm, to_torch
 from tests.tiny import digits_model
 
 FAST = {"configs": 120, "candidates": 150, "top_m": 6, "top_k": 2, "epochs": 8, "probe": 2, "eval_batch": 3,
-        "proxy_configs": 24, "proxy_images": 64}
+        "proxy_configs": 24, "proxy_images": 64, "light_images": 192}
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -169,6 +169,13 @@ def test_search_returns_a_feasible_mask_near_the_budget(tiny, budget: Budget) ->
     assert len(proxy) == 1 and 2 <= proxy[0]["masks"] <= FAST["proxy_configs"]
     assert result.evaluations == proxy[0]["masks"] + FAST["top_m"] + FAST["probe"] + FAST["top_k"]
     assert result.summary["picked"] in ("uniform_l1", "ranked_l1")
+    # the light fine-tune ranks the top m: its score is what the top k are chosen by
+    assert all(r["light_finetuned"] and 0 <= r["masked_val_top1"] <= 1 for r in light)
+    assert any(r["val_top1"] != r["masked_val_top1"] for r in light)
+    assert result.summary["light_evaluations"] == FAST["top_m"] + FAST["probe"]
+    assert result.summary["total_evaluations"] == result.evaluations + FAST["top_m"] + FAST["probe"]
+    chosen = sorted(light, key=lambda r: (-r["val_top1"], r["rank"]))[:FAST["top_k"]]
+    assert sorted(r["rank"] for r in full) == sorted(r["rank"] for r in chosen)
 
 
 def test_same_seed_same_mask(tiny) -> None:
