@@ -252,7 +252,7 @@ def test_bad_option_is_a_one_line_cli_error(tiny, tmp_path: Path, capsys: pytest
 
 
 def test_ranked_info_nce_hand_worked() -> None:
-    from onnxprune.search.sacp_pairs import ranked_info_nce
+    from onnxprune.search.sacp.pairs import ranked_info_nce
 
     # cosines to the anchor 1, 0, 1/sqrt(2); only mask 0 has negatives (masks 1 and 2 scored 0.4 lower)
     anchor, z = torch.tensor([1.0, 0.0]), torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
@@ -262,7 +262,7 @@ def test_ranked_info_nce_hand_worked() -> None:
 
 
 def test_proxy_pairs_teach_what_equal_cost_masks_differ_in(tiny) -> None:
-    from onnxprune.search.sacp_pairs import train_ranked
+    from onnxprune.search.sacp.pairs import train_ranked
 
     # masks of equal per-group counts scored by a hidden set of units: density cannot tell them apart
     _, analysis = tiny

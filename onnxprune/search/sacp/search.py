@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -13,14 +13,18 @@ from onnxprune.search.base import SearchContext, SearchResult, progress_bar
 from onnxprune.search.budget import Budget, BudgetMeter, make_feasible, mask_key
 from onnxprune.search.sacp.config import METHOD, SacpConfig, sacp_options
 from onnxprune.search.sacp.encoder import GCNEncoder, similarity
-from onnxprune.search.sacp.graph import build_graph
+from onnxprune.search.sacp.graph import ConfigGraph, build_graph
+from onnxprune.search.sacp.light import LightFinetune
+from onnxprune.search.sacp.pairs import train_ranked
 from onnxprune.search.sacp.stats import kendall, spearman
 from onnxprune.search.sacp.tables import UnitTables, sample_rates, scale_into_budget
 from onnxprune.search.sacp.train import train_encoder
 
 
-def _candidate_masks(ctx: SearchContext, tables: UnitTables, cfg: SacpConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Up to `cfg.candidates` distinct feasible L1 masks (uniform rates first) and their budget ratios.
+def _candidate_masks(ctx: SearchContext, tables: UnitTables, cfg: SacpConfig,
+                     count: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Up to `count` (default `cfg.candidates`) distinct feasible L1 masks (uniform rates first)
+    and their budget ratios.
 
     A latency budget is too slow to measure per bisection step: candidates are then scaled into
     the same fraction of MACs, and the evaluated ones are made feasible afterwards.
@@ -28,7 +32,7 @@ def _candidate_masks(ctx: SearchContext, tables: UnitTables, cfg: SacpConfig) ->
     meter = ctx.meter
     if ctx.cfg.budget.kind == "latency":
         meter = BudgetMeter(ctx.analysis, Budget("macs", ctx.cfg.budget.target))
-    shapes = sample_rates(ctx.rng, cfg.candidates, tables.units.size, cfg.min_rate)
+    shapes = sample_rates(ctx.rng, count or cfg.candidates, tables.units.size, cfg.min_rate)
     shapes[0] = 1.0  # uniform rates: the L1 baseline is always a candidate
     keeps, ratios, seen = [], [], set()
     for shape in shapes:
@@ -66,6 +70,23 @@ def _materialize(ctx: SearchContext, keep: np.ndarray) -> Any:
     return ctx.materialize(keep)
 
 
+def _train_on_proxy(ctx: SearchContext, graph: ConfigGraph, tables: UnitTables, full: np.ndarray, cfg: SacpConfig,
+                    on_epoch: Callable[[int, float], None]) -> tuple[GCNEncoder, list[float]]:
+    """The encoder trained on proxy-ranked feasible masks (`pairs.py`), a draw of their own."""
+    keeps, _ = _candidate_masks(ctx, tables, cfg, count=cfg.proxy_configs)
+    ctx.say(f"{METHOD}: scoring {len(keeps)} feasible masks on {cfg.proxy_images} images (the proxy)")
+    proxy = np.asarray(ctx.evaluator.evaluate(list(keeps), images=cfg.proxy_images))
+    ctx.trajectory.add(stage="proxy", masks=int(len(keeps)), images=cfg.proxy_images, proxy_mean=float(proxy.mean()),
+                       proxy_std=float(proxy.std()), proxy_max=float(proxy.max()), proxy_min=float(proxy.min()))
+    torch.manual_seed(ctx.cfg.seed)
+    encoder = GCNEncoder(len(graph.nodes), graph.feature_len, cfg.hidden, cfg.layers, cfg.proj, cfg.node_weights)
+    ctx.say(f"{METHOD}: training the GCN encoder on them ({len(graph.nodes)} nodes)")
+    losses = train_ranked(encoder, graph.features, graph.a_hat, keeps, proxy, full, epochs=cfg.epochs, lr=cfg.lr,
+                          batch_size=cfg.batch_size, temperature=cfg.temperature, margin=cfg.margin, rng=ctx.rng,
+                          on_epoch=on_epoch)
+    return encoder, losses
+
+
 def run(ctx: SearchContext) -> SearchResult:
     """Train the encoder, rank L1 candidates by similarity to the unpruned model, evaluate the
     top m cheaply and the top k fully; return the best (fine-tuned model when `k_finetune_epochs`)."""
@@ -98,8 +119,11 @@ def run(ctx: SearchContext) -> SearchResult:
                 ctx.trajectory.add(stage="train", epoch=epoch, loss=loss)
                 update(1, stage="train", loss=loss)
 
-            ctx.say(f"{METHOD}: training the GCN encoder on {cfg.configs} configurations ({len(graph.nodes)} nodes)")
-            encoder, losses = train_encoder(graph, tables, full, cfg, ctx.rng, ctx.cfg.seed, on_epoch)
+            if cfg.pairs == "proxy":
+                encoder, losses = _train_on_proxy(ctx, graph, tables, full, cfg, on_epoch)
+            else:
+                ctx.say(f"{METHOD}: training the GCN encoder on {cfg.configs} configurations ({len(graph.nodes)} nodes)")
+                encoder, losses = train_encoder(graph, tables, full, cfg, ctx.rng, ctx.cfg.seed, on_epoch)
             save(encoder={k: v.clone() for k, v in encoder.state_dict().items()}, losses=losses)
 
         # 2. candidates ranked by similarity to the unpruned model
@@ -114,7 +138,7 @@ def run(ctx: SearchContext) -> SearchResult:
             place = np.empty_like(order)
             place[order] = np.arange(order.size)
             ranked = [{"rank": int(place[i]), "similarity": float(sims[i]),
-                       "budget_ratio": float(ratios[i]), "probe": bool(j >= top.size),
+                       "budget_ratio": float(ratios[i]), "probe": bool(j >= top.size), "uniform": i == 0,
                        "keep": np.packbits(keeps[i])} for j, i in enumerate(picked.tolist())]
             ctx.trajectory.add(stage="rank", candidates=int(len(keeps)), similarity_max=float(sims.max()),
                                similarity_mean=float(sims.mean()), similarity_std=float(sims.std()),
@@ -131,7 +155,10 @@ def run(ctx: SearchContext) -> SearchResult:
             return keep
 
         # 3. the top m (and the probes) on the cheap validation subset
+        #    (light fine-tune first when `light_images`; the masked score is kept beside it)
         light: dict[int, float] = state["light"]
+        masked: dict[int, float] = state.setdefault("masked", {})
+        tuner = LightFinetune(ctx, cfg) if cfg.light_images > 0 else None
         update(len(light), stage="light")
         todo = [i for i in range(len(ranked)) if i not in light]
         best = max(light.values(), default=float("nan"))
@@ -139,24 +166,32 @@ def run(ctx: SearchContext) -> SearchResult:
             batch = todo[start:start + cfg.eval_batch]
             masks = [mask(i) for i in batch]
             accs = ctx.evaluator.evaluate(masks)
-            for i, keep, acc in zip(batch, masks, accs):
-                light[i] = acc
+            tuned = [tuner(keep) for keep in masks] if tuner is not None else accs
+            for i, keep, acc, score in zip(batch, masks, accs, tuned):
+                light[i], masked[i] = score, acc
                 c = ranked[i]
                 ctx.trajectory.add(stage="probe" if c["probe"] else "light", rank=c["rank"],
-                                   similarity=c["similarity"], reward=c["similarity"], val_top1=acc,
+                                   similarity=c["similarity"], reward=c["similarity"], val_top1=score,
+                                   masked_val_top1=acc, light_finetuned=tuner is not None,
                                    feasible=ctx.meter.feasible(keep), budget_ratio=ctx.meter.ratio(keep))
             best = max(light.values())
             update(len(batch), stage="light", best=best)
-            save(light=light)
+            save(light=light, masked=masked, light_evaluations=state.get("light_evaluations", 0) + (
+                len(batch) if tuner is not None else 0))
 
         top_ids = [i for i in range(len(ranked)) if not ranked[i]["probe"]]
         sims_m = [ranked[i]["similarity"] for i in top_ids]
         accs_m = [light[i] for i in top_ids]
         corr = {"spearman": spearman(sims_m, accs_m), "kendall": kendall(sims_m, accs_m)}
         all_ids = list(range(len(ranked)))
+        sims_all = [ranked[i]["similarity"] for i in all_ids]
         if cfg.probe:
-            corr["spearman_probe"] = spearman([ranked[i]["similarity"] for i in all_ids], [light[i] for i in all_ids])
-            corr["kendall_probe"] = kendall([ranked[i]["similarity"] for i in all_ids], [light[i] for i in all_ids])
+            corr["spearman_probe"] = spearman(sims_all, [light[i] for i in all_ids])
+            corr["kendall_probe"] = kendall(sims_all, [light[i] for i in all_ids])
+        if tuner is not None:
+            # similarity against the masked score too, and how well the masked score predicts the tuned one
+            corr["masked_spearman_probe"] = spearman(sims_all, [masked[i] for i in all_ids])
+            corr["masked_vs_light_spearman"] = spearman([masked[i] for i in all_ids], [light[i] for i in all_ids])
         if "correlation" not in state:
             ctx.trajectory.add(stage="correlation", evaluated=len(top_ids), **corr)
             save(correlation=corr)
@@ -203,6 +238,9 @@ def run(ctx: SearchContext) -> SearchResult:
         _, val_top1 = recalibrated_model(ctx, keep)
     return ctx.finish(keep, val_top1=val_top1, pruned_weights=pruned_weights, masked_val_top1=finals[win].get(
                           "masked_val_top1", finals[win]["val_top1"]),
-                      winner_rank=ranked[win]["rank"], winner_similarity=ranked[win]["similarity"],
+                      winner_rank=ranked[win]["rank"], winner_similarity=ranked[win]["similarity"], pairs=cfg.pairs,
+                      picked="uniform_l1" if ranked[win].get("uniform") else "ranked_l1",
                       candidates=state["candidates"], final_loss=losses[-1], first_loss=losses[0],
+                      light_finetuned=cfg.light_images > 0, light_evaluations=state.get("light_evaluations", 0),
+                      total_evaluations=ctx.evaluator.evaluations + state.get("light_evaluations", 0),
                       **{k: (None if math.isnan(v) else v) for k, v in corr.items()})

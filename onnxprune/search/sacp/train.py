@@ -12,6 +12,7 @@ from torch.nn import functional as F
 from onnxprune.search.sacp.config import SacpConfig
 from onnxprune.search.sacp.encoder import GCNEncoder
 from onnxprune.search.sacp.graph import ConfigGraph
+from onnxprune.search.sacp.pairs import batch_info_nce
 from onnxprune.search.sacp.tables import UnitTables, sample_rates
 
 
@@ -19,9 +20,10 @@ def info_nce(anchor: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, tempera
     """InfoNCE with one anchor (P,): positive i (B, P) against its own negatives (B, K, P).
 
     loss = mean_i -log(exp(c(a, p_i)/t) / (exp(c(a, p_i)/t) + sum_k exp(c(a, n_ik)/t))), c = cosine.
-    The negatives of configuration i are random masks at i's rates: a negative from another
-    configuration could be nearly unpruned (hence nearly the anchor itself) and would ask the
-    encoder for the impossible.
+    Used with `batch_negatives=false`; the default, `pairs.batch_info_nce`, lets every positive
+    compete with the negatives of the whole mini-batch. A negative from another configuration can
+    be nearly unpruned (nearly the anchor itself), which keeps that loss well above 0, but it does
+    not cost the L1/random separation (measured in docs/sacp.md).
     """
     a = F.normalize(anchor.reshape(-1), dim=0)
     sp = (F.normalize(pos, dim=-1) @ a) / temperature  # (B,)
@@ -65,7 +67,10 @@ def train_encoder(graph: ConfigGraph, tables: UnitTables, reference: np.ndarray,
             x, s = graph.features(keeps)
             z = encoder(x, s, graph.a_hat)  # (1 + B + B*K, P)
             b = idx.size
-            loss = info_nce(z[0], z[1:1 + b], z[1 + b:].reshape(b, k, -1), cfg.temperature)
+            if cfg.batch_negatives:
+                loss = batch_info_nce(z[0], z[1:1 + b], z[1 + b:], cfg.temperature)
+            else:
+                loss = info_nce(z[0], z[1:1 + b], z[1 + b:].reshape(b, k, -1), cfg.temperature)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(encoder.parameters(), 1.0)
