@@ -20,6 +20,7 @@ import argparse
 import json
 import math
 import platform
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -87,8 +88,41 @@ def summarize(records: list[dict[str, Any]], names: list[str]) -> dict[str, Any]
     return out
 
 
+def table(path: Path, extra: tuple[str, ...] = ()) -> str:
+    """A markdown table of a results file: per variant, per-seed top-1, mean +/- se, paired
+    difference to the first variant, evaluations, seconds; `extra` summary keys as mean columns."""
+    data = json.loads(path.read_text())
+    names = list(data["variants"])
+    seeds = sorted({r["seed"] for r in data["records"]})
+    head = ["variant", "options"] + [f"seed {s}" for s in seeds] + ["mean ± se", f"paired diff vs {names[0]}",
+                                                                    "evals", "s"] + list(extra)
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    summ = data["summary"]
+    for n in names:
+        recs = {r["seed"]: r for r in data["records"] if r["variant"] == n}
+        e = summ.get(n, {})
+        opts = ", ".join(f"{k}={v}" for k, v in data["variants"][n].items())
+        cells = [n, opts] + [f"{100 * recs[s]['val_top1']:.2f}" if s in recs else "-" for s in seeds]
+        cells.append(f"{100 * e['mean']:.2f} ± {100 * (e.get('se') or 0):.2f}" if "mean" in e else "-")
+        d = e.get("paired_diff_vs_" + names[0])
+        cells.append(f"{100 * d['mean']:+.2f} ± {100 * (d.get('se') or 0):.2f} ({d['wins']}/{len(d['seeds'])} up)"
+                     if d else "")
+        cells += [f"{e.get('evaluations', float('nan')):.0f}", f"{e.get('seconds', float('nan')):.0f}"]
+        for key in extra:
+            vals = [r["summary"].get(key) for r in recs.values() if r["summary"].get(key) is not None]
+            cells.append(f"{np.mean(vals):.3f}" if vals else "-")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--table", metavar="RESULTS.json", help="only print the markdown table of a results file")
+    ap.add_argument("--columns", nargs="*", default=[], help="summary keys shown as extra columns (--table)")
+    if "--table" in sys.argv:
+        args = ap.parse_args()
+        print(table(Path(args.table), tuple(args.columns)))
+        return
     ap.add_argument("--method", required=True)
     ap.add_argument("--model", required=True)
     group = ap.add_mutually_exclusive_group(required=True)
