@@ -11,12 +11,13 @@ from onnxprune.search.sacp.config import SacpConfig
 class LightFinetune:
     """The light fine-tune of one candidate: a fresh student (the original weights) distilled
     from the original for one epoch of `light_images` training images with the mask enforced
-    (`rl_pruner.posttrain`: removed units stay zero after every step), then its top-1 on the
+    (`rl_pruner.posttrain.post_train`: removed units stay zero after every step), then its top-1 on the
     cheap validation subset (the evaluator's). The weights only rank: they are not kept."""
 
     def __init__(self, ctx: SearchContext, cfg: SacpConfig) -> None:
-        from onnxprune.search.rl_pruner.posttrain import MaskProjection, state_of
+        from onnxprune.search.rl_pruner.posttrain import state_of
         from onnxprune.torchcopy import to_torch
+        from onnxprune.torchcopy.masked import MaskProjection
 
         self.ctx, self.cfg = ctx, cfg
         self.student = to_torch(ctx.analysis, check=False, seed=ctx.cfg.seed)
