@@ -1,36 +1,47 @@
-"""The state graph of gat-ppo: one node per prunable channel group.
+"""The state graph of gat-ppo: one node per prunable channel group, with static and dynamic
+node features.
 
-Why groups and not layers: a group is what one keep/drop decision acts on (a residual stream
-ties several Conv outputs into one group), so the policy reads one embedding per group and
-needs no pooling from layers to groups. The layer structure enters through the edges and the
-per-group statistics of the group's producers.
+Why groups and not layers: a group is what one decision acts on (a residual stream ties several
+Conv outputs into one group), so the policy reads one embedding per group and needs no pooling
+from layers to groups. The layer structure enters through the edges and the per-group
+statistics of the group's producers.
 
 Edges follow the data flow of the layer graph: group A -> group B when a node that consumes A's
 channels produces B's (a Conv reading A and writing B). Every node also gets a self-loop, so
 that attention always includes the node itself (GATConv needs no zero in-degree).
 
-Node features (all float32, scaled to about [0, 1]; `FEATURE_NAMES` lists them):
-op type one-hot of the producers (share of Conv / depthwise Conv / ConvTranspose / Gemm-MatMul /
-other), log channels, kernel area, stride, log conv groups, MACs share (`Analysis.group_macs`),
-params share, depth (normalized topological position of the producers), the current keep
-ratio, and the mean / std of the group's L1 and Taylor scores, each normalized by the mean over
-all prunable units (clipped to 4).
+Static features (do not change within a search; all float32, scaled to about [0, 1]):
+op type shares of the producers (Conv / depthwise Conv / ConvTranspose / Gemm-MatMul / other),
+log channels, kernel area, stride, log conv groups, MACs share (`Analysis.group_macs`), params
+share, MACs per channel (relative to the largest), depth (topological position), sensitivity
+(proxy drop when this group alone is thinned, relative to the largest drop; 0 when not
+measured), importance per unit of cost (the group's mean unnormalized Taylor estimate divided by
+its MACs per channel, relative to the largest; 0 without unnormalized scores), and the spread
+(coefficient of variation) of the group's L1 and Taylor scores.
+
+Dynamic features (the episode's state; `DYNAMIC_NAMES`): the kept width of each group (its
+decided keep ratio, 1 while undecided), whether it is decided, whether it is being decided now,
+and, the same on every node, the MACs the partial candidate keeps (decided groups at their
+ratio, the others whole) as a share of the original, how far that still is above the budget
+(as a share of what must go), and the episode's progress.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Mapping
 
 import numpy as np
 
 from onnxprune.deps import Analysis
 
 OP_KINDS = ("conv", "depthwise", "conv_transpose", "gemm", "other")
-FEATURE_NAMES = (*(f"op_{k}" for k in OP_KINDS), "log_channels", "kernel", "stride", "log_groups",
-                 "macs_share", "params_share", "depth", "keep_ratio",
-                 "l1_mean", "l1_std", "taylor_mean", "taylor_std")
-KEEP_RATIO = FEATURE_NAMES.index("keep_ratio")
-SCORE_CLIP = 4.0
+STATIC_NAMES = (*(f"op_{k}" for k in OP_KINDS), "log_channels", "kernel", "stride", "log_groups",
+                "macs_share", "params_share", "macs_per_channel", "depth", "sensitivity", "impact_per_cost",
+                "l1_spread", "taylor_spread")
+DYNAMIC_NAMES = ("kept", "decided", "current", "macs_used", "macs_gap", "progress")
+FEATURE_NAMES = STATIC_NAMES + DYNAMIC_NAMES
+STATIC = len(STATIC_NAMES)
 
 
 @dataclass(frozen=True, eq=False)
@@ -38,17 +49,18 @@ class StateGraph:
     """Prunable groups as a directed graph with node features.
 
     `group_ids[i]`: the `ChannelGroup.id` of node i. `src`, `dst`: edges (self-loops included),
-    as int64 arrays. `static`: (nodes, features) features that do not depend on the mask; the
-    keep-ratio column is filled by `features(keep)`.
+    as int64 arrays. `static`: (nodes, len(STATIC_NAMES)) float32. `group_macs`: (nodes,) MACs
+    that depend on each group.
     """
 
     group_ids: tuple[int, ...]
     src: np.ndarray
     dst: np.ndarray
-    static: np.ndarray  # (nodes, len(FEATURE_NAMES)) float32
+    static: np.ndarray
     depth: np.ndarray  # (nodes,) in [0, 1]
     units: np.ndarray  # (nodes,) units per group
     unit_starts: np.ndarray  # (nodes,)
+    raw: Mapping[str, np.ndarray] = field(default_factory=dict)  # unscaled per-node values, for reports
 
     @property
     def num_nodes(self) -> int:
@@ -58,37 +70,47 @@ class StateGraph:
         """(nodes,) kept share of each group's units."""
         return np.array([keep[s:s + n].mean() for s, n in zip(self.unit_starts, self.units)], dtype=np.float32)
 
-    def features(self, keep: np.ndarray | None = None, ratios: np.ndarray | None = None) -> np.ndarray:
-        """(nodes, features) float32: the static features plus the keep ratio of `keep` (or
-        the given per-node `ratios`; all kept when neither is given)."""
-        x = self.static.copy()
-        if ratios is None:
-            ratios = self.keep_ratios(keep) if keep is not None else np.ones(self.num_nodes, np.float32)
-        x[:, KEEP_RATIO] = ratios
-        return x
+    def features(self, kept: np.ndarray | None = None, decided: np.ndarray | None = None,
+                 current: np.ndarray | None = None, macs_used: float = 1.0, macs_gap: float = 1.0,
+                 progress: float = 0.0) -> np.ndarray:
+        """(nodes, features) float32: the static features plus the given state (defaults: the
+        start of an episode, nothing decided, everything kept)."""
+        n = self.num_nodes
+        dyn = np.zeros((n, len(DYNAMIC_NAMES)), dtype=np.float32)
+        dyn[:, 0] = 1.0 if kept is None else kept
+        dyn[:, 1] = 0.0 if decided is None else decided
+        dyn[:, 2] = 0.0 if current is None else current
+        dyn[:, 3] = macs_used
+        dyn[:, 4] = np.clip(macs_gap, 0.0, 1.0)
+        dyn[:, 5] = progress
+        return np.concatenate([self.static, dyn], axis=1)
 
     def edge_pairs(self, self_loops: bool = True) -> set[tuple[int, int]]:
         return {(int(s), int(d)) for s, d in zip(self.src, self.dst) if self_loops or s != d}
 
 
-def _score_stats(values: np.ndarray, scale: float) -> tuple[float, float]:
+def _spread(values: np.ndarray) -> float:
+    """Coefficient of variation of the finite values, clipped to [0, 1]."""
     finite = values[np.isfinite(values)]
-    if finite.size == 0:
-        return 1.0, 0.0
-    normed = np.minimum(finite / scale, SCORE_CLIP) / SCORE_CLIP
-    return float(normed.mean()), float(normed.std())
+    if finite.size < 2 or finite.mean() <= 0:
+        return 0.0
+    return float(min(finite.std() / finite.mean(), 1.0))
 
 
-def _global_scale(analysis: Analysis, scores: np.ndarray) -> float:
-    parts = [scores[g.unit_slice] for g in analysis.prunable()]
-    flat = np.concatenate(parts) if parts else np.zeros(0)
-    flat = flat[np.isfinite(flat)]
-    mean = float(flat.mean()) if flat.size else 0.0
-    return mean if mean > 0 else 1.0
+def _relative(values: np.ndarray) -> np.ndarray:
+    """`values` divided by their largest magnitude (zeros stay zeros)."""
+    top = float(np.max(np.abs(values))) if values.size else 0.0
+    return values / top if top > 0 else np.zeros_like(values)
 
 
-def build_state_graph(analysis: Analysis, l1: np.ndarray, taylor: np.ndarray) -> StateGraph:
-    """The state graph of `analysis`'s prunable groups (see the module docstring)."""
+def build_state_graph(analysis: Analysis, l1: np.ndarray, taylor: np.ndarray,
+                      sensitivity: np.ndarray | None = None, impact: np.ndarray | None = None) -> StateGraph:
+    """The state graph of `analysis`'s prunable groups (see the module docstring).
+
+    `sensitivity`: (nodes,) proxy drop of each group thinned alone (None: not measured).
+    `impact`: (num_units,) unnormalized importance (estimated loss change per unit, comparable
+    across groups), or None.
+    """
     groups = analysis.prunable()
     graph = analysis.graph
     index = {g.id: i for i, g in enumerate(groups)}
@@ -105,14 +127,21 @@ def build_state_graph(analysis: Analysis, l1: np.ndarray, taylor: np.ndarray) ->
 
     full = analysis.full_keep()
     total_macs, total_params = analysis.cost.cost(full)
-    macs_share = analysis.group_macs() / max(total_macs, 1)
+    gmacs = analysis.group_macs()
     position = {n.name: n.index for n in graph.nodes}
     n_nodes = max(len(graph.nodes) - 1, 1)
     max_units = max((g.units for g in groups), default=1)
-    l1_scale, taylor_scale = _global_scale(analysis, l1), _global_scale(analysis, taylor)
+    per_channel = np.array([gmacs[g.id] / max(g.units, 1) for g in groups], dtype=np.float64)
+    sens = np.zeros(len(groups)) if sensitivity is None else np.maximum(np.asarray(sensitivity, np.float64), 0.0)
+    if impact is not None:
+        mean_impact = np.array([float(np.mean(np.where(np.isfinite(impact[g.unit_slice]), impact[g.unit_slice], 0.0)))
+                                for g in groups])
+        per_cost = mean_impact / np.maximum(per_channel, 1.0)
+    else:
+        per_cost = np.zeros(len(groups))
 
     rows, depth = [], []
-    for g in groups:
+    for i, g in enumerate(groups):
         ops = np.zeros(len(OP_KINDS), dtype=np.float64)
         kernels, strides, conv_groups = [], [], []
         for p in g.producers:
@@ -120,10 +149,9 @@ def build_state_graph(analysis: Analysis, l1: np.ndarray, taylor: np.ndarray) ->
             op = node.op_type if node is not None else ""
             if op in ("Conv", "ConvTranspose") and node is not None:
                 w = graph.shape(node.inputs[1]) or ()
-                kernel = int(np.prod(w[2:])) if len(w) > 2 else 1
-                groups_attr = int(node.attr("group", 1))
-                kernels.append(kernel)
+                kernels.append(int(np.prod(w[2:])) if len(w) > 2 else 1)
                 strides.append(float(np.mean(node.attr("strides", [1]))))
+                groups_attr = int(node.attr("group", 1))
                 conv_groups.append(groups_attr)
                 kind = "conv_transpose" if op == "ConvTranspose" else ("depthwise" if groups_attr > 1 else "conv")
             elif op in ("Gemm", "MatMul"):
@@ -135,30 +163,35 @@ def build_state_graph(analysis: Analysis, l1: np.ndarray, taylor: np.ndarray) ->
                 kind = "other"
             ops[OP_KINDS.index(kind)] += 1
         ops /= max(ops.sum(), 1)
-        # params that depend on the group: what removing all of its units would save
         empty = full.copy()
         empty[g.unit_slice] = False
         params_share = (total_params - analysis.cost.params(empty)) / max(total_params, 1)
         d = float(np.mean([position[p] for p in g.producers if p in position] or [0])) / n_nodes
         depth.append(d)
-        l1m, l1s = _score_stats(l1[g.unit_slice], l1_scale)
-        tm, ts = _score_stats(taylor[g.unit_slice], taylor_scale)
         rows.append([
             *ops,
             np.log2(g.units + 1) / np.log2(max_units + 1),
             np.log2((float(np.mean(kernels)) if kernels else 1.0) + 1) / np.log2(50.0),  # 3x3 -> 0.59
             min(float(np.mean(strides)) if strides else 1.0, 4.0) / 4.0,
             min(np.log2(float(np.mean(conv_groups)) if conv_groups else 1.0) / 10.0, 1.0),
-            macs_share[g.id],
+            gmacs[g.id] / max(total_macs, 1),
             params_share,
+            0.0,  # macs_per_channel, filled below
             d,
-            1.0,
-            l1m, l1s, tm, ts,
+            0.0,  # sensitivity
+            0.0,  # impact_per_cost
+            _spread(l1[g.unit_slice]),
+            _spread(taylor[g.unit_slice]),
         ])
-    static = np.asarray(rows, dtype=np.float32).reshape(len(groups), len(FEATURE_NAMES))
+    static = np.asarray(rows, dtype=np.float64).reshape(len(groups), STATIC)
+    static[:, STATIC_NAMES.index("macs_per_channel")] = _relative(per_channel)
+    static[:, STATIC_NAMES.index("sensitivity")] = _relative(sens)
+    static[:, STATIC_NAMES.index("impact_per_cost")] = _relative(per_cost)
     return StateGraph(
-        group_ids=tuple(g.id for g in groups), src=src, dst=dst, static=np.clip(static, 0.0, 1.0),
+        group_ids=tuple(g.id for g in groups), src=src, dst=dst,
+        static=np.clip(static, 0.0, 1.0).astype(np.float32),
         depth=np.asarray(depth, dtype=np.float64),
         units=np.array([g.units for g in groups], dtype=np.int64),
         unit_starts=np.array([g.unit_start for g in groups], dtype=np.int64),
+        raw={"sensitivity": sens, "impact_per_cost": per_cost, "macs_per_channel": per_channel},
     )

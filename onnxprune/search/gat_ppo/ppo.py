@@ -1,9 +1,12 @@
-"""PPO for the block policy: GAE(lambda) returns and the clipped-ratio update."""
+"""PPO for the gat-ppo policy: advantages (batch baseline or GAE on the critic) and the
+clipped-ratio update, per decision step (the ratio of one step covers one slice of groups, not
+the whole candidate)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -13,14 +16,13 @@ from onnxprune.search.gat_ppo.policy import ActorCritic
 
 @dataclass(frozen=True, eq=False)
 class Transition:
-    """One decision step: the state, which nodes it decided, what was sampled and its value."""
+    """One decision step: the state, which nodes it decided, what was sampled, its value."""
 
-    x: torch.Tensor  # (nodes, features)
-    nodes: torch.Tensor  # (nodes,) bool: the slice decided at this step
-    actions: torch.Tensor  # (nodes, max_blocks) float 0/1
+    x: np.ndarray  # (nodes, features) float32
+    nodes: np.ndarray  # (nodes,) bool: the slice decided at this step
+    actions: np.ndarray  # (nodes,) int64 levels or (nodes, width) float32 blocks
     logp: float
     value: float
-    reward: float
 
 
 def gae(rewards: list[float], values: list[float], gamma: float, lam: float) -> tuple[list[float], list[float]]:
@@ -35,41 +37,54 @@ def gae(rewards: list[float], values: list[float], gamma: float, lam: float) -> 
     return adv, [a + v for a, v in zip(adv, values)]
 
 
-def ppo_update(policy: ActorCritic, opt: torch.optim.Optimizer, edges: Edges, episodes: list[list[Transition]],
-               clip: float, gamma: float, lam: float, entropy_coef: float, value_coef: float, epochs: int,
-               max_grad_norm: float = 0.5) -> dict[str, float]:
-    """`epochs` full-batch PPO steps over the transitions of `episodes`; returns the last losses."""
-    flat: list[Transition] = []
-    advs: list[float] = []
-    rets: list[float] = []
-    for ep in episodes:
-        a, r = gae([t.reward for t in ep], [t.value for t in ep], gamma, lam)
-        flat.extend(ep)
+def advantages(episodes: list[list[Transition]], returns: list[float], baseline: str, gamma: float,
+               lam: float, floor: float) -> tuple[np.ndarray, np.ndarray]:
+    """(advantage per step, value target per step), flattened over `episodes`.
+
+    `baseline` "batch": every step of an episode gets (return - batch mean) / max(batch std,
+    `floor`) (the graded reward's baseline). "critic": GAE(lambda) on the critic's values with the
+    return at the last step, normalized over the batch.
+    """
+    if baseline == "batch":
+        r = np.asarray(returns, dtype=np.float64)
+        scale = max(float(r.std()), floor) if r.size > 1 else 1.0
+        adv = [(ret - float(r.mean())) / scale for ret, ep in zip(returns, episodes) for _ in ep]
+        tgt = [ret for ret, ep in zip(returns, episodes) for _ in ep]
+        return np.asarray(adv, np.float32), np.asarray(tgt, np.float32)
+    advs, tgts = [], []
+    for ret, ep in zip(returns, episodes):
+        rewards = [0.0] * (len(ep) - 1) + [ret]
+        a, t = gae(rewards, [tr.value for tr in ep], gamma, lam)
         advs.extend(a)
-        rets.extend(r)
-    adv = torch.tensor(advs, dtype=torch.float32)
-    if adv.numel() > 1 and float(adv.std()) > 1e-8:
+        tgts.extend(t)
+    adv = np.asarray(advs, np.float32)
+    if adv.size > 1 and adv.std() > 1e-8:
         adv = (adv - adv.mean()) / adv.std()
-    ret = torch.tensor(rets, dtype=torch.float32)
+    return adv, np.asarray(tgts, np.float32)
+
+
+def ppo_update(policy: ActorCritic, opt: torch.optim.Optimizer, edges: Edges, episodes: list[list[Transition]],
+               adv: np.ndarray, targets: np.ndarray, clip: float, entropy_coef: float, value_coef: float,
+               epochs: int, max_grad_norm: float = 0.5) -> dict[str, float]:
+    """`epochs` full-batch PPO steps over every step of `episodes`; the last step's losses."""
+    flat = [t for ep in episodes for t in ep]
+    x = torch.from_numpy(np.stack([t.x for t in flat]))  # (S, N, F)
+    nodes = torch.from_numpy(np.stack([t.nodes for t in flat]))  # (S, N)
+    actions = torch.from_numpy(np.stack([t.actions for t in flat]))
     old = torch.tensor([t.logp for t in flat], dtype=torch.float32)
+    adv_t, ret_t = torch.from_numpy(adv), torch.from_numpy(targets)
     stats: dict[str, float] = {}
     for _ in range(epochs):
-        logps, ents, vals = [], [], []
-        for t in flat:
-            logits, value = policy(edges, t.x)
-            lp, ent = policy.log_prob_entropy(logits, t.nodes, t.actions)
-            logps.append(lp)
-            ents.append(ent)
-            vals.append(value)
-        logp, entropy, value = torch.stack(logps), torch.stack(ents), torch.stack(vals)
+        logits, value = policy(edges, x)
+        logp, ent = policy.log_prob_entropy(logits, nodes, actions)
         ratio = torch.exp(logp - old)
-        policy_loss = -torch.min(ratio * adv, ratio.clamp(1 - clip, 1 + clip) * adv).mean()
-        value_loss = (value - ret).pow(2).mean()
-        loss = policy_loss + value_coef * value_loss - entropy_coef * entropy.mean()
+        policy_loss = -torch.min(ratio * adv_t, ratio.clamp(1 - clip, 1 + clip) * adv_t).mean()
+        value_loss = (value - ret_t).pow(2).mean()
+        loss = policy_loss + value_coef * value_loss - entropy_coef * ent.mean()
         opt.zero_grad()
         loss.backward()
         nn.utils.clip_grad_norm_(policy.parameters(), max_grad_norm)
         opt.step()
-        stats = {"policy_loss": policy_loss.item(), "value_loss": value_loss.item(),
-                 "entropy": entropy.mean().item(), "clip_fraction": ((ratio - 1).abs() > clip).float().mean().item()}
+        stats = {"policy_loss": policy_loss.item(), "value_loss": value_loss.item(), "entropy": ent.mean().item(),
+                 "clip_fraction": ((ratio - 1).abs() > clip).float().mean().item()}
     return stats

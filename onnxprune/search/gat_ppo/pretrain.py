@@ -1,6 +1,7 @@
 """Graph auto-encoder pre-training of the GAT encoder (before the RL, as in the paper).
 
-The encoder embeds the state graph under random keep ratios; an inner-product decoder
+The encoder embeds the state graph under random episode states (kept widths, decided and
+current flags, MACs used); an inner-product decoder
 `sigmoid(z_i . z_j)` reconstructs the (undirected) adjacency: binary cross-entropy on the edges
 and on as many sampled non-edges (negative sampling) per step.
 """
@@ -29,8 +30,13 @@ def pretrain_encoder(encoder: GATEncoder, state: StateGraph, edges: Edges, steps
     labels = torch.cat([torch.ones(len(pos)), torch.zeros(len(pos))])
     losses = []
     for _ in range(steps):
-        ratios = rng.uniform(0.1, 1.0, size=n).astype(np.float32)
-        x = torch.from_numpy(state.features(ratios=ratios))
+        decided = (rng.random(n) < rng.random()).astype(np.float32)
+        kept = np.where(decided > 0, rng.uniform(0.1, 1.0, size=n), 1.0).astype(np.float32)
+        current = np.zeros(n, np.float32)
+        current[rng.integers(0, n)] = 1.0
+        used = float(rng.uniform(0.2, 1.0))
+        x = torch.from_numpy(state.features(kept, decided, current, used, float(rng.uniform(0.0, 1.0)),
+                                            float(decided.mean())))
         pick = torch.from_numpy(rng.integers(0, len(neg), size=len(pos)))
         pairs = torch.cat([pos_t, neg_all[pick]])  # (2P, 2)
         z = encoder(edges, x)  # (N, D)

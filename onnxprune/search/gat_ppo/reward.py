@@ -1,4 +1,11 @@
-"""The self-competition reward of the constrained MDP (arXiv 2509.10526, section 2.2.4).
+"""Rewards of gat-ppo: the graded reward (default), AMC's error-with-cost form, and the seed's
+two-phase self-competition reward (arXiv 2509.10526, section 2.2.4), kept for the ablation.
+
+`graded`: the candidate's proxy (validation top-1 of the masked copy); PPO subtracts the batch
+mean (`ppo.advantages`, baseline "batch"), so a candidate is rewarded by how much better than its
+batch it is, in accuracy points. `amc`: `-(1 - proxy) * log(MACs)` (AMC's R_FLOPs).
+
+Self-competition:
 
 Phase 1, the budget is violated: a penalty that grows with the violation,
 `-1 - penalty * violation` (violation in fractions of the original cost, e.g. 0.05 when a
@@ -11,7 +18,20 @@ gets +1 (reaching the budget is what phase 1 asks for).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+
+REWARDS = ("graded", "amc", "self-competition")
+
+
+def graded(proxy: float) -> float:
+    """The graded reward: the proxy itself (the baseline is subtracted by PPO)."""
+    return float(proxy)
+
+
+def amc(proxy: float, macs: float) -> float:
+    """AMC's R_FLOPs: `-(1 - proxy) * log(macs)` (`macs`: the candidate's absolute MACs)."""
+    return -(1.0 - float(proxy)) * math.log(max(float(macs), 2.0))
 
 
 @dataclass

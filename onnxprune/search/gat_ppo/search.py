@@ -1,13 +1,20 @@
-"""gat-ppo: a graph attention policy samples binary channel-block masks, trained with PPO under
-the self-competition reward of a constrained MDP (arXiv 2509.10526).
+"""gat-ppo: a graph attention policy decides per-group keep ratios group by group, trained with
+PPO on a graded reward; every candidate is projected exactly onto the budget.
 
-One episode = one candidate mask, decided in `steps` slices of the groups (by depth; the keep
-ratio features are updated between slices; the reward comes at the last step, earlier steps get
-0 and GAE carries it back). Episodes are sampled `batch` at a time: the feasible candidates of a
-batch are scored with one `ctx.evaluator.evaluate` call (workers run them in parallel),
-infeasible ones cost no evaluation (their reward is the budget penalty). After each batch,
-`ppo_epochs` PPO steps. The best `final_top` feasible candidates (on the cheap validation subset)
-and the policy's greedy mask are scored on the whole validation split at the end; the best wins.
+One episode = one candidate (see `env`): the groups are decided in slices (one group per step
+by default), the node features re-encoded after each step, the finished candidate projected
+onto the budget and scored by `ctx.evaluator` (the proxy: validation top-1 of the masked copy on
+a subset, BatchNorm re-estimated). Episodes are sampled `batch` at a time and scored with one
+`evaluate` call; then `ppo_epochs` PPO steps. At the end the best `final_top` candidates (by
+proxy) and the policy's greedy candidate are scored on the whole validation split; the best wins.
+
+`learner` picks who proposes candidates, everything else equal (controls for the ablation):
+`ppo` (the policy, learning), `prior` (the untrained policy: its prior alone, best of N),
+`random` (uniform levels / blocks), `cem` (cross-entropy method over independent per-group
+level distributions, started at the prior). Controls do not measure the sensitivity feature;
+they get its evaluations as extra episodes, so every learner spends the same evaluations.
+
+Trajectory: one record per evaluated candidate (`docs/gat-ppo.md` describes the fields).
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,39 +30,60 @@ import torch
 from onnxprune.errors import InputError
 from onnxprune.methods import GAT_PPO, L1
 from onnxprune.search.base import SearchContext, SearchResult, parse_options, progress_bar
-from onnxprune.search.budget import fill_budget, make_feasible, mask_key
+from onnxprune.search.budget import make_feasible, mask_key
 from onnxprune.search.gat_ppo.encoder import BACKENDS, Edges, resolve_backend
+from onnxprune.search.gat_ppo.env import (MIN_KEEP, ActionSpace, Episode, Projector, block_space, kept_count,
+                                          level_space)
 from onnxprune.search.gat_ppo.features import FEATURE_NAMES, build_state_graph
-from onnxprune.search.gat_ppo.policy import ActorCritic, block_size, build_blocks, calibrate_offset, prior_logits
-from onnxprune.search.gat_ppo.ppo import Transition, ppo_update
+from onnxprune.search.gat_ppo.policy import ActorCritic, load_policy, prior_blocks, prior_levels, save_policy
+from onnxprune.search.gat_ppo.ppo import Transition, advantages, ppo_update
 from onnxprune.search.gat_ppo.pretrain import pretrain_encoder
-from onnxprune.search.gat_ppo.reward import SelfCompetitionReward
+from onnxprune.search.gat_ppo.reward import REWARDS, SelfCompetitionReward, amc, graded
 
 METHOD = GAT_PPO.name
+LEARNERS = ("ppo", "prior", "random", "cem")
+ACTIONS = ("levels", "blocks")
 
 
 @dataclass(frozen=True)
 class GatPpoConfig:
     """gat-ppo options (CPU-scale defaults; `--preset paper` for paper-scale values).
 
-    episodes: sampled candidates in all; batch: episodes per PPO update; steps: decision steps
-    per episode (1: one shot); block / blocks_per_group: channels per block or blocks per group
-    (0 and 0: blocks of median-group-size / 8 units); gat_backend: auto | dgl | torch;
-    pretrain / pretrain_steps / pretrain_lr: graph auto-encoder pre-training; hidden, heads,
-    layers: the GAT (embedding = hidden * heads); lr, clip, gamma, gae_lambda, entropy,
-    value_coef, ppo_epochs: PPO; ema: decay of the accuracy average; penalty: budget penalty
-    slope; prior: magnitude of the initial block logits from the global Taylor mask (0: none);
-    prior_feasible: share of feasible first samples the prior's offset is calibrated to (0: no
-    calibration);
-    final_top: feasible candidates re-scored on the whole validation split; fill: also re-score
-    each of them with the unused budget given back to its most important removed channels.
+    episodes: candidates sampled (and evaluated) in all; batch: episodes per update;
+    learner: ppo | prior | random | cem (controls); action: levels | blocks (the seed's binary
+    blocks); levels, level_min: keep ratios evenly spaced from level_min to 1; steps: decision
+    steps per episode (0: one group per step; 1: all groups at once, the seed's one shot);
+    block / blocks_per_group: blocks (action=blocks); project: project every candidate onto the
+    budget (blocks only may turn it off); round_to: kept counts multiple of it; reward: graded |
+    amc | self-competition; baseline: batch | critic (empty: batch, critic for self-competition);
+    adv_floor: smallest batch std the advantages are divided by; prior: strength of the prior
+    from the global Taylor mask (logits per level away / block logit scale); sensitivity:
+    measure each group's proxy drop when thinned alone to sensitivity_ratio (a node feature);
+    cem_elite, cem_smoothing: CEM; gat_backend, pretrain*, hidden, heads, layers: the GAT;
+    lr, clip, gamma, gae_lambda, entropy, value_coef, ppo_epochs: PPO; ema, penalty: the
+    self-competition reward; final_top: candidates re-scored on the whole validation split;
+    policy: a policy file to start from (`policy_out` writes one at the end).
     """
 
     episodes: int = 160
     batch: int = 16
-    steps: int = 1
+    learner: str = "ppo"
+    action: str = "levels"
+    levels: int = 9
+    level_min: float = 0.2
+    steps: int = 0
     block: int = 0
     blocks_per_group: int = 0
+    project: bool = True
+    round_to: int = 1
+    reward: str = "graded"
+    baseline: str = ""
+    adv_floor: float = 0.005
+    prior: float = 1.0
+    sensitivity: bool = True
+    sensitivity_ratio: float = 0.5
+    cem_elite: float = 0.25
+    cem_smoothing: float = 0.7
     gat_backend: str = "auto"
     pretrain: bool = True
     pretrain_steps: int = 200
@@ -63,46 +91,64 @@ class GatPpoConfig:
     hidden: int = 16
     heads: int = 4
     layers: int = 2
-    lr: float = 0.003
+    lr: float = 0.01
     clip: float = 0.2
-    gamma: float = 0.99
+    gamma: float = 1.0
     gae_lambda: float = 0.95
     entropy: float = 0.01
     value_coef: float = 0.5
-    ppo_epochs: int = 4
+    ppo_epochs: int = 8
     ema: float = 0.9
     penalty: float = 10.0
-    prior: float = 3.0
-    prior_feasible: float = 0.7
     final_top: int = 3
-    fill: bool = True
+    policy: str = ""
+    policy_out: str = ""
 
     def __post_init__(self) -> None:
         def need(ok: bool, what: str) -> None:
             if not ok:
                 raise InputError(f"{METHOD}: {what}")
 
-        for name in ("episodes", "batch", "steps", "hidden", "heads", "layers", "ppo_epochs", "final_top"):
+        for name in ("episodes", "batch", "hidden", "heads", "layers", "ppo_epochs", "final_top", "round_to"):
             need(getattr(self, name) >= 1, f"option {name} must be >= 1, got {getattr(self, name)}")
+        need(self.levels >= 2, f"option levels must be >= 2, got {self.levels}")
+        need(0 < self.level_min < 1, f"option level_min must be in (0, 1), got {self.level_min}")
+        need(self.steps >= 0, f"option steps must be >= 0, got {self.steps}")
         need(self.block >= 0 and self.blocks_per_group >= 0, "block and blocks_per_group must be >= 0")
         need(not (self.block > 0 and self.blocks_per_group > 0), "give --block or --blocks-per-group, not both")
+        need(self.learner in LEARNERS, f"option learner must be one of {', '.join(LEARNERS)}, got {self.learner!r}")
+        need(self.action in ACTIONS, f"option action must be one of {', '.join(ACTIONS)}, got {self.action!r}")
+        need(self.reward in REWARDS, f"option reward must be one of {', '.join(REWARDS)}, got {self.reward!r}")
+        need(self.baseline in ("", "batch", "critic"), f"option baseline must be batch or critic, got {self.baseline!r}")
+        need(self.project or self.action == "blocks", "project=false needs action=blocks (levels are always projected)")
+        need(self.project or self.reward == "self-competition",
+             "project=false needs reward=self-competition (only it scores over-budget candidates)")
         need(self.gat_backend in BACKENDS,
              f"--gat-backend must be one of {', '.join(BACKENDS)}, got {self.gat_backend!r}")
         need(self.pretrain_steps >= 0, f"option pretrain_steps must be >= 0, got {self.pretrain_steps}")
-        for name in ("lr", "pretrain_lr", "clip"):
+        for name in ("lr", "pretrain_lr", "clip", "adv_floor"):
             need(getattr(self, name) > 0, f"option {name} must be > 0, got {getattr(self, name)}")
         for name in ("gamma", "gae_lambda"):
             need(0 <= getattr(self, name) <= 1, f"option {name} must be in [0, 1], got {getattr(self, name)}")
         need(0 < self.ema < 1, f"option ema must be in (0, 1), got {self.ema}")
-        need(0 <= self.prior_feasible < 1, f"option prior_feasible must be in [0, 1), got {self.prior_feasible}")
+        need(0 < self.sensitivity_ratio < 1, f"option sensitivity_ratio must be in (0, 1), got {self.sensitivity_ratio}")
+        need(0 < self.cem_elite <= 1 and 0 < self.cem_smoothing <= 1, "options cem_elite and cem_smoothing must be in (0, 1]")
         for name in ("entropy", "value_coef", "penalty", "prior"):
             need(getattr(self, name) >= 0, f"option {name} must be >= 0, got {getattr(self, name)}")
+        need(not (self.policy and self.action == "blocks"), "--policy needs action=levels (block heads depend on the graph)")
+
+    @property
+    def advantage_baseline(self) -> str:
+        return self.baseline or ("critic" if self.reward == "self-competition" else "batch")
 
 
 PRESETS: dict[str, dict[str, Any]] = {
     "cpu": {},
     "paper": {"episodes": 2000, "batch": 32, "hidden": 64, "heads": 4, "layers": 3, "pretrain_steps": 1000,
               "ppo_epochs": 10, "lr": 0.0003, "final_top": 10},
+    # the seed as published: binary blocks in one shot, self-competition reward, no projection
+    "seed": {"action": "blocks", "steps": 1, "reward": "self-competition", "project": False, "prior": 3.0,
+             "sensitivity": False},
 }
 
 
@@ -111,155 +157,247 @@ def parse_config(options: dict[str, Any]) -> GatPpoConfig:
     return parse_options(GatPpoConfig, options, METHOD, presets=PRESETS)
 
 
+def measure_sensitivity(ctx: SearchContext, projector: Projector, ratio: float) -> tuple[np.ndarray, float]:
+    """(drop per node, proxy of the unpruned model): the proxy drop when each group alone keeps
+    its most important `ratio` of units (one evaluation per group, plus the unpruned model)."""
+    graph = projector.graph
+    full = ctx.analysis.full_keep()
+    masks = [full]
+    for i in range(graph.num_nodes):
+        ratios = np.ones(graph.num_nodes)
+        ratios[i] = ratio
+        masks.append(projector.mask(ratios))
+    values = ctx.evaluator.evaluate(masks)
+    return np.asarray([values[0] - v for v in values[1:]], dtype=np.float64), float(values[0])
+
+
 class _Search:
     """The state of one gat-ppo search (everything `--resume` needs is in `state()`)."""
 
-    def __init__(self, ctx: SearchContext, cfg: GatPpoConfig) -> None:
+    def __init__(self, ctx: SearchContext, cfg: GatPpoConfig, sensitivity: np.ndarray | None) -> None:
         self.ctx, self.cfg = ctx, cfg
         self.backend = resolve_backend(cfg.gat_backend)
         analysis = ctx.analysis
         self.importance = np.asarray(ctx.importance)
-        self.graph = build_state_graph(analysis, np.asarray(ctx.scores[L1.name]), self.importance)
+        self.sensitivity = sensitivity
+        self.graph = build_state_graph(analysis, np.asarray(ctx.scores[L1.name]), self.importance, sensitivity,
+                                       ctx.scores.get("impact"))
         self.edges = Edges.of(self.graph.src, self.graph.dst, self.graph.num_nodes)
-        self.layout = build_blocks(self.graph, self.importance, cfg.block, cfg.blocks_per_group)
-        reference = make_feasible(ctx.meter, analysis.full_keep(), self.importance)
-        prior = prior_logits(self.layout, reference, cfg.prior)
-        self.offset = 0.0
-        if cfg.prior > 0 and cfg.prior_feasible > 0:
-            self.offset = calibrate_offset(self.layout, prior, analysis.full_keep(), self._cheap_budget(reference),
-                                           cfg.prior_feasible, np.random.default_rng(ctx.cfg.seed))
-            prior = (prior + self.offset * self.layout.valid()).astype(np.float32)
+        self.projector = Projector(analysis, ctx.meter, self.graph, self.importance, cfg.round_to, MIN_KEEP)
+        if cfg.action == "levels":
+            self.space: ActionSpace = level_space(cfg.levels, cfg.level_min)
+        else:
+            self.space = block_space(self.graph, self.importance, cfg.block, cfg.blocks_per_group)
+        self.reference = make_feasible(ctx.meter, analysis.full_keep(), self.importance)  # global Taylor mask
+        if cfg.action == "levels":
+            prior = prior_levels(self.space.fractions, self.graph.keep_ratios(self.reference), cfg.prior)
+        else:
+            prior = prior_blocks(self.space.blocks, self.space.width, self.reference, cfg.prior)
+        valid = self.space.valid(self.graph.num_nodes)
         with torch.random.fork_rng():
             torch.manual_seed(ctx.cfg.seed)
             self.policy = ActorCritic(len(FEATURE_NAMES), cfg.hidden, cfg.heads, cfg.layers, self.backend,
-                                      prior, self.layout.valid())
+                                      cfg.action, prior, valid)
+        if cfg.policy:
+            load_policy(self.policy, cfg.policy, self.policy_meta())
         self.gen = torch.Generator().manual_seed(ctx.cfg.seed)
         self.opt = torch.optim.Adam(self.policy.parameters(), lr=cfg.lr)
         self.reward = SelfCompetitionReward(cfg.ema, cfg.penalty)
         order = np.argsort(self.graph.depth, kind="stable")
-        self.slices = [s for s in np.array_split(order, min(cfg.steps, self.graph.num_nodes)) if s.size]
+        n_steps = self.graph.num_nodes if cfg.steps == 0 else min(cfg.steps, self.graph.num_nodes)
+        self.slices = [s for s in np.array_split(order, n_steps) if s.size]
+        # CEM: independent per-node distributions, started at the prior
+        if cfg.action == "levels":
+            p = np.exp(prior - prior.max(1, keepdims=True))
+            self.cem = p / p.sum(1, keepdims=True)
+        else:
+            self.cem = np.where(valid, 1.0 / (1.0 + np.exp(-prior)), 0.0)
         self.episode = 0
-        self.best: list[tuple[float, int, np.ndarray]] = []  # (cheap val top-1, episode, keep)
+        self.update = 0
+        self.best: list[tuple[float, int, np.ndarray]] = []  # (proxy, episode, keep)
         self.updates: list[dict[str, float]] = []
         self.pretrain_losses: list[float] = []
 
-    def _cheap_budget(self, reference: np.ndarray) -> Callable[[np.ndarray], bool]:
-        """The budget test for calibrating the prior: the meter's own for MACs, params and
-        channels; for latency (a measurement per mask) MACs at most those of `reference`."""
-        meter, analysis = self.ctx.meter, self.ctx.analysis
-        if meter.budget.kind != "latency":
-            return lambda keep: meter.feasible(analysis.repair(keep, self.importance))
-        limit = analysis.cost.macs(reference)
-        return lambda keep: analysis.cost.macs(analysis.repair(keep, self.importance)) <= limit
+    def policy_meta(self) -> dict[str, Any]:
+        c = self.cfg
+        return {"kind": c.action, "hidden": c.hidden, "heads": c.heads, "layers": c.layers, "levels": c.levels,
+                "features": list(FEATURE_NAMES)}
 
     # -- state -------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
         return {
-            "episode": self.episode, "policy": copy.deepcopy(self.policy.state_dict()),
+            "episode": self.episode, "update": self.update, "policy": copy.deepcopy(self.policy.state_dict()),
             "optimizer": copy.deepcopy(self.opt.state_dict()), "reward": self.reward.state(),
-            "rng": self.ctx.rng.bit_generator.state, "torch_rng": self.gen.get_state(),
+            "rng": self.ctx.rng.bit_generator.state, "torch_rng": self.gen.get_state(), "cem": self.cem.copy(),
             "best": list(self.best), "updates": list(self.updates), "pretrain_losses": list(self.pretrain_losses),
-            "records": copy.deepcopy(self.ctx.trajectory.records),
+            "records": copy.deepcopy(self.ctx.trajectory.records), "sensitivity": self.sensitivity,
         }
 
     def load(self, state: dict[str, Any]) -> None:
-        self.episode = int(state["episode"])
+        self.episode, self.update = int(state["episode"]), int(state["update"])
         self.policy.load_state_dict(state["policy"])
         self.opt.load_state_dict(state["optimizer"])
         self.reward.load(state["reward"])
         self.ctx.rng.bit_generator.state = state["rng"]
         self.gen.set_state(state["torch_rng"])
+        self.cem = np.asarray(state["cem"])
         self.best = list(state["best"])
         self.updates = list(state["updates"])
         self.pretrain_losses = list(state["pretrain_losses"])
         self.ctx.trajectory.records = copy.deepcopy(state["records"])
 
     # -- episodes ----------------------------------------------------------------------------
-    def rollout(self, greedy: bool = False) -> tuple[np.ndarray, list[Transition]]:
-        """One episode: a repaired keep mask and its transitions (rewards still 0)."""
-        keep = self.ctx.analysis.full_keep()
-        n = self.graph.num_nodes
+    def new_episode(self) -> Episode:
+        return Episode(self.graph, self.space, self.projector, self.slices, self.ctx.meter.budget.target)
+
+    def rollout(self, greedy: bool = False) -> tuple[np.ndarray, float, list[Transition], Episode]:
+        """One episode of the current learner: (candidate, projection factor, transitions, episode)."""
+        ep = self.new_episode()
         out: list[Transition] = []
-        for part in self.slices:
-            x = torch.from_numpy(self.graph.features(keep))
-            nodes = torch.zeros(n, dtype=torch.bool)
-            nodes[torch.from_numpy(part)] = True
-            with torch.no_grad():
-                logits, value = self.policy(self.edges, x)
-                if greedy:
-                    actions = (logits > 0).float()
-                else:
-                    actions = torch.bernoulli(torch.sigmoid(logits), generator=self.gen)
-                logp, _ = self.policy.log_prob_entropy(logits, nodes, actions)
-            keep = self.layout.apply(keep, actions.numpy() > 0.5, part)
-            out.append(Transition(x, nodes, actions, float(logp), float(value), 0.0))
-        return self.ctx.analysis.repair(keep, self.importance), out
+        learner = self.cfg.learner
+        n = self.graph.num_nodes
+        while not ep.done:
+            nodes = np.zeros(n, dtype=bool)
+            nodes[self.slices[ep.step]] = True
+            if learner in ("ppo", "prior"):
+                x = ep.features()
+                with torch.no_grad():
+                    logits, value = self.policy(self.edges, torch.from_numpy(x)[None])
+                    actions = self.policy.sample(logits[0], self.gen, greedy)
+                    logp, _ = self.policy.log_prob_entropy(logits, torch.from_numpy(nodes)[None], actions[None])
+                acts = actions.numpy()
+                out.append(Transition(x, nodes, acts, float(logp[0]), float(value[0])))
+            else:
+                acts = self._control_actions(greedy)
+            ep.apply(acts)
+        keep, scale = ep.finish(self.ctx.meter, self.cfg.project)
+        return keep, scale, out, ep
+
+    def _control_actions(self, greedy: bool) -> np.ndarray:
+        rng = self.ctx.rng
+        probs = self.cem if self.cfg.learner == "cem" else None
+        if self.space.kind == "levels":
+            if probs is None:
+                return rng.integers(0, self.space.width, size=self.graph.num_nodes)
+            if greedy:
+                return probs.argmax(1)
+            u = rng.random((probs.shape[0], 1))
+            return np.minimum((probs.cumsum(1) < u).sum(1), self.space.width - 1)
+        p = probs if probs is not None else np.full((self.graph.num_nodes, self.space.width), 0.5)
+        return (p > 0.5).astype(np.float32) if greedy else (rng.random(p.shape) < p).astype(np.float32)
+
+    def _cem_update(self, episodes: list[Episode], proxies: list[float]) -> None:
+        elite_n = max(1, int(round(self.cfg.cem_elite * len(episodes))))
+        elite = np.argsort(-np.asarray(proxies), kind="stable")[:elite_n]
+        if self.space.kind == "levels":
+            freq = np.zeros_like(self.cem)
+            for i in elite.tolist():
+                levels = np.abs(episodes[i].ratios[:, None] - self.space.fractions[None, :]).argmin(1)
+                freq[np.arange(len(levels)), levels] += 1.0 / elite_n
+        else:
+            freq = np.zeros_like(self.cem)
+            for i in elite.tolist():
+                for node, blocks in enumerate(self.space.blocks):
+                    for k, b in enumerate(blocks):
+                        freq[node, k] += float(episodes[i].keep[b].all()) / elite_n
+        a = self.cfg.cem_smoothing
+        self.cem = (1 - a) * self.cem + a * freq
+        if self.space.kind == "levels":  # keep every level reachable
+            self.cem = np.maximum(self.cem, 1e-3)
+            self.cem /= self.cem.sum(1, keepdims=True)
+        else:
+            self.cem = np.clip(self.cem, 0.02, 0.98) * self.space.valid(self.graph.num_nodes)
 
     def run_batch(self, size: int) -> dict[str, Any]:
-        """Sample `size` episodes, score them, reward them, update the policy."""
-        ctx = self.ctx
-        episodes = [self.rollout() for _ in range(size)]
-        ratios = [ctx.meter.ratio(k) for k, _ in episodes]
-        violations = [ctx.meter.violation(k) for k, _ in episodes]
-        feasible = [i for i, v in enumerate(violations) if v <= 0]
-        accs = dict(zip(feasible, ctx.evaluator.evaluate([episodes[i][0] for i in feasible]))) if feasible else {}
-        batch: list[list[Transition]] = []
-        rewards = []
-        for i, (keep, trans) in enumerate(episodes):
-            acc = accs.get(i)
-            r = self.reward(violations[i], acc)
-            rewards.append(r)
-            trans[-1] = dataclasses.replace(trans[-1], reward=r)
-            batch.append(trans)
-            if acc is not None:
-                self.best.append((acc, self.episode, keep))
+        """Sample `size` episodes, score them, reward them, update the learner."""
+        ctx, cfg = self.ctx, self.cfg
+        meter, analysis = ctx.meter, ctx.analysis
+        rolled = [self.rollout() for _ in range(size)]
+        keeps = [r[0] for r in rolled]
+        feasible = [meter.feasible(k) for k in keeps]
+        idx = [i for i, f in enumerate(feasible) if f]
+        scored = ctx.evaluator.evaluate([keeps[i] for i in idx]) if idx else []
+        proxies: list[float | None] = [None] * size
+        for i, v in zip(idx, scored):
+            proxies[i] = float(v)
+        returns: list[float] = []
+        for i, (keep, scale, _, ep) in enumerate(rolled):
+            proxy = proxies[i]
+            violation = meter.violation(keep)
+            macs = analysis.cost.macs(keep)
+            if cfg.reward == "self-competition":
+                r = self.reward(violation, proxy)
+            elif proxy is None:  # cannot happen with projection
+                r = -cfg.penalty * violation
+            elif cfg.reward == "amc":
+                r = amc(proxy, macs)
+            else:
+                r = graded(proxy)
+            returns.append(r)
+            if proxy is not None:
+                self.best.append((proxy, self.episode, keep))
                 self.best.sort(key=lambda b: (-b[0], b[1]))
-                del self.best[self.cfg.final_top:]
-            ctx.trajectory.add(episode=self.episode, reward=r, feasible=acc is not None, val_top1=acc,
-                               budget_ratio=ratios[i], violation=violations[i], ema=self.reward.ema,
-                               keep_share=float(keep[self._prunable_units].mean()))
+                del self.best[cfg.final_top:]
+            ctx.trajectory.add(
+                update=self.update, episode=self.episode, learner=cfg.learner, proxy=proxy, reward=r,
+                macs=macs / max(analysis.macs, 1), params=analysis.cost.params(keep) / max(analysis.params, 1),
+                latency=meter.ratio(keep) if meter.budget.kind == "latency" else None, feasible=proxy is not None,
+                budget_ratio=meter.ratio(keep), scale=scale, ratios=self.graph.keep_ratios(keep).round(4))
             self.episode += 1
-        stats = ppo_update(self.policy, self.opt, self.edges, batch, self.cfg.clip, self.cfg.gamma,
-                           self.cfg.gae_lambda, self.cfg.entropy, self.cfg.value_coef, self.cfg.ppo_epochs)
-        self.updates.append({"episode": self.episode, "mean_reward": float(np.mean(rewards)),
-                             "feasible_share": len(feasible) / size, **stats})
+        stats: dict[str, Any] = {}
+        if cfg.learner == "ppo":
+            episodes = [r[2] for r in rolled]
+            adv, targets = advantages(episodes, returns, cfg.advantage_baseline, cfg.gamma, cfg.gae_lambda,
+                                      cfg.adv_floor)
+            stats = ppo_update(self.policy, self.opt, self.edges, episodes, adv, targets, cfg.clip, cfg.entropy,
+                               cfg.value_coef, cfg.ppo_epochs)
+        elif cfg.learner == "cem":
+            self._cem_update([r[3] for r in rolled], [p if p is not None else -1.0 for p in proxies])
+        valid = [p for p in proxies if p is not None]
+        self.updates.append({"update": self.update, "episode": self.episode, "mean_proxy": float(np.mean(valid)) if valid else None,
+                             "max_proxy": max(valid) if valid else None, "mean_reward": float(np.mean(returns)),
+                             "feasible_share": len(valid) / size, **stats})
+        self.update += 1
         return self.updates[-1]
 
-    @property
-    def _prunable_units(self) -> np.ndarray:
-        return np.concatenate([np.arange(s, s + n) for s, n in zip(self.graph.unit_starts, self.graph.units)])
+    def greedy(self) -> np.ndarray | None:
+        """The learner's most likely candidate (None for random search)."""
+        if self.cfg.learner == "random":
+            return None
+        keep, _, _, _ = self.rollout(greedy=True)
+        return make_feasible(self.ctx.meter, keep, self.importance)
 
-    def finish(self) -> SearchResult:
-        ctx = self.ctx
-        greedy, _ = self.rollout(greedy=True)
-        greedy_feasible = ctx.meter.feasible(greedy)
-        greedy = make_feasible(ctx.meter, greedy, self.importance)
-        candidates: dict[bytes, np.ndarray] = {}
-        for _, _, keep in self.best:
-            candidates.setdefault(mask_key(keep), keep)
-        candidates.setdefault(mask_key(greedy), greedy)
-        if self.cfg.fill:  # blocks leave part of the budget unused: the best units get it
-            for keep in list(candidates.values()):
-                filled = fill_budget(ctx.meter, keep, self.importance)
-                candidates.setdefault(mask_key(filled), filled)
-        keeps = list(candidates.values())
-        full = ctx.evaluator.evaluate(keeps, images=0)
+    def finish(self, extra_evaluations: int) -> SearchResult:
+        ctx, cfg = self.ctx, self.cfg
+        candidates: dict[bytes, tuple[str, np.ndarray]] = {}
+        for _, ep_i, keep in self.best:
+            candidates.setdefault(mask_key(keep), (f"episode {ep_i}", keep))
+        greedy = self.greedy()
+        if greedy is not None:
+            candidates.setdefault(mask_key(greedy), ("greedy", greedy))
+        names, keeps = zip(*candidates.values())
+        full = ctx.evaluator.evaluate(list(keeps), images=0)
         pick = int(np.argmax(full))
-        feasible_records = [r for r in ctx.trajectory.records if r.get("feasible")]
-        block, per_group = block_size(self.graph.units, self.cfg.block, self.cfg.blocks_per_group)
+        if cfg.policy_out:
+            save_policy(self.policy, cfg.policy_out, self.policy_meta())
         ctx.trajectory.meta.update(
-            gat_backend=self.backend, prior_offset=round(self.offset, 4),
-            pretrain_losses=[round(x, 5) for x in self.pretrain_losses],
-            updates=self.updates, nodes=self.graph.num_nodes, edges=int(self.graph.src.size),
-            blocks=int(self.layout.counts.sum()))
+            gat_backend=self.backend, learner=cfg.learner, action=cfg.action, reward=cfg.reward,
+            pretrain_losses=[round(x, 5) for x in self.pretrain_losses], updates=self.updates,
+            nodes=self.graph.num_nodes, edges=int(self.graph.src.size), steps=len(self.slices),
+            feature_names=list(FEATURE_NAMES),
+            group_ids=list(self.graph.group_ids),
+            sensitivity=None if self.sensitivity is None else self.sensitivity.round(5).tolist(),
+            reference_ratios=self.graph.keep_ratios(self.reference).round(4).tolist(),
+            finalists=[{"from": n, "val_top1": float(v)} for n, v in zip(names, full)])
+        curve = [u["mean_proxy"] for u in self.updates if u["mean_proxy"] is not None]
         summary = {
-            "gat_backend": self.backend, "episodes": self.episode, "blocks": int(self.layout.counts.sum()),
-            "block": block if per_group <= 0 else None, "blocks_per_group": per_group or None,
+            "gat_backend": self.backend, "learner": cfg.learner, "action": cfg.action, "reward": cfg.reward,
+            "episodes": self.episode, "updates": self.update, "setup_evaluations": extra_evaluations,
             "pretrain_loss": _mean_tail(self.pretrain_losses),
             "pretrain_loss_start": round(self.pretrain_losses[0], 5) if self.pretrain_losses else None,
-            "feasible_share": len(feasible_records) / max(self.episode, 1), "ema": self.reward.ema,
             "best_subset_val_top1": self.best[0][0] if self.best else None,
-            "greedy_feasible": greedy_feasible, "picked": "greedy" if keeps[pick] is greedy else "sampled",
+            "first_mean_proxy": curve[0] if curve else None, "last_mean_proxy": curve[-1] if curve else None,
+            "picked": names[pick],
         }
         return ctx.finish(keeps[pick], val_top1=float(full[pick]), **summary)
 
@@ -274,23 +412,42 @@ def run(ctx: SearchContext) -> SearchResult:
     cfg = parse_config(dict(ctx.cfg.options))
     if not ctx.analysis.prunable():
         raise InputError(f"{METHOD}: the model has no prunable channel group")
-    search = _Search(ctx, cfg)
     saved = ctx.checkpoint.load()
+    sensitivity = None
+    setup = 0
+    nodes = len(ctx.analysis.prunable())
+    episodes = cfg.episodes
+    if cfg.sensitivity:
+        setup = nodes + 1
+        if cfg.learner == "ppo":
+            if saved is not None:
+                sensitivity = saved["sensitivity"]
+            else:
+                ctx.say(f"measuring the sensitivity of {nodes} groups")
+                probe = _Search(ctx, dataclasses.replace(cfg, sensitivity=False, policy=""), None)
+                sensitivity, _ = measure_sensitivity(ctx, probe.projector, cfg.sensitivity_ratio)
+        else:  # controls spend the same evaluations on candidates
+            episodes += setup
+            setup = 0
+    search = _Search(ctx, cfg, sensitivity)
     if saved is not None:
         search.load(saved)
     else:
-        if cfg.pretrain:
+        if cfg.pretrain and cfg.learner == "ppo" and not cfg.policy:
             ctx.say(f"pre-training the GAT encoder ({cfg.pretrain_steps} steps, graph auto-encoder)")
             search.pretrain_losses = pretrain_encoder(search.policy.encoder, search.graph, search.edges,
                                                       cfg.pretrain_steps, cfg.pretrain_lr, ctx.rng)
         ctx.checkpoint.save(search.state())
-    fields = {"reward": "reward", "feasible": "feasible", "best": "best top-1"}
-    with progress_bar(METHOD, cfg.episodes, ctx.cfg.progress, fields=fields) as update:
+    fields = {"proxy": "mean proxy", "best": "best proxy"}
+    with progress_bar(f"{METHOD} ({cfg.learner})", episodes, ctx.cfg.progress, fields=fields) as update:
         update(search.episode)
-        while search.episode < cfg.episodes:
-            size = min(cfg.batch, cfg.episodes - search.episode)
+        while search.episode < episodes:
+            size = min(cfg.batch, episodes - search.episode)
             stats = search.run_batch(size)
             best = search.best[0][0] if search.best else "-"
-            update(size, reward=stats["mean_reward"], feasible=stats["feasible_share"], best=best)
+            update(size, proxy=stats["mean_proxy"] if stats["mean_proxy"] is not None else "-", best=best)
             ctx.checkpoint.save(search.state())
-    return search.finish()
+    return search.finish(setup)
+
+
+__all__ = ["ACTIONS", "LEARNERS", "PRESETS", "GatPpoConfig", "kept_count", "parse_config", "run"]
