@@ -75,9 +75,11 @@ TAYLOR = Method("taylor", "criterion", "onnxprune.torchcopy.taylor:taylor_criter
 RANDOM = Method("random", "criterion", "onnxprune.criteria.weights:random_scores", "random (seeded) baseline")
 GAT_PPO = Method("gat-ppo", "search", "onnxprune.search.gat_ppo:run",
                  "graph-attention policy trained with PPO under the budget", needs_data=True, flags=(
-                     Flag("episodes", int, "PPO episodes"),
-                     Flag("steps", int, "decision steps per episode (1: one shot)"),
-                     Flag("block", int, "channels per keep/drop block"),
+                     Flag("episodes", int, "candidates sampled and evaluated"),
+                     Flag("steps", int, "decision steps per episode (0: one group per step; 1: one shot)"),
+                     Flag("learner", str, "ppo | prior | random | cem (the last three: controls)"),
+                     Flag("policy", str, "start from this pre-trained policy file (.npz)"),
+                     Flag("block", int, "channels per keep/drop block (--option action=blocks)"),
                      Flag("blocks_per_group", int, "blocks per group (instead of --block)"),
                      Flag("gat_backend", str, "auto | dgl | torch (auto: DGL where it imports)"),
                      Flag("pretrain", bool, "skip the graph auto-encoder pre-training (ablation)", const=False),

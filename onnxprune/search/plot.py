@@ -1,5 +1,7 @@
 """PNG plot of a search trajectory: reward per record, infeasible and feasible phases apart,
-and the best feasible validation accuracy so far."""
+and the best feasible validation accuracy so far; for trajectories with one record per
+candidate (`update`, `proxy`: gat-ppo), the proxy of every candidate, the learning curve (mean
+proxy per update) and the best so far."""
 
 from __future__ import annotations
 
@@ -18,6 +20,9 @@ def plot_trajectory(data: Mapping[str, Any], path: str | os.PathLike[str]) -> No
     import matplotlib.pyplot as plt
 
     records = list(data.get("records", []))
+    if records and all("update" in r and "proxy" in r for r in records):
+        _plot_learning_curve(data, records, path)
+        return
     fig, (ax_r, ax_a) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
     xs_f = [i for i, r in enumerate(records) if r.get("feasible") and "reward" in r]
     xs_i = [i for i, r in enumerate(records) if not r.get("feasible") and "reward" in r]
@@ -42,6 +47,38 @@ def plot_trajectory(data: Mapping[str, Any], path: str | os.PathLike[str]) -> No
     ax_a.set_xlabel("record (episode / stage / candidate)")
     ax_a.set_ylabel("val top-1 (subset)")
     ax_a.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write(path, buf.getvalue())
+
+
+def _plot_learning_curve(data: Mapping[str, Any], records: list[dict[str, Any]], path: str | os.PathLike[str]) -> None:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(1, 1, figsize=(8, 4.5))
+    scored = [(i, r["proxy"]) for i, r in enumerate(records) if r.get("proxy") is not None]
+    if scored:
+        ax.scatter(*zip(*scored), s=6, c="tab:gray", alpha=0.5, label="candidate proxy")
+    by_update: dict[int, list[tuple[int, float]]] = {}
+    for i, r in scored:
+        by_update.setdefault(int(records[i]["update"]), []).append((i, r))
+    xs = [max(i for i, _ in pts) for _, pts in sorted(by_update.items())]
+    ys = [sum(v for _, v in pts) / len(pts) for _, pts in sorted(by_update.items())]
+    ax.plot(xs, ys, c="tab:green", marker="o", ms=3, label="mean proxy per update (learning curve)")
+    best, bx, by = None, [], []
+    for i, v in scored:
+        best = v if best is None else max(best, v)
+        bx.append(i)
+        by.append(best)
+    ax.plot(bx, by, c="tab:blue", label="best so far")
+    meta = data.get("meta", {})
+    ax.set_title(f"{data.get('method', 'search')} ({meta.get('learner', '')}): budget {meta.get('budget', {})}",
+                 fontsize=9)
+    ax.set_xlabel("candidate (episode)")
+    ax.set_ylabel("proxy (val top-1, subset)")
+    ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
