@@ -24,6 +24,7 @@ from torch import nn
 
 from onnxprune.errors import InputError
 from onnxprune.fileio import atomic_write
+from onnxprune.methods import GAT_PPO
 from onnxprune.search.gat_ppo.encoder import Edges, GATEncoder
 
 
@@ -135,12 +136,12 @@ def load_policy(policy: ActorCritic, path: str | Path, meta: dict[str, Any]) -> 
             saved_meta = json.loads(bytes(data["__meta__"]).decode())
             arrays = {k: torch.from_numpy(data[k].copy()) for k in data.files if k != "__meta__"}
     except FileNotFoundError:
-        raise InputError(f"gat-ppo: --policy {path} does not exist") from None
+        raise InputError(f"{GAT_PPO.name}: --policy {path} does not exist") from None
     except Exception as exc:  # not an npz of ours
-        raise InputError(f"gat-ppo: --policy {path} is not a gat-ppo policy file ({type(exc).__name__})") from None
+        raise InputError(f"{GAT_PPO.name}: --policy {path} is not a gat-ppo policy file ({type(exc).__name__})") from None
     for key in ("kind", "hidden", "heads", "layers", "levels", "features"):
         if saved_meta.get(key) != meta.get(key):
-            raise InputError(f"gat-ppo: --policy {path} was trained with {key}={saved_meta.get(key)!r}, "
+            raise InputError(f"{GAT_PPO.name}: --policy {path} was trained with {key}={saved_meta.get(key)!r}, "
                              f"this run uses {meta.get(key)!r}")
     state = policy.state_dict()
     state.update(arrays)
