@@ -1,11 +1,14 @@
-"""BENCHMARKS.md, results.json and the PNG plots, from the stored runs of `benchmarks.run`."""
+"""BENCHMARKS.md, results.json and the PNG plots, from the stored runs of `benchmarks.run` only.
+
+Every number comes from a file under `benchmarks/results/`; every setting shown is read from the
+run records (never filled in here). Runs of the protocol that are not stored are listed as missing,
+with the reason when one is known; runs made on another base file than the current one are left
+out and counted as stale.
+"""
 
 from __future__ import annotations
 
 import json
-import os
-import platform
-import subprocess
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -13,261 +16,362 @@ from typing import Any, Iterable
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "benchmarks" / "results"
-RUNS = RESULTS / "runs"
-METHOD_ORDER = ("l1-uniform", "taylor-global", "random", "torch-pruning", "rl-pruner", "rl-pruner-nopost", "sacp",
-                "gat-ppo")
-TARGET_ORDER = ("sparsity-0.25", "sparsity-0.5", "sparsity-0.75", "flops-0.5")
+from benchmarks import run as bench
+
+ROOT = bench.ROOT
+RESULTS = bench.RESULTS
+RUNS = bench.RUNS
+METHOD_ORDER = bench.METHODS
 COLORS = {"l1-uniform": "tab:blue", "taylor-global": "tab:orange", "random": "tab:gray",
-          "torch-pruning": "tab:purple", "rl-pruner": "tab:brown", "rl-pruner-nopost": "tab:pink", "sacp": "tab:olive", "gat-ppo": "tab:red"}
+          "tp-l1-local": "tab:purple", "tp-l1-global": "mediumpurple", "tp-taylor-local": "tab:cyan",
+          "tp-taylor-global": "tab:green", "rl-pruner": "tab:brown", "rl-pruner-nopost": "tab:pink",
+          "sacp": "tab:olive", "gat-ppo": "tab:red"}
+Cell = tuple[str, str, str, str]  # model, form, target, method
 
 
-def load_runs() -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
+def load_runs() -> tuple[dict[tuple[str, str], dict[str, Any]], list[dict[str, Any]]]:
+    """(originals by (model, form), run records) of every stored JSON file."""
     originals, runs = {}, []
     for path in sorted(RUNS.glob("*.json")):
         rec = json.loads(path.read_text())
+        rec["_file"] = path.name
         if path.stem.endswith("__original"):
-            originals[rec["model"]] = rec
+            originals[(rec["model"], rec.get("form", "bn"))] = rec
         else:
             runs.append(rec)
     return originals, runs
 
 
-def _machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import onnxruntime
-    import torch
-
-    return (f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, Python "
-            f"{platform.python_version()}, torch {torch.__version__}, onnxruntime {onnxruntime.__version__}")
-
-
-def _mean_std(values: Iterable[float]) -> tuple[float, float, int]:
+def mean_se(values: Iterable[float | None]) -> tuple[float, float, int]:
+    """Mean, standard error of the mean (nan for one value) and count of the finite values."""
     v = np.array([x for x in values if x is not None and np.isfinite(x)], dtype=float)
     if v.size == 0:
         return float("nan"), float("nan"), 0
-    return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else 0.0, int(v.size)
+    se = float(v.std(ddof=1) / np.sqrt(v.size)) if v.size > 1 else float("nan")
+    return float(v.mean()), se, int(v.size)
 
 
-def _fmt_acc(values: list[float]) -> str:
-    m, s, n = _mean_std(values)
+def _pct(values: list[float | None]) -> str:
+    m, se, n = mean_se(values)
     if n == 0:
         return "-"
-    return f"{100 * m:.2f}" + (f" ± {100 * s:.2f} (n={n})" if n > 1 else "")
+    return f"{100 * m:.2f}" + (f" ± {100 * se:.2f}" if n > 1 else "")
 
 
-def _group(runs: list[dict[str, Any]]) -> dict[tuple[str, str, str], list[dict[str, Any]]]:
-    out: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
-    for r in runs:
-        out[(r["model"], r["target"], r["method"])].append(r)
-    return out
+def paired_diff(runs_a: list[dict[str, Any]], runs_b: list[dict[str, Any]], key: str) -> tuple[float, float, int]:
+    """Mean and SE of a - b over the seeds both have (paired by seed)."""
+    a = {r["seed"]: r.get(key) for r in runs_a}
+    b = {r["seed"]: r.get(key) for r in runs_b}
+    d = [a[s] - b[s] for s in sorted(set(a) & set(b)) if a[s] is not None and b[s] is not None]
+    return mean_se(d)
 
 
-def _ordered(items: Iterable[str], order: tuple[str, ...]) -> list[str]:
-    items = set(items)
-    return [x for x in order if x in items] + sorted(items - set(order))
+def _seeds(seeds: Iterable[int]) -> str:
+    s = sorted(seeds)
+    if s and s == list(range(s[0], s[-1] + 1)) and len(s) > 2:
+        return f"{s[0]}-{s[-1]}"
+    return ", ".join(map(str, s))
 
 
-def plots(originals: dict[str, Any], runs: list[dict[str, Any]]) -> list[str]:
+def _current_sha(model: str, form: str) -> str | None:
+    try:
+        return bench._sha256(bench.base_path_if_present(model, form))
+    except FileNotFoundError:
+        return None
+
+
+def _latency(rec: dict[str, Any], originals: dict[tuple[str, str], dict[str, Any]], batch: int) -> tuple[float | None, bool]:
+    """(speed-up over the original at `batch`, from the quiet pass?)."""
+    quiet = rec.get("latency_quiet")
+    if quiet:
+        return quiet[f"speedup_b{batch}"], True
+    base = originals.get((rec["model"], rec["form"]), {}).get("latency_run", {})
+    run = rec.get("latency_run", {})
+    if base.get(f"b{batch}_ms") and run.get(f"b{batch}_ms"):
+        return base[f"b{batch}_ms"] / run[f"b{batch}_ms"], False
+    return None, False
+
+
+def plots(originals: dict[tuple[str, str], dict[str, Any]], cells: dict[Cell, list[dict[str, Any]]],
+          form: str) -> list[str]:
+    """Accuracy vs MACs and vs latency per model (mean ± SE over seeds), and learning curves."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     made = []
-    ok = [r for r in runs if "error" not in r]
-    models = _ordered({r["model"] for r in ok}, tuple(originals))
-    for metric, ylabel, fname in (("test_top1", "test top-1", "accuracy_vs_macs.png"),
-                                  ("latency_b1_ms", "latency batch 1 (ms, onnxruntime CPU)", "latency_vs_macs.png")):
-        if not models:
-            break
-        fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 4), squeeze=False)
-        for ax, model in zip(axes[0], models):
-            for method in _ordered({r["method"] for r in ok if r["model"] == model}, METHOD_ORDER):
-                pts = sorted((r["macs_ratio"], r[metric]) for r in ok
-                             if r["model"] == model and r["method"] == method and r.get(metric) is not None)
-                if pts:
-                    xs, ys = zip(*pts)
-                    ax.scatter(xs, ys, s=18, c=COLORS.get(method, "black"), label=method)
-            base = originals.get(model)
-            if base and base.get(metric) is not None:
-                ax.axhline(base[metric], ls="--", c="black", lw=0.8, label="original")
-            ax.set_title(model)
-            ax.set_xlabel("MACs kept (fraction)")
-            ax.set_ylabel(ylabel)
-            ax.grid(alpha=0.3)
-        axes[0][-1].legend(fontsize=7, loc="best")
-        fig.tight_layout()
-        fig.savefig(RESULTS / fname, dpi=100)
+    models = [m for m in bench.MODELS if any(k[0] == m and k[1] == form for k in cells)]
+    if models:
+        fig, axes = plt.subplots(2, len(models), figsize=(4.5 * len(models) + 1, 7.5), squeeze=False, sharey="row")
+        handles: dict[str, Any] = {}
+        for col, model in enumerate(models):
+            for row, (xlabel, xfun) in enumerate((
+                    ("MACs kept (fraction of the original)", lambda r: r.get("macs_ratio")),
+                    ("latency, batch 1 (fraction of the original)",
+                     lambda r: (1 / s) if (s := _latency(r, originals, 1)[0]) else None))):
+                ax = axes[row][col]
+                for (mo, fo, target, method), recs in sorted(cells.items()):
+                    if mo != model or fo != form:
+                        continue
+                    xm, xse, _ = mean_se(xfun(r) for r in recs)
+                    ym, yse, n = mean_se(r.get("test_top1") for r in recs)
+                    if n == 0 or not np.isfinite(xm):
+                        continue
+                    marker = {"macs-0.5": "o", "macs-0.25": "s", "latency-0.5": "^"}.get(target, "x")
+                    h = ax.errorbar(xm, 100 * ym, xerr=None if np.isnan(xse) else xse,
+                                    yerr=None if np.isnan(yse) else 100 * yse, fmt=marker,
+                                    color=COLORS.get(method, "black"), ms=5, capsize=2)
+                    handles.setdefault(method, h)
+                base = originals.get((model, form))
+                if base:
+                    h = ax.axhline(100 * base["test_top1"], ls="--", c="black", lw=0.8)
+                    handles.setdefault("original", h)
+                ax.set_xlim(0, 1.05)
+                ax.set_xlabel(xlabel)
+                ax.grid(alpha=0.3)
+                if row == 0:
+                    ax.set_title(f"{model} ({form})")
+                if col == 0:
+                    ax.set_ylabel("test top-1 (%) after fine-tune")
+        order = [m for m in (*METHOD_ORDER, "original") if m in handles]
+        fig.legend([handles[m] for m in order], order, loc="lower center", ncol=min(6, len(order)), fontsize=8)
+        fig.text(0.01, 0.01, "o macs-0.5   s macs-0.25   ^ latency-0.5; bars: standard error over seeds", fontsize=7)
+        fig.tight_layout(rect=(0, 0.08, 1, 1))
+        name = f"accuracy_{form}.png"
+        fig.savefig(RESULTS / name, dpi=100)
         plt.close(fig)
-        made.append(fname)
-    # layer-wise kept channels at 50% MACs, one panel per model
-    flops = [r for r in ok if r["target"] == "flops-0.5" and r.get("kept")]
-    fmodels = _ordered({r["model"] for r in flops}, tuple(originals))
-    if fmodels:
-        fig, axes = plt.subplots(len(fmodels), 1, figsize=(9, 3 * len(fmodels)), squeeze=False)
-        for ax, model in zip(axes[:, 0], fmodels):
-            for method in _ordered({r["method"] for r in flops if r["model"] == model}, METHOD_ORDER):
-                rec = min((r for r in flops if r["model"] == model and r["method"] == method), key=lambda r: r["seed"])
-                ax.plot(range(len(rec["kept"])), rec["kept"], marker=".", c=COLORS.get(method, "black"), label=method)
-            ax.set_title(f"{model}: kept fraction per prunable channel group at 50% MACs")
-            ax.set_xlabel("prunable group (topological order)")
-            ax.set_ylabel("kept")
-            ax.set_ylim(0, 1.05)
+        made.append(name)
+    # learning curves of the search methods (running best proxy of feasible candidates)
+    curves = []
+    for (model, fo, target, method), recs in sorted(cells.items()):
+        if fo != form or method not in bench.SEARCHES:
+            continue
+        for r in recs:
+            traj = ROOT / r.get("trajectory", "-")
+            if traj.is_file():
+                curves.append((model, target, method, r["seed"], json.loads(traj.read_text())))
+    if curves:
+        panels = sorted({(m, t) for m, t, *_ in curves})
+        fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels) + 1, 3.8), squeeze=False, sharey=True)
+        handles = {}
+        for ax, (model, target) in zip(axes[0], panels):
+            for m, t, method, seed, traj in curves:
+                if (m, t) != (model, target):
+                    continue
+                ys, best = [], float("nan")
+                for rec in traj.get("records", []):
+                    proxy = rec.get("proxy")
+                    if proxy is not None and rec.get("feasible", True):
+                        best = proxy if not np.isfinite(best) else max(best, proxy)
+                    ys.append(best)
+                (h,) = ax.plot(range(1, len(ys) + 1), ys, c=COLORS.get(method, "black"), lw=1)
+                handles.setdefault(method, h)
+            ax.set_title(f"{model} {target}")
+            ax.set_xlabel("evaluated candidates")
             ax.grid(alpha=0.3)
-        axes[0][0].legend(fontsize=7, ncol=4)
-        fig.tight_layout()
-        fig.savefig(RESULTS / "kept_channels.png", dpi=100)
+        axes[0][0].set_ylabel("best feasible proxy so far")
+        fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=4, fontsize=8)
+        fig.tight_layout(rect=(0, 0.1, 1, 1))
+        name = f"learning_curves_{form}.png"
+        fig.savefig(RESULTS / name, dpi=100)
         plt.close(fig)
-        made.append("kept_channels.png")
+        made.append(name)
     return made
 
 
-def _verdicts(grouped: dict[tuple[str, str, str], list[dict[str, Any]]], models: list[str]) -> list[str]:
+def _protocol_lines(runs: list[dict[str, Any]]) -> list[str]:
+    protocols = {json.dumps(r["protocol"], sort_keys=True) for r in runs if "protocol" in r}
+    out = []
+    for text in sorted(protocols):
+        p = json.loads(text)
+        n = sum(1 for r in runs if json.dumps(r.get("protocol"), sort_keys=True) == text)
+        images = "all training images" if p["finetune_images"] is None else f"{p['finetune_images']} images"
+        out.append(f"- Recorded in {n} run(s): fine-tune {p['finetune_epochs']} epoch(s) of knowledge distillation "
+                   f"from the original over {images} per epoch (batch {p['finetune_batch_size']}, "
+                   f"{p['finetune_optimizer']} lr {p['finetune_lr']} cosine, tau {p['finetune_tau']}, "
+                   f"T {p['finetune_temperature']}, best validation epoch kept); search proxy on "
+                   f"{p['eval_images']} validation images; latency: median of {p['latency_runs']} onnxruntime CPU "
+                   f"runs after {p['latency_warmup']} warm-up, latency targets at batch {p['latency_target_batch']}; "
+                   f"round-to {p['round_to']}.")
+    return out
+
+
+def _missing(mode: bench.Mode, cells: dict[Cell, list[dict[str, Any]]], failed: dict[Cell, list[dict[str, Any]]],
+             present: set[tuple[str, str]]) -> list[str]:
     lines = []
-    for model in models:
-        cell = {m: _mean_std(r.get("test_top1") for r in grouped.get((model, "flops-0.5", m), []))[0]
-                for m in METHOD_ORDER}
-        cell = {m: v for m, v in cell.items() if np.isfinite(v)}
-        if "gat-ppo" not in cell or len(cell) < 2:
-            continue
-        # rl-pruner post-trains inside its search: not the same training budget as the others
-        others = {m: v for m, v in cell.items() if m not in ("gat-ppo", "rl-pruner")}
-        if not others:
-            continue
-        best = max(others, key=others.get)
-        diff = 100 * (cell["gat-ppo"] - others[best])
-        word = "ahead of" if diff > 0 else "behind"
-        line = (f"- **{model}**: gat-ppo {100 * cell['gat-ppo']:.2f}% is {word} the best other method at equal "
-                f"fine-tune budget ({best}, {100 * others[best]:.2f}%) by {abs(diff):.2f} points")
-        if "rl-pruner" in cell:
-            line += (f"; rl-pruner, which also post-trains between its pruning steps, reaches "
-                     f"{100 * cell['rl-pruner']:.2f}%")
-        lines.append(line + ".")
+    per_model = len(mode.targets) * len(mode.methods) * len(mode.seeds)
+    for model in mode.models:
+        for form in mode.forms:
+            if (model, form) not in present:
+                why = bench.TRAINING[model].get("not_trained", "base not available")
+                lines.append(f"- **{model} ({form})**: all {per_model} runs ({len(mode.targets)} targets x "
+                             f"{len(mode.methods)} methods x {len(mode.seeds)} seeds): base {why}.")
+                continue
+            for target in mode.targets:
+                for method in mode.methods:
+                    have = {r["seed"] for r in cells.get((model, form, target, method), [])}
+                    bad = {r["seed"] for r in failed.get((model, form, target, method), [])}
+                    lost = [s for s in mode.seeds if s not in have and s not in bad]
+                    if lost:
+                        why = bench.PENDING.get(method, "not run yet (CPU time)")
+                        lines.append(f"- {model} ({form}) {target} {method}: seed(s) {_seeds(lost)}: {why}.")
+                    if bad:
+                        err = failed[(model, form, target, method)][0]["error"]
+                        lines.append(f"- {model} ({form}) {target} {method}: seed(s) {_seeds(bad)} FAILED: {err[:160]}")
     return lines
 
 
-def write_report(mode: str) -> Path:
+def write_report(mode_name: str = "protocol") -> Path:
+    """Write BENCHMARKS.md, results/results.json and the plots from the stored runs."""
+    mode = bench.MODES[mode_name]
     originals, runs = load_runs()
     RESULTS.mkdir(parents=True, exist_ok=True)
-    made = plots(originals, runs)
-    (RESULTS / "results.json").write_text(json.dumps({"originals": originals, "runs": runs}, indent=1) + "\n")
-    grouped = _group(runs)
-    models = _ordered({r["model"] for r in runs}, ("resnet20", "resnet56", "mobilenetv2", "vgg19_bn"))
+    present = {k for k, o in originals.items() if _current_sha(*k) == o.get("sha256")}
+    cells: dict[Cell, list[dict[str, Any]]] = defaultdict(list)
+    failed: dict[Cell, list[dict[str, Any]]] = defaultdict(list)
+    stale, other_modes = [], defaultdict(int)
+    for r in runs:
+        if r.get("mode", "protocol") != mode_name:
+            other_modes[r.get("mode", "?")] += 1
+            continue
+        key = (r["model"], r.get("form", "bn"), r["target"], r["method"])
+        if "error" in r:
+            failed[key].append(r)
+        elif (r["model"], r.get("form", "bn")) not in present or \
+                r.get("base", {}).get("sha256") != originals[(r["model"], r["form"])].get("sha256"):
+            stale.append(r["_file"])
+        else:
+            cells[key].append(r)
+    made = []
+    for form in bench.FORMS:
+        made += plots(originals, cells, form)
+    (RESULTS / "results.json").write_text(json.dumps(
+        {"originals": {f"{m}__{f}": o for (m, f), o in originals.items()},
+         "runs": [r for rs in cells.values() for r in rs], "failed": [r for rs in failed.values() for r in rs],
+         "stale": stale}, indent=1, default=str) + "\n")
+    quiet_file = RESULTS / "latency_pass.json"
+    quiet = json.loads(quiet_file.read_text()) if quiet_file.exists() else None
+    done = sum(len(v) for v in cells.values())
+    expected = len(mode.models) * len(mode.forms) * len(mode.targets) * len(mode.methods) * len(mode.seeds)
     out = ["# Benchmarks", "",
-           "Regenerated by `python -m benchmarks.run` (this file, `benchmarks/results/results.json` and the "
-           "plots). Every number below was measured by that command on this machine; nothing is copied "
-           "from papers.", "",
-           f"- Machine: {_machine()}",
-           f"- Last regenerated: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, last mode run: `{mode}`",
-           f"- Commit: `{_git('rev-parse', '--short', 'HEAD')}`", "",
-           "## Protocol", "",
-           "- Models from `models/`, trained on Fashion-MNIST by `python -m models.train` "
-           "(settings in `benchmarks/run.py::TRAINING`), exported with BatchNorm kept.",
-           "- Targets: `sparsity-S` removes a fraction S of the prunable channels (uniform per group for "
-           "l1-uniform, random and Torch-Pruning; global for taylor-global); the search methods get the MACs l1-uniform keeps at S as their budget "
-           "(runs stored before that had a channel budget: rows marked †); `flops-0.5` keeps at most 50% of the MACs.",
-           "- Same fine-tune budget for every method: knowledge distillation from the original "
-           "(tau 0.7, T 4, SGD + cosine), the epochs and images per epoch given in each run record; the "
-           "best validation epoch is kept. rl-pruner additionally post-trains between its pruning steps "
-           "(part of that method), which the search time includes.",
-           "- Test top-1: onnxruntime on Fashion-MNIST t10k (never used for search, scoring or fine-tuning). "
-           "Latency: onnxruntime CPU, median of 30 runs, batch 1 and 32, default threads. "
-           "Search time: scoring + search (not fine-tuning). Evaluations: masked validation passes.",
-           "- Torch-Pruning 1.6: `MetaPruner` with `GroupMagnitudeImportance(p=1)` (group L1), uniform "
-           "ratio (bisection to the MACs target, measured with onnxprune's cost model), classifier ignored, "
-           "on the `models/` PyTorch model loaded with the ONNX weights.", ""]
-    out += ["## Original models", "",
-            "| model | test top-1 | MACs | params | latency b1 (ms) | latency b32 (ms) |",
-            "|---|---|---|---|---|---|"]
-    for model in models:
-        o = originals.get(model, {})
-        out.append(f"| {model} | {100 * o.get('test_top1', float('nan')):.2f} | {o.get('macs', 0) / 1e6:.1f} M | "
-                   f"{o.get('params', 0) / 1e6:.3f} M | {o.get('latency_b1_ms', float('nan')):.2f} | "
-                   f"{o.get('latency_b32_ms', float('nan')):.2f} |")
+           "Rendered by `python -m benchmarks.run --report-only` from the run records under "
+           "`benchmarks/results/runs/` (one JSON file per run, holding every setting it used); plots and "
+           "`benchmarks/results/results.json` come from the same files. Nothing is copied from papers.", "",
+           f"- Rendered: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, commit `{bench.git_commit()}`.",
+           f"- Protocol runs stored: {done} of {expected} "
+           f"({len(mode.models)} models x {len(mode.forms)} form x {len(mode.targets)} targets x "
+           f"{len(mode.methods)} methods x {len(mode.seeds)} seeds); {sum(len(v) for v in failed.values())} failed, "
+           f"{len(stale)} stale (made on another base file, left out). The missing runs are listed below.",
+           ]
+    if other_modes:
+        out.append("- Not tabled: " + ", ".join(f"{n} run(s) of mode `{m}`" for m, n in sorted(other_modes.items()))
+                   + " (another protocol).")
+    out += ["", "## Protocol", "",
+            "- Bases: `models/` nets trained on Fashion-MNIST with `models.train` (settings below and in "
+            "`benchmarks/run.py::TRAINING`), exported twice from the same weights: BatchNorm folded into "
+            "Conv (what both torch exporters write by default; the primary column) and BatchNorm kept "
+            "(optional second column).",
+            "- Targets: `macs-F` keeps at most F of the MACs; `latency-F` at most F of the original's "
+            "measured onnxruntime latency (search methods: their own latency budget; score-based methods and "
+            "Torch-Pruning: bisection on the MACs fraction / pruning ratio until the pruned model's measured "
+            "latency fits).",
+            "- Each run measures test top-1 right after pruning (no fine-tune; BatchNorm statistics re-estimated "
+            "for BN-kept bases) and after the fine-tune below; test top-1 is onnxruntime on Fashion-MNIST's "
+            "t10k (never used for search, scoring or fine-tuning).",
+            "- Seeds are paired across methods: seed s fixes the validation split, the fine-tune order and "
+            "the method's own randomness, the same for every method. Tables give mean ± standard error over "
+            "seeds, and each method's paired difference against gat-ppo (mean ± SE over the seeds both have).",
+            "- rl-pruner post-trains between its pruning steps (part of that method; extra training the others "
+            "do not get); `rl-pruner-nopost` is the same search without it.",
+            ] + _protocol_lines([r for rs in cells.values() for r in rs])
+    out += ["", "## Bases", "",
+            "| model | form | test top-1 (%) | MACs | params | trained | settings |", "|---|---|---|---|---|---|---|"]
+    for model in mode.models:
+        spec = bench.TRAINING[model]
+        for form in bench.FORMS:
+            o = originals.get((model, form))
+            if (model, form) in present and o:
+                tr = o.get("training", {})
+                out.append(f"| {model} | {form} | {100 * o['test_top1']:.2f} | {o['macs'] / 1e6:.1f} M | "
+                           f"{o['params'] / 1e6:.3f} M | {tr.get('epochs', '?')} epochs, "
+                           f"{tr.get('train_images', '?')} images, {tr.get('train_seconds', 0) / 60:.0f} min | "
+                           f"`{spec['command']}` |")
+            elif form == "folded":
+                out.append(f"| {model} | both | - | - | - | {spec.get('not_trained', 'not available')} | "
+                           f"`{spec['command']}` |")
+    epoch_file = RESULTS / "epoch_time.json"
+    if epoch_file.exists():
+        et = json.loads(epoch_file.read_text())
+        out += ["", "Measured training time per epoch (`python -m benchmarks.epoch_time`, "
+                f"{et['steps']} steps of batch {et['batch_size']} timed and scaled to {et['train_images']} images, "
+                f"{et['threads']} threads, {et['note']}): "
+                + "; ".join(f"{m} {v['epoch_s'] / 60:.1f} min" for m, v in et["models"].items())
+                + ". Fifteen epochs each is what the untrained bases would need."]
     out.append("")
-    verdicts = _verdicts(grouped, models)
-    if verdicts:
-        out += ["## gat-ppo against the others at 50% MACs", ""] + verdicts + [
-            "", "Compare the gaps with the seed spread in the tables (± is the standard deviation over seeds, "
-            "where several were run): a gap smaller than that is not a ranking.", ""]
-    for model in models:
-        base = originals.get(model, {})
-        out += [f"## {model}", "",
-                "| target | method | test top-1 (%) | MACs | params | latency b1 | latency b32 | search (s) | evals |",
-                "|---|---|---|---|---|---|---|---|---|"]
-        marked = False
-        for target in _ordered({k[1] for k in grouped if k[0] == model}, TARGET_ORDER):
-            for method in _ordered({k[2] for k in grouped if k[0] == model and k[1] == target}, METHOD_ORDER):
-                recs = grouped[(model, target, method)]
-                errors = [r["error"] for r in recs if "error" in r]
-                good = [r for r in recs if "error" not in r]
-                if not good:
-                    out.append(f"| {target} | {method} | failed: {errors[0][:80]} | | | | | | |")
-                    continue
-
-                def mean(key: str) -> float:
-                    return _mean_std(r.get(key) for r in good)[0]
-
-                ref = [r["macs_ratio"] for r in grouped.get((model, target, "l1-uniform"), []) if "macs_ratio" in r]
-                mark = " †" if (target.startswith("sparsity") and ref and
-                                abs(mean("macs_ratio") / np.mean(ref) - 1) > 0.02) else ""
-                marked = marked or bool(mark)
-                b1 = base.get("latency_b1_ms", float("nan")) / mean("latency_b1_ms")
-                b32 = base.get("latency_b32_ms", float("nan")) / mean("latency_b32_ms")
-                evals = _mean_std(r.get("search_summary", {}).get("total_evaluations", r.get("evaluations"))
-                                  for r in good)[0]
-                out.append(f"| {target} | {method}{mark} | {_fmt_acc([r['test_top1'] for r in good])} | "
-                           f"{mean('macs_ratio'):.3f} | {mean('params_ratio'):.3f} | {b1:.2f}x | {b32:.2f}x | "
-                           f"{mean('search_s'):.1f} | {'' if not np.isfinite(evals) else int(evals)} |")
-        out.append("")
-        if marked:
-            out += ["† MACs differ from l1-uniform's at this channel sparsity by more than 2%: not an equal-cost "
-                    "comparison (newer runs give the search methods l1-uniform's MACs as their budget).", ""]
-        settings = sorted({(r["method"], r.get("eval_images", 500 if "evaluations" in r else None), json.dumps(r.get("search_options", {}), sort_keys=True),
-                            r.get("finetune_epochs"), r.get("finetune_images"))
-                           for r in runs if r["model"] == model and "error" not in r}, key=str)
-        budgets = sorted({(e, i) for _, _, _, e, i in settings})
-        searched = [f"{m} eval-images {ev}" + (f" options {o}" if o != "{}" else "")
-                    for m, ev, o, _, _ in settings if ev is not None]
-        out.append("Fine-tune budget: " + "; ".join(f"{e} epoch(s) x {i} images" for e, i in budgets) + "."
-                   + (" Search settings: " + "; ".join(searched) + "." if searched else ""))
-        out.append("")
-    sacp = [r for r in runs if r.get("method") == "sacp" and "error" not in r]
-    if sacp:
-        out += ["## SACP: does embedding similarity rank candidates by accuracy?", "",
-                "Rank correlation between the similarity ranking and the measured (masked, BN re-calibrated) "
-                "validation accuracy of the evaluated top-m candidates.", "",
-                "| model | target | Spearman | Kendall |", "|---|---|---|---|"]
-        for r in sacp:
-            s = r.get("search_summary", {})
-            out.append(f"| {r['model']} | {r['target']} | {s.get('spearman', float('nan')):.3f} | "
-                       f"{s.get('kendall', float('nan')):.3f} |")
-        out.append("")
+    ref = bench.REFERENCE
+    for form in bench.FORMS:
+        models = [m for m in mode.models if any(k[0] == m and k[1] == form for k in cells)]
+        for model in models:
+            base = originals[(model, form)]
+            out += [f"## {model}, {'BatchNorm folded' if form == 'folded' else 'BatchNorm kept'}", "",
+                    f"Original: {100 * base['test_top1']:.2f}% test top-1.", "",
+                    f"| target | method | seeds | no fine-tune (%) | fine-tuned (%) | vs {ref} (points) | MACs | "
+                    "params | speed-up b1 | speed-up b32 | search (s) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+            for target in mode.targets:
+                for method in METHOD_ORDER:
+                    recs = cells.get((model, form, target, method))
+                    if not recs:
+                        continue
+                    refs = cells.get((model, form, target, ref), [])
+                    if method == ref:
+                        diff = "reference"
+                    elif refs:
+                        dm, dse, dn = paired_diff(recs, refs, "test_top1")
+                        diff = "no paired seeds" if dn == 0 else (
+                            f"{100 * dm:+.2f}" + (f" ± {100 * dse:.2f}" if dn > 1 else "") + f" (n={dn})")
+                    else:
+                        diff = f"{ref} missing"
+                    lat = [(_latency(r, originals, b)) for r in recs for b in (1,)]
+                    b1 = mean_se(x for x, _ in lat)[0]
+                    b32 = mean_se(_latency(r, originals, 32)[0] for r in recs)[0]
+                    q = "" if lat and all(qq for _, qq in lat) else "*"
+                    out.append(f"| {target} | {method} | {_seeds(r['seed'] for r in recs)} | "
+                               f"{_pct([r.get('test_top1_noft') for r in recs])} | {_pct([r['test_top1'] for r in recs])} | "
+                               f"{diff} | {mean_se(r['macs_ratio'] for r in recs)[0]:.3f} | "
+                               f"{mean_se(r['params_ratio'] for r in recs)[0]:.3f} | {b1:.2f}x{q} | {b32:.2f}x{q} | "
+                               f"{mean_se(r.get('search_s') for r in recs)[0]:.1f} |")
+            out += ["", "Speed-ups marked * were timed right after their run, under load (not yet re-timed by the "
+                    "quiet `--latency-only` pass); unmarked ones come from that pass.", ""]
+    out += ["## Missing runs", ""] + (_missing(mode, cells, failed, present) or ["None."]) + [""]
+    out += ["## Latency pass", ""]
+    if quiet:
+        out.append(f"`python -m benchmarks.run --latency-only` on {quiet['started']}: {quiet['models']} pruned models, "
+                   f"each timed interleaved with its original ({quiet['rounds']} rounds; {quiet['statistic']}; "
+                   f"batch 1 and 32; {quiet['provider']}). Machine: {quiet['machine']}. Other processes used "
+                   f"{quiet['other_cores_busy']} cores on average during the pass (load average "
+                   f"{quiet['load_start']} at the start, {quiet['load_end']} at the end)"
+                   + (": nothing else ran." if (quiet['other_cores_busy'] or 0) < 0.05 else
+                      ": other work shared the machine, so these latencies are not quiet."))
+    else:
+        out.append("Not run yet: every speed-up above was timed right after its run, under load.")
+    out.append("")
     coverage = RESULTS / "zoo_coverage.md"
     if coverage.exists():
         out += [coverage.read_text().strip(), ""]
     if made:
         out += ["## Plots", ""] + [f"![{m}](benchmarks/results/{m})" for m in made] + [""]
-    out += ["## Commands", "", "```", "python -m benchmarks.run --mode quick      # minutes",
-            "python -m benchmarks.run --mode full       # hours; resumable, stored runs are skipped",
-            "python -m benchmarks.run --mode full --zoo # plus the torchvision zoo coverage",
-            "python -m benchmarks.run --report-only     # rebuild this file", "```", ""]
+    out += ["## Earlier results", "",
+            "The runs made before this protocol (BN-kept bases trained for 2-3 epochs to 80-91%, fine-tune "
+            "on 5,000 images, mostly one seed) are kept under `benchmarks/results/legacy-2026-11-22/` for the "
+            "record. They cannot rank the methods and are not shown here.", ""]
+    out += ["## Commands", "", "```",
+            "python -m benchmarks.run                       # the protocol; resumable, stored runs are skipped",
+            "python -m benchmarks.run --models resnet20 --targets macs-0.5 --seeds 0 1 2 3 4",
+            "python -m benchmarks.run --forms bn            # the BatchNorm-kept column",
+            "python -m benchmarks.run --latency-only         # quiet pass (nothing else running)",
+            "python -m benchmarks.run --report-only          # rebuild this file",
+            "python -m benchmarks.epoch_time                 # training time per epoch of each base", "```", ""]
     path = ROOT / "BENCHMARKS.md"
     path.write_text("\n".join(out))
     return path
-
-
-def _git(*args: str) -> str:
-    try:
-        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"

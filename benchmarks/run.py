@@ -1,99 +1,191 @@
-"""One command for the comparison of pruning methods on real data; regenerates BENCHMARKS.md.
+"""The comparison of pruning methods on real data, one stored run at a time; regenerates BENCHMARKS.md.
 
-    python -m benchmarks.run --mode quick        # ResNet-20, 50% MACs, every method, 1 seed
-    python -m benchmarks.run --mode full         # 4 models x 4 targets x 7 methods (hours on 2 cores)
-    python -m benchmarks.run --report-only       # rebuild BENCHMARKS.md from the stored runs
+    python -m benchmarks.run                          # the protocol (resumable; hours on 2 cores)
+    python -m benchmarks.run --models resnet20 --targets macs-0.5 --methods l1-uniform random --seeds 0 1
+    python -m benchmarks.run --forms bn               # the optional BatchNorm-kept column
+    python -m benchmarks.run --latency-only           # quiet pass: re-time every stored model
+    python -m benchmarks.run --report-only            # rebuild BENCHMARKS.md from the stored runs
 
-Every (model, method, target, seed) run is stored as one JSON file under
-`benchmarks/results/runs/`; a run that is already there is skipped (`--force` redoes it), so
-the full mode can be interrupted and continued, and quick and full runs add up. The report
-reads every stored run, writes `benchmarks/results/results.json`, the PNG plots under
-`benchmarks/results/` and `BENCHMARKS.md`.
+The protocol (issue 17): every base is benchmarked as users export it (BatchNorm folded into Conv,
+the default of both torch exporters; the BN-kept export is an optional second column), at 50% and
+25% of the MACs and at 50% of the measured batch-1 latency. Each run prunes, measures the pruned
+model without fine-tuning (what a search's proxy sees), then fine-tunes it for one full epoch of
+knowledge distillation from the original over all training images, and measures it again. Seeds
+are paired across methods: seed s fixes the validation split, the fine-tune data order (and subset,
+when capped) and the method's own randomness, identically for every method.
 
-Every method gets the same fine-tune budget (knowledge distillation from the original, same
-epochs, images, tau and temperature) and is measured the same way: test top-1 with onnxruntime
-on Fashion-MNIST's t10k files (never used for search or fine-tuning), MACs and params from
-onnxprune's cost model, onnxruntime CPU latency at batch 1 and 32, search wall time.
+Every (model, form, method, target, seed) run is one JSON file under `benchmarks/results/runs/`,
+holding its mode and every setting it used (protocol, method settings, base file hash, machine,
+load); a stored run is skipped (`--force` redoes it). The report (`benchmarks/report.py`) reads
+only these files and lists the runs of the protocol that are missing.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import os
+import platform
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
+import numpy as np
 import torch
 
+from benchmarks.peer import PEERS
 from onnxprune.methods import L1, RANDOM, RL_PRUNER, TAYLOR, names_of
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 RUNS = RESULTS / "runs"
+TRAJECTORIES = RESULTS / "trajectories"
+SHIPPED = ROOT / "benchmarks" / "models"  # small bases shipped with the repo (ResNet-20)
 MODEL_DIR = Path(os.environ.get("ONNXPRUNE_BENCH_MODELS", Path.home() / ".cache" / "onnxprune" / "bench-models"))
 MODEL_OUT = MODEL_DIR / "pruned"  # every run's final ONNX (outside the repo), for `--latency-only`
 
-# Score-based baselines: benchmark label -> (registered criterion, global ranking); plus the peer.
-SCORED: dict[str, tuple[str, bool]] = {f"{L1.name}-uniform": (L1.name, False), f"{TAYLOR.name}-global": (TAYLOR.name, True),
-                                       RANDOM.name: (RANDOM.name, False)}
-BASELINES = tuple(SCORED) + ("torch-pruning",)
+# Score-based baselines: benchmark label -> (registered criterion, global ranking).
+SCORE_METHODS: dict[str, tuple[str, bool]] = {f"{L1.name}-uniform": (L1.name, False),
+                                              f"{TAYLOR.name}-global": (TAYLOR.name, True),
+                                              RANDOM.name: (RANDOM.name, False)}
+PEER_METHODS = tuple(PEERS)
 # Benchmark-only variants: (method, options). rl-pruner post-trains between its pruning steps
 # (extra training the others do not get); without it, its masks meet the same fine-tune budget.
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {f"{RL_PRUNER.name}-nopost": (RL_PRUNER.name, {"post_epochs": 0})}
 SEARCHES = names_of("search") + tuple(VARIANTS)  # every registered search method
-METHODS = BASELINES + SEARCHES
-TARGETS = ("sparsity-0.25", "sparsity-0.5", "sparsity-0.75", "flops-0.5")
+METHODS = tuple(SCORE_METHODS) + PEER_METHODS + SEARCHES
+REFERENCE = "gat-ppo"  # every method's paired difference is taken against this one
+TARGETS = ("macs-0.5", "macs-0.25", "latency-0.5")
+FORMS = ("folded", "bn")
+MODELS = ("resnet20", "resnet56", "mobilenetv2", "vgg19_bn")
+# Why a method's runs are missing, when it is known (the report says so next to the missing runs).
+PENDING: dict[str, str] = {"gat-ppo": "waits for issue 14 (gat-ppo is being reworked)"}
 
-# How each benchmark model is trained when it is not cached yet (python -m models.train).
+# How each base is trained (`models.train.train`, i.e. `python -m models.train`), and its status.
+# A base is exported twice from the same trained weights: `<arch>_folded.onnx` and `<arch>_bn.onnx`.
 TRAINING: dict[str, dict[str, Any]] = {
-    "resnet20": {"epochs": 3},
-    "resnet56": {"epochs": 2, "max_train_images": 30000},
-    "mobilenetv2": {"epochs": 2, "max_train_images": 20000},
-    "vgg19_bn": {"epochs": 2, "max_train_images": 20000, "lr": 0.02},
+    "resnet20": {"settings": {"epochs": 15, "seed": 0, "lr": 0.1, "batch_size": 128, "weight_decay": 5e-4,
+                              "augment": True},
+                 "command": "python -m models.train --arch resnet20 --epochs 15 --seed 0",
+                 "trained_by": "the project lead's /work/assets/train_r20.py (models.train.train with these "
+                               "settings, both exports from the same weights); shipped in benchmarks/models/"},
+    "resnet56": {"settings": {"epochs": 15, "seed": 0, "lr": 0.1, "batch_size": 128, "weight_decay": 5e-4,
+                              "augment": True},
+                 "command": "python -m models.train --arch resnet56 --epochs 15 --seed 0",
+                 "not_trained": "not trained here: CPU time (see the measured epoch times)"},
+    "mobilenetv2": {"settings": {"epochs": 15, "seed": 0, "lr": 0.1, "batch_size": 128, "weight_decay": 5e-4,
+                                 "augment": True},
+                    "command": "python -m models.train --arch mobilenetv2 --epochs 15 --seed 0",
+                    "not_trained": "not trained here: CPU time (see the measured epoch times)"},
+    "vgg19_bn": {"settings": {"epochs": 15, "seed": 0, "lr": 0.05, "batch_size": 128, "weight_decay": 5e-4,
+                              "augment": True},
+                 "command": "python -m models.train --arch vgg19_bn --epochs 15 --seed 0 --lr 0.05",
+                 "not_trained": "not trained here: CPU time (see the measured epoch times)"},
 }
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """Settings every method gets; recorded whole in every run."""
+
+    data: str = "fashion-mnist"
+    finetune_epochs: int = 1
+    finetune_images: int | None = None  # None: every training image, each epoch
+    finetune_batch_size: int = 64
+    finetune_optimizer: str = "sgd"
+    finetune_lr: float = 0.01
+    finetune_tau: float = 0.7
+    finetune_temperature: float = 4.0
+    eval_images: int = 1000  # search methods: validation images per cheap candidate evaluation
+    latency_runs: int = 30
+    latency_warmup: int = 5
+    latency_target_batch: int = 1  # the batch size a latency target is measured at
+    round_to: int = 1  # onnxprune's default rounding
 
 
 @dataclass(frozen=True)
 class Mode:
     models: tuple[str, ...]
+    forms: tuple[str, ...]
     targets: tuple[str, ...]
     methods: tuple[str, ...]
-    seeds: tuple[int, ...]  # baselines
-    search_seeds: tuple[int, ...]
-    finetune_epochs: int
-    finetune_images: int
-    eval_images: int
+    seeds: tuple[int, ...]
+    protocol: Protocol = Protocol()
     search_options: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 MODES = {
-    "quick": Mode(models=("resnet20",), targets=("flops-0.5",), methods=METHODS, seeds=(0,), search_seeds=(0,),
-                  finetune_epochs=1, finetune_images=5000, eval_images=500),
-    "standard": Mode(models=("resnet20", "resnet56", "mobilenetv2", "vgg19_bn"), targets=TARGETS, methods=METHODS,
-                     seeds=(0,), search_seeds=(0,), finetune_epochs=1, finetune_images=5000, eval_images=500),
-    "full": Mode(models=("resnet20", "resnet56", "mobilenetv2", "vgg19_bn"), targets=TARGETS, methods=METHODS,
-                 seeds=(0, 1, 2), search_seeds=(0,), finetune_epochs=2, finetune_images=10000, eval_images=1000),
+    # The issue-17 protocol; the report lists its missing runs.
+    "protocol": Mode(models=MODELS, forms=("folded",), targets=TARGETS, methods=METHODS, seeds=(0, 1, 2, 3, 4)),
+    # A smoke test (minutes): its runs are stored apart from the protocol's and not tabled.
+    "quick": Mode(models=("resnet20",), forms=("folded",), targets=("macs-0.5",), methods=METHODS, seeds=(0,),
+                  protocol=Protocol(finetune_images=5000, eval_images=500)),
 }
 
 
-def model_path(arch: str) -> Path:
-    """The trained benchmark model (trained now if missing)."""
-    path = MODEL_DIR / f"{arch}.onnx"
-    if not path.exists():
-        from models.train import train
-
-        print(f"training {arch} (not cached in {MODEL_DIR})", flush=True)
-        train(arch, "fashion-mnist", out_dir=MODEL_DIR, name=arch, **TRAINING[arch])
-    return path
+class BaseMissing(RuntimeError):
+    """The base model is not available and is not trained here."""
 
 
-def run_key(arch: str, method: str, target: str, seed: int) -> str:
-    return f"{arch}__{method}__{target}__s{seed}"
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def base_path_if_present(arch: str, form: str) -> Path:
+    """The shipped or cached base in `form`; FileNotFoundError when neither exists."""
+    for folder in (SHIPPED, MODEL_DIR):
+        path = folder / f"{arch}_{form}.onnx"
+        if path.exists():
+            return path
+    raise FileNotFoundError(f"{arch}_{form}.onnx")
+
+
+def base_path(arch: str, form: str) -> Path:
+    """The trained base in `form` ("folded" or "bn"): shipped, cached, or trained now."""
+    for folder in (SHIPPED, MODEL_DIR):
+        path = folder / f"{arch}_{form}.onnx"
+        if path.exists():
+            return path
+    spec = TRAINING[arch]
+    if "not_trained" in spec:
+        raise BaseMissing(f"{arch}: {spec['not_trained']}")
+    train_base(arch)
+    return MODEL_DIR / f"{arch}_{form}.onnx"
+
+
+def base_record(arch: str) -> dict[str, Any]:
+    """The training record of a base (its JSON next to the ONNX files)."""
+    for folder in (SHIPPED, MODEL_DIR):
+        path = folder / f"{arch}.json"
+        if path.exists():
+            return json.loads(path.read_text())
+    return {}
+
+
+def train_base(arch: str) -> None:
+    """Train `arch` with its TRAINING settings and export both forms and the record to MODEL_DIR."""
+    from models.train import export_onnx, train
+
+    spec = TRAINING[arch]
+    print(f"training {arch} ({spec['command']})", flush=True)
+    r = train(arch, "fashion-mnist", export=False, **spec["settings"])
+    MODEL_DIR.mkdir(parents=True, exist_ok=True)
+    export_onnx(r.model, r.input_shape, MODEL_DIR / f"{arch}_bn.onnx", fold_bn=False)
+    export_onnx(r.model, r.input_shape, MODEL_DIR / f"{arch}_folded.onnx", fold_bn=True)
+    record = {"arch": arch, "data": r.data, "test_top1": r.test_top1, "val_top1": list(r.val_top1),
+              "train_seconds": r.train_seconds, "train_images": r.train_images, **spec["settings"],
+              "command": spec["command"], "torch": torch.__version__}
+    (MODEL_DIR / f"{arch}.json").write_text(json.dumps(record, indent=2) + "\n")
+
+
+def run_key(arch: str, form: str, method: str, target: str, seed: int, mode: str = "protocol") -> str:
+    prefix = "" if mode == "protocol" else f"{mode}__"
+    return f"{prefix}{arch}__{form}__{method}__{target}__s{seed}"
 
 
 def _target(target: str) -> tuple[str, float]:
@@ -101,11 +193,40 @@ def _target(target: str) -> tuple[str, float]:
     return kind, float(value)
 
 
-def _latency(model_bytes: bytes) -> dict[str, float]:
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import onnxruntime
+
+    return (f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, Python "
+            f"{platform.python_version()}, torch {torch.__version__}, onnxruntime {onnxruntime.__version__}")
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def _load() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def latency_ms(model_bytes: bytes, batches: tuple[int, ...], protocol: Protocol) -> dict[int, float]:
+    """Median onnxruntime CPU latency (ms) per batch size (default threads)."""
     from onnxprune.bench import BenchConfig, benchmark_model
 
-    res = benchmark_model(model_bytes, BenchConfig(batch_sizes=(1, 32), warmup=5, runs=30))
-    return {f"latency_b{r.batch}_ms": r.median_ms for r in res}
+    res = benchmark_model(model_bytes, BenchConfig(batch_sizes=batches, warmup=protocol.latency_warmup,
+                                                   runs=protocol.latency_runs))
+    return {r.batch: r.median_ms for r in res}
 
 
 def _kept_fractions(model: Any, original: Any) -> list[float]:
@@ -128,186 +249,303 @@ def _kept_fractions(model: Any, original: Any) -> list[float]:
     return out
 
 
-def equal_macs_target(path: Path, sparsity: float) -> float:
-    """The MACs fraction l1-uniform keeps at channel sparsity `sparsity` (the widths alone set it):
-    the budget the search methods get at a `sparsity-S` target, so that its rows compare models
-    of equal MACs."""
-    from onnxprune.criteria import weight_scores
-    from onnxprune.deps import analyze
-    from onnxprune.search.allocate import uniform_keep
+def _bisect_latency(make: Callable[[float], Any], fits: Callable[[Any], bool], steps: int = 7) -> tuple[Any, float]:
+    """The model `make(f)` with the largest MACs fraction f in [0.02, 1] that `fits` (bisection)."""
+    lo, hi = 0.02, 1.0
+    best = make(lo)
+    if not fits(best):
+        raise RuntimeError("the latency target is not reached even at 2% of the MACs")
+    best_f = lo
+    for _ in range(steps):
+        mid = 0.5 * (lo + hi)
+        model = make(mid)
+        if fits(model):
+            lo, best, best_f = mid, model, mid
+        else:
+            hi = mid
+    return best, best_f
 
-    a = analyze(path)
-    return a.cost.macs(uniform_keep(a, weight_scores(a, "l1"), sparsity)) / a.macs
 
-
-def run_one(arch: str, method: str, target: str, seed: int, mode: Mode) -> dict[str, Any]:
-    """Prune, fine-tune, evaluate and time one configuration; the run's JSON record."""
+def run_one(arch: str, form: str, method: str, target: str, seed: int, mode_name: str, mode: Mode) -> dict[str, Any]:
+    """Prune, evaluate, fine-tune, evaluate and time one configuration; the run's JSON record."""
     from onnxprune.api import PruneConfig, prune
     from onnxprune.bench import evaluate_onnx
     from onnxprune.data import load_dataset
     from onnxprune.deps import analyze
-    from onnxprune.torchcopy import FinetuneConfig, finetune, to_torch
+    from onnxprune.torchcopy import FinetuneConfig, finetune, recalibrate_batchnorm, to_torch
 
-    path = model_path(arch)
+    p = mode.protocol
+    path = base_path(arch, form)
     original = analyze(path)
     kind, value = _target(target)
-    splits = load_dataset("fashion-mnist", input_shape=original.graph.shapes[original.graph.inputs[0].name], seed=seed)
-    record: dict[str, Any] = {"model": arch, "method": method, "target": target, "seed": seed,
-                              "finetune_epochs": mode.finetune_epochs, "finetune_images": mode.finetune_images}
-    if method in SEARCHES:
-        record["eval_images"] = mode.eval_images
-        record["search_options"] = {**VARIANTS.get(method, ("", {}))[1], **mode.search_options.get(method, {})}
+    splits = load_dataset(p.data, input_shape=original.graph.shapes[original.graph.inputs[0].name], seed=seed)
+    key = run_key(arch, form, method, target, seed, mode_name)
+    record: dict[str, Any] = {
+        "model": arch, "form": form, "method": method, "target": target, "seed": seed, "mode": mode_name,
+        "protocol": dataclasses.asdict(p),
+        "pairing": "seed fixes the validation split, the fine-tune order/subset and the method's randomness",
+        "base": {"file": path.name, "sha256": _sha256(path), "test_top1": base_record(arch).get("test_top1")},
+        "train_images": int(len(splits.train[0])), "val_images": int(len(splits.val[0])),
+        "test_images": int(len(splits.test[0])),
+        "machine": machine(), "commit": git_commit(), "threads": torch.get_num_threads(),
+        "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "load_start": _load(),
+        "note": "measured while other engineers' tests and a training job shared the 2 cores (under load)",
+    }
+    base_bytes = path.read_bytes()
+    base_lat = latency_ms(base_bytes, (p.latency_target_batch,), p)[p.latency_target_batch] if kind == "latency" else None
+
+    def fits_latency(model: Any) -> bool:
+        lat = latency_ms(model.SerializeToString(), (p.latency_target_batch,), p)[p.latency_target_batch]
+        return lat <= value * base_lat  # type: ignore[operator]
+
     t0 = time.perf_counter()
-    if method == "torch-pruning":
+    searched = None
+    if method in PEERS:
         from benchmarks.peer import tp_export
 
-        pruned, ratio = tp_export(arch, path, **({"sparsity": value} if kind == "sparsity" else {"target_flops": value}))
-        record["search_s"] = time.perf_counter() - t0
+        spec = PEERS[method]
+        record["method_settings"] = spec.settings()
+        common = dict(fold_bn=form == "folded", reference=path, train=splits.train, seed=seed)
+        bn = base_path(arch, "bn")
+        if kind == "latency":
+            pruned, ratio = tp_export(arch, bn, spec, accept=fits_latency, **common)  # type: ignore[arg-type]
+        else:
+            pruned, ratio = tp_export(arch, bn, spec, target_flops=value, **common)  # type: ignore[arg-type]
         record["tp_ratio"] = ratio
-        t1 = time.perf_counter()
-        tuned = finetune(pruned, to_torch(original, seed=seed), splits,
-                         FinetuneConfig(epochs=mode.finetune_epochs, max_train=mode.finetune_images, seed=seed,
-                                        progress=False))
-        model = tuned.model
-        record["finetune_s"] = time.perf_counter() - t1
+        record["search_s"] = time.perf_counter() - t0
     else:
-        name, global_ranking = SCORED.get(method, (method, False))
-        variant_options: dict[str, Any] = {}
+        name, global_ranking = SCORE_METHODS.get(method, (method, False))
+        variant: dict[str, Any] = {}
         if method in VARIANTS:
-            name, variant_options = VARIANTS[method][0], dict(VARIANTS[method][1])
-        targets: dict[str, Any] = {"sparsity": value} if kind == "sparsity" else {"target_flops": value}
-        if kind == "sparsity" and method in SEARCHES:  # equal MACs with l1-uniform, not equal channels
-            targets = {"target_flops": equal_macs_target(path, value)}
-            record["budget"] = {"kind": "macs", "target": targets["target_flops"], "equal_to": "l1-uniform"}
-        cfg = PruneConfig(method=name, global_ranking=global_ranking, seed=seed, data="fashion-mnist",
-                          finetune_epochs=mode.finetune_epochs, finetune_images=mode.finetune_images,
-                          eval_images=mode.eval_images, search_progress=False,
-                          options={**variant_options, **mode.search_options.get(method, {})}, **targets)
-        result = prune(path, cfg)
-        model = result.model
+            name, variant = VARIANTS[method][0], dict(VARIANTS[method][1])
+        options = {**variant, **mode.search_options.get(method, {})}
+        searching = method in SEARCHES
+        base_cfg = dict(method=name, global_ranking=global_ranking, seed=seed, data=p.data, finetune_epochs=0,
+                        round_to=p.round_to if not searching else 1, search_progress=False)
+        if searching:
+            TRAJECTORIES.mkdir(parents=True, exist_ok=True)
+            base_cfg.update(eval_images=p.eval_images, options=options,
+                            trajectory=str(TRAJECTORIES / f"{key}.json"))
+            if kind == "latency":
+                base_cfg["target_latency"] = value
+            else:
+                base_cfg["target_flops"] = value
+            result = prune(path, PruneConfig(**base_cfg))
+            record["macs_target_used"] = None
+        elif kind == "latency":
+            results: dict[int, Any] = {}
+
+            def make(f: float) -> Any:
+                res = prune(path, PruneConfig(target_flops=f, **base_cfg))
+                results[id(res.model)] = res
+                return res.model
+
+            model, f = _bisect_latency(make, fits_latency)
+            result = results[id(model)]
+            record["macs_target_used"] = f
+        else:
+            result = prune(path, PruneConfig(target_flops=value, **base_cfg))
+        record["method_settings"] = {"onnxprune_method": name, "global_ranking": global_ranking,
+                                     "round_to": base_cfg["round_to"], "options": options,
+                                     **({"eval_images": p.eval_images} if searching else {})}
+        pruned = result.model
+        searched = result.searched
         record["search_s"] = result.seconds.get("select", 0.0)
-        record["finetune_s"] = result.seconds.get("finetune", 0.0)
         record["verify_max_abs_diff"] = result.verified.max_abs_diff if result.verified else None
-        if result.searched is not None:
-            summary = result.searched.summary
-            record["evaluations"] = summary.get("total_evaluations", result.searched.evaluations)
-            record["search_val_top1"] = result.searched.val_top1
-            record["search_summary"] = summary
-    pruned_analysis = analyze(model)
+        if searched is not None:
+            record["evaluations"] = searched.summary.get("total_evaluations", searched.evaluations)
+            record["search_val_top1"] = searched.val_top1
+            record["search_summary"] = searched.summary
+            record["trajectory"] = f"benchmarks/results/trajectories/{key}.json"
+    post_trained = searched is not None and searched.model is not None
+    record["post_trained_by_method"] = post_trained
+    if not post_trained:  # BN-kept models: statistics re-estimated after pruning (no-op when folded)
+        pruned, record["bn_recalibrated"] = recalibrate_batchnorm(pruned, splits.train[0], seed=seed)
+    pruned_analysis = analyze(pruned)
     record["macs_ratio"] = pruned_analysis.macs / original.macs
     record["params_ratio"] = pruned_analysis.params / original.params
-    acc = evaluate_onnx(model, *splits.test)
-    record["test_top1"] = acc.top1
-    record["kept"] = _kept_fractions(model, original)
+    record["kept"] = _kept_fractions(pruned, original)
+    record["test_top1_noft"] = evaluate_onnx(pruned, *splits.test).top1
+    t1 = time.perf_counter()
+    ft_cfg = FinetuneConfig(epochs=p.finetune_epochs, batch_size=p.finetune_batch_size,
+                            optimizer=p.finetune_optimizer,  # type: ignore[arg-type]
+                            lr=p.finetune_lr, tau=p.finetune_tau, temperature=p.finetune_temperature, seed=seed,
+                            max_train=p.finetune_images, progress=sys.stderr.isatty())
+    tuned = finetune(pruned, to_torch(original, seed=seed), splits, ft_cfg)
+    model = tuned.model
+    record["finetune_s"] = time.perf_counter() - t1
+    record["finetune"] = {"initial_val_top1": tuned.initial_val_top1, "val_top1": list(tuned.val_top1_history),
+                          "best_epoch": tuned.best_epoch, "train_loss": list(tuned.train_loss_history),
+                          "write_back_max_abs_diff": tuned.verify_max_abs_diff}
+    record["test_top1"] = evaluate_onnx(model, *splits.test).top1
     record["wall_s"] = time.perf_counter() - t0
     MODEL_OUT.mkdir(parents=True, exist_ok=True)
-    (MODEL_OUT / (run_key(arch, method, target, seed) + ".onnx")).write_bytes(model.SerializeToString())
-    record.update(_latency(model.SerializeToString()))
+    (MODEL_OUT / f"{key}.onnx").write_bytes(model.SerializeToString())
+    lat = latency_ms(model.SerializeToString(), (1, 32), p)
+    record["latency_run"] = {"b1_ms": lat[1], "b32_ms": lat[32], "note": "measured right after the run, under load"}
+    record["load_end"] = _load()
+    record["ended"] = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     return record
 
 
-def baseline_record(arch: str) -> dict[str, Any]:
+def original_record(arch: str, form: str, protocol: Protocol) -> dict[str, Any]:
     from onnxprune.bench import evaluate_onnx
     from onnxprune.data import load_dataset
     from onnxprune.deps import analyze
 
-    path = model_path(arch)
+    path = base_path(arch, form)
     a = analyze(path)
-    splits = load_dataset("fashion-mnist", input_shape=a.graph.shapes[a.graph.inputs[0].name], seed=0)
-    meta_path = path.with_suffix(".json")
-    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
-    rec = {"model": arch, "macs": a.macs, "params": a.params, "test_top1": evaluate_onnx(path, *splits.test).top1,
-           "training": {k: meta.get(k) for k in ("epochs", "train_images", "train_seconds", "val_top1")}}
-    rec.update(_latency(Path(path).read_bytes()))
-    return rec
+    splits = load_dataset(protocol.data, input_shape=a.graph.shapes[a.graph.inputs[0].name], seed=0)
+    lat = latency_ms(path.read_bytes(), (1, 32), protocol)
+    return {"model": arch, "form": form, "file": path.name, "sha256": _sha256(path), "macs": a.macs,
+            "params": a.params, "test_top1": evaluate_onnx(path, *splits.test).top1, "test_images": len(splits.test[0]),
+            "training": base_record(arch), "latency_run": {"b1_ms": lat[1], "b32_ms": lat[32]},
+            "machine": machine(), "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
 
 
-def remeasure_latency() -> int:
-    """Latency of every stored run (and original) again, in one pass: for a quiet machine, since
-    runs made while other work shared the cores have noisy latencies."""
-    count = 0
+def _cpu_jiffies() -> tuple[int, int]:
+    """(busy jiffies of the whole machine, jiffies of this process)."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    values = [int(x) for x in fields]
+    busy = sum(values) - values[3] - (values[4] if len(values) > 4 else 0)  # minus idle and iowait
+    own = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+    return busy, int(own[11]) + int(own[12])  # utime + stime (threads included)
+
+
+def latency_pass(rounds: int = 5, runs: int = 30, warmup: int = 5) -> dict[str, Any]:
+    """Time every stored model interleaved with its original: per round, original then pruned, at
+    batch 1 and 32; each model's latency is the minimum over rounds of the per-round medians.
+    Writes the results into every run record and `results/latency_pass.json`."""
+    protocol = Protocol(latency_runs=runs, latency_warmup=warmup)
+    hz = os.sysconf("SC_CLK_TCK")
+    start_busy, start_own = _cpu_jiffies()
+    t0 = time.perf_counter()
+    info: dict[str, Any] = {"machine": machine(), "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+                            "load_start": _load(), "rounds": rounds, "runs": runs, "warmup": warmup,
+                            "batches": [1, 32], "statistic": "minimum over rounds of the median of `runs` timings",
+                            "provider": "CPUExecutionProvider, onnxruntime default threads", "models": 0}
+    originals: dict[tuple[str, str], bytes] = {}
     for path in sorted(RUNS.glob("*.json")):
         rec = json.loads(path.read_text())
-        if "error" in rec:
+        if "error" in rec or path.stem.endswith("__original"):
             continue
-        model = model_path(rec["model"]) if path.stem.endswith("__original") else MODEL_OUT / (path.stem + ".onnx")
-        if not model.exists():
+        model_file = MODEL_OUT / f"{path.stem}.onnx"
+        try:
+            base = base_path_if_present(rec["model"], rec.get("form", "bn"))
+        except FileNotFoundError:
             continue
-        rec.update(_latency(model.read_bytes()))
-        rec["latency_remeasured"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        if not model_file.exists() or _sha256(base) != rec.get("base", {}).get("sha256"):
+            continue
+        orig = originals.setdefault((rec["model"], rec["form"]), base.read_bytes())
+        pruned = model_file.read_bytes()
+        best: dict[str, float] = {}
+        for _ in range(rounds):
+            for name, blob in (("original", orig), ("pruned", pruned)):
+                for batch, ms in latency_ms(blob, (1, 32), protocol).items():
+                    k = f"{name}_b{batch}_ms"
+                    best[k] = min(best.get(k, float("inf")), ms)
+        rec["latency_quiet"] = {**best, "speedup_b1": best["original_b1_ms"] / best["pruned_b1_ms"],
+                                "speedup_b32": best["original_b32_ms"] / best["pruned_b32_ms"],
+                                "pass": info["started"]}
         path.write_text(json.dumps(rec, indent=1) + "\n")
-        count += 1
-    return count
+        info["models"] += 1
+        print(f"  {path.stem}: x{rec['latency_quiet']['speedup_b1']:.2f} (b1) x{rec['latency_quiet']['speedup_b32']:.2f} (b32)",
+              flush=True)
+    wall = time.perf_counter() - t0
+    end_busy, end_own = _cpu_jiffies()
+    other = max(0.0, (end_busy - start_busy) - (end_own - start_own)) / hz
+    info.update({"ended": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "wall_s": round(wall, 1),
+                 "load_end": _load(), "other_cpu_s": round(other, 1),
+                 "other_cores_busy": round(other / wall, 3) if wall > 0 else None})
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "latency_pass.json").write_text(json.dumps(info, indent=1) + "\n")
+    return info
 
 
-def run_mode(mode: Mode, force: bool, only_methods: tuple[str, ...] | None, only_models: tuple[str, ...] | None) -> None:
+def run_mode(mode_name: str, mode: Mode, force: bool) -> None:
     RUNS.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(1)
-    for arch in only_models or mode.models:
-        base_file = RUNS / f"{arch}__original.json"
-        if force or not base_file.exists():
-            base_file.write_text(json.dumps(baseline_record(arch), indent=1) + "\n")
-        for target in mode.targets:
-            for method in only_methods or mode.methods:
-                seeds = mode.search_seeds if method in SEARCHES else mode.seeds
-                for seed in seeds:
-                    out = RUNS / (run_key(arch, method, target, seed) + ".json")
-                    if out.exists() and not force:
-                        continue
-                    print(f"[{time.strftime('%H:%M:%S')}] {arch} {method} {target} seed {seed}", flush=True)
-                    try:
-                        rec = run_one(arch, method, target, seed, mode)
-                    except Exception as exc:  # recorded, the table says so
-                        rec = {"model": arch, "method": method, "target": target, "seed": seed,
-                               "error": f"{type(exc).__name__}: {exc}"[:400]}
-                    out.write_text(json.dumps(rec, indent=1) + "\n")
-                    shown = {k: rec.get(k) for k in ("test_top1", "macs_ratio", "search_s", "error")}
-                    print(f"    {json.dumps(shown)}", flush=True)
+    for arch in mode.models:
+        for form in mode.forms:
+            try:
+                base_path(arch, form)
+            except BaseMissing as exc:
+                print(f"skipping {arch}: {exc}", flush=True)
+                continue
+            base_file = RUNS / f"{arch}__{form}__original.json"
+            if force or not base_file.exists() or \
+                    json.loads(base_file.read_text()).get("sha256") != _sha256(base_path(arch, form)):
+                base_file.write_text(json.dumps(original_record(arch, form, mode.protocol), indent=1) + "\n")
+            for target in mode.targets:
+                for method in mode.methods:
+                    for seed in mode.seeds:
+                        out = RUNS / (run_key(arch, form, method, target, seed, mode_name) + ".json")
+                        if out.exists() and not force:
+                            continue
+                        print(f"[{time.strftime('%H:%M:%S')}] {arch} {form} {method} {target} seed {seed}", flush=True)
+                        try:
+                            rec = run_one(arch, form, method, target, seed, mode_name, mode)
+                        except Exception as exc:  # recorded, the report lists it as failed
+                            rec = {"model": arch, "form": form, "method": method, "target": target, "seed": seed,
+                                   "mode": mode_name, "protocol": dataclasses.asdict(mode.protocol),
+                                   "error": f"{type(exc).__name__}: {exc}"[:400]}
+                        out.write_text(json.dumps(rec, indent=1) + "\n")
+                        shown = {k: rec.get(k) for k in ("test_top1_noft", "test_top1", "macs_ratio", "wall_s", "error")}
+                        print(f"    {json.dumps(shown)}", flush=True)
 
 
-if __name__ == "__main__":
+def main(argv: list[str] | None = None) -> int:
     from benchmarks.report import write_report
 
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--mode", choices=sorted(MODES), default="quick")
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--mode", choices=sorted(MODES), default="protocol")
     ap.add_argument("--methods", nargs="+", choices=METHODS, help="only these methods")
-    ap.add_argument("--models", nargs="+", choices=sorted(TRAINING), help="only these models")
+    ap.add_argument("--models", nargs="+", choices=MODELS, help="only these models")
+    ap.add_argument("--forms", nargs="+", choices=FORMS, help="base forms (default: the mode's, folded)")
     ap.add_argument("--targets", nargs="+", choices=TARGETS, help="only these targets")
-    ap.add_argument("--seeds", nargs="+", type=int, help="baseline seeds (default: the mode's)")
-    ap.add_argument("--search-seeds", nargs="+", type=int, help="search-method seeds (default: the mode's)")
-    ap.add_argument("--eval-images", type=int, help="validation images per cheap candidate evaluation")
+    ap.add_argument("--seeds", nargs="+", type=int, help="seeds (default: the mode's)")
+    ap.add_argument("--finetune-images", type=int, help="cap the fine-tune images per epoch (changes the protocol; recorded)")
+    ap.add_argument("--eval-images", type=int, help="search proxy images (changes the protocol; recorded)")
     ap.add_argument("--search-option", action="append", default=[], metavar="METHOD.KEY=VALUE",
-                    help="a search method's option, e.g. gat-ppo.episodes=96 (repeatable)")
+                    help="a search method's option, e.g. gat-ppo.episodes=96 (repeatable; recorded)")
     ap.add_argument("--force", action="store_true", help="redo runs that are already stored")
     ap.add_argument("--report-only", action="store_true", help="only rebuild BENCHMARKS.md from stored runs")
     ap.add_argument("--latency-only", action="store_true",
-                    help="re-measure the latency of every stored run (on a quiet machine), then report")
-    ap.add_argument("--zoo", action="store_true", help="also measure analysis/prune coverage on the torchvision zoo")
-    args = ap.parse_args()
+                    help="quiet pass: time every stored model interleaved with its original, then report")
+    ap.add_argument("--rounds", type=int, default=5, help="--latency-only: rounds (default 5)")
+    args = ap.parse_args(argv)
     mode = MODES[args.mode]
-    if args.targets:
-        mode = dataclasses.replace(mode, targets=tuple(args.targets))
-    if args.seeds:
-        mode = dataclasses.replace(mode, seeds=tuple(args.seeds))
-    if args.search_seeds:
-        mode = dataclasses.replace(mode, search_seeds=tuple(args.search_seeds))
-    if args.eval_images:
-        mode = dataclasses.replace(mode, eval_images=args.eval_images)
+    for name, value in (("models", args.models), ("forms", args.forms), ("targets", args.targets),
+                        ("methods", args.methods), ("seeds", args.seeds)):
+        if value:
+            mode = dataclasses.replace(mode, **{name: tuple(value)})
+    for name, value in (("finetune_images", args.finetune_images), ("eval_images", args.eval_images)):
+        if value is not None:
+            if value < 1:
+                print(f"error: --{name.replace('_', '-')} must be >= 1, got {value}", file=sys.stderr)
+                return 2
+            mode = dataclasses.replace(mode, protocol=dataclasses.replace(mode.protocol, **{name: value}))
     if args.search_option:
         options: dict[str, dict[str, Any]] = {m: dict(o) for m, o in mode.search_options.items()}
         for text in args.search_option:
-            key, _, value = text.partition("=")
-            method, _, name = key.partition(".")
-            options.setdefault(method, {})[name] = value
+            k, _, v = text.partition("=")
+            method, _, name = k.partition(".")
+            if not v or method not in SEARCHES or not name:
+                print(f"error: --search-option {text!r}: expected METHOD.KEY=VALUE with METHOD one of "
+                      f"{', '.join(SEARCHES)}", file=sys.stderr)
+                return 2
+            options.setdefault(method, {})[name] = v
         mode = dataclasses.replace(mode, search_options=options)
     if args.latency_only:
-        print(f"re-measured {remeasure_latency()} models", flush=True)
+        info = latency_pass(rounds=args.rounds)
+        print(f"re-timed {info['models']} models in {info['wall_s']} s; other processes used "
+              f"{info['other_cores_busy']} cores on average", flush=True)
     elif not args.report_only:
-        run_mode(mode, args.force, tuple(args.methods) if args.methods else None,
-                 tuple(args.models) if args.models else None)
-        if args.zoo:
-            from benchmarks.zoo_coverage import run_coverage
+        torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+        run_mode(args.mode, mode, args.force)
+    print(f"wrote {write_report()}", flush=True)
+    return 0
 
-            run_coverage(full=args.mode == "full")
-    write_report(args.mode)
-    sys.exit(0)
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,57 @@
+"""The benchmark report's statistics and its list of missing runs (no model is run)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from benchmarks import report, run
+
+
+def _rec(seed: int, top1: float, method: str = "l1-uniform") -> dict:
+    return {"model": "resnet20", "form": "folded", "target": "macs-0.5", "method": method, "seed": seed,
+            "test_top1": top1}
+
+
+def test_mean_se_uses_the_standard_error() -> None:
+    m, se, n = report.mean_se([0.9, 0.92, 0.94, None, float("nan")])
+    assert n == 3 and m == pytest.approx(0.92)
+    assert se == pytest.approx(0.02 / math.sqrt(3))  # sample std 0.02
+    assert math.isnan(report.mean_se([0.5])[1])
+    assert report.mean_se([])[2] == 0
+
+
+def test_paired_diff_pairs_by_seed() -> None:
+    a = [_rec(0, 0.90), _rec(1, 0.91), _rec(2, 0.95)]
+    b = [_rec(1, 0.90, "gat-ppo"), _rec(2, 0.92, "gat-ppo"), _rec(3, 0.50, "gat-ppo")]
+    m, se, n = report.paired_diff(a, b, "test_top1")
+    assert n == 2  # seeds 1 and 2 only; seed 3 has no partner
+    assert m == pytest.approx(0.02)
+    assert se == pytest.approx(0.01)
+
+
+def test_missing_runs_are_listed_with_reasons() -> None:
+    mode = run.Mode(models=("resnet20", "resnet56"), forms=("folded",), targets=("macs-0.5",),
+                    methods=("l1-uniform", "gat-ppo"), seeds=(0, 1, 2))
+    cells = {("resnet20", "folded", "macs-0.5", "l1-uniform"): [_rec(0, 0.9)]}
+    failed = {("resnet20", "folded", "macs-0.5", "l1-uniform"): [{**_rec(2, 0.0), "error": "RuntimeError: boom"}]}
+    lines = report._missing(mode, cells, failed, {("resnet20", "folded")})
+    text = "\n".join(lines)
+    assert "resnet20 (folded) macs-0.5 l1-uniform: seed(s) 1: not run yet" in text
+    assert "seed(s) 2 FAILED: RuntimeError: boom" in text
+    assert "gat-ppo: seed(s) 0-2: " + run.PENDING["gat-ppo"] in text
+    assert "**resnet56 (folded)**: all 6 runs" in text
+
+
+def test_run_keys_and_seed_ranges() -> None:
+    assert run.run_key("resnet20", "folded", "random", "macs-0.25", 3) == "resnet20__folded__random__macs-0.25__s3"
+    assert run.run_key("resnet20", "bn", "random", "macs-0.5", 0, "quick").startswith("quick__")
+    assert report._seeds([0, 1, 2, 3, 4]) == "0-4"
+    assert report._seeds([0, 2]) == "0, 2"
+
+
+def test_bad_search_option_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run.main(["--search-option", "nosuch.episodes=3"]) == 2
+    assert "expected METHOD.KEY=VALUE" in capsys.readouterr().err
+    assert run.main(["--finetune-images", "0"]) == 2
