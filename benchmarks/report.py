@@ -204,7 +204,7 @@ def _missing(mode: bench.Mode, cells: dict[Cell, list[dict[str, Any]]], failed: 
     for model in mode.models:
         for form in mode.forms:
             if (model, form) not in present:
-                why = bench.TRAINING[model].get("not_trained", "base not available")
+                why = bench.TRAINING[model].get("not_trained", "not in benchmarks/models/ or the model cache yet")
                 lines.append(f"- **{model} ({form})**: all {per_model} runs ({len(mode.targets)} targets x "
                              f"{len(mode.methods)} methods x {len(mode.seeds)} seeds): base {why}.")
                 continue
@@ -213,9 +213,14 @@ def _missing(mode: bench.Mode, cells: dict[Cell, list[dict[str, Any]]], failed: 
                     have = {r["seed"] for r in cells.get((model, form, target, method), [])}
                     bad = {r["seed"] for r in failed.get((model, form, target, method), [])}
                     lost = [s for s in mode.seeds if s not in have and s not in bad]
+                    why = bench.PENDING.get(method, "not run yet (CPU time)")
                     if lost:
-                        why = bench.PENDING.get(method, "not run yet (CPU time)")
                         lines.append(f"- {model} ({form}) {target} {method}: seed(s) {_seeds(lost)}: {why}.")
+                    untuned = [r["seed"] for r in cells.get((model, form, target, method), [])
+                               if r.get("test_top1") is None]
+                    if untuned:
+                        lines.append(f"- {model} ({form}) {target} {method}: seed(s) {_seeds(untuned)} pruned and "
+                                     f"measured without fine-tune; the fine-tune is {why}.")
                     if bad:
                         err = failed[(model, form, target, method)][0]["error"]
                         lines.append(f"- {model} ({form}) {target} {method}: seed(s) {_seeds(bad)} FAILED: {err[:160]}")
@@ -253,13 +258,14 @@ def write_report(mode_name: str = "protocol") -> Path:
     quiet_file = RESULTS / "latency_pass.json"
     quiet = json.loads(quiet_file.read_text()) if quiet_file.exists() else None
     done = sum(len(v) for v in cells.values())
+    fine = sum(1 for v in cells.values() for r in v if r.get("test_top1") is not None)
     expected = len(mode.models) * len(mode.forms) * len(mode.targets) * len(mode.methods) * len(mode.seeds)
     out = ["# Benchmarks", "",
            "Rendered by `python -m benchmarks.run --report-only` from the run records under "
            "`benchmarks/results/runs/` (one JSON file per run, holding every setting it used); plots and "
            "`benchmarks/results/results.json` come from the same files. Nothing is copied from papers.", "",
            f"- Rendered: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, commit `{bench.git_commit()}`.",
-           f"- Protocol runs stored: {done} of {expected} "
+           f"- Protocol runs stored: {done} of {expected} ({fine} of them fine-tuned) "
            f"({len(mode.models)} models x {len(mode.forms)} form x {len(mode.targets)} targets x "
            f"{len(mode.methods)} methods x {len(mode.seeds)} seeds); {sum(len(v) for v in failed.values())} failed, "
            f"{len(stale)} stale (made on another base file, left out). The missing runs are listed below.",
@@ -298,7 +304,7 @@ def write_report(mode_name: str = "protocol") -> Path:
                            f"{tr.get('train_images', '?')} images, {tr.get('train_seconds', 0) / 60:.0f} min | "
                            f"`{spec['command']}` |")
             elif form == "folded":
-                out.append(f"| {model} | both | - | - | - | {spec.get('not_trained', 'not available')} | "
+                out.append(f"| {model} | both | - | - | - | {spec.get("not_trained", "not in benchmarks/models/ or the cache yet")} | "
                            f"`{spec['command']}` |")
     epoch_file = RESULTS / "epoch_time.json"
     if epoch_file.exists():
@@ -307,7 +313,7 @@ def write_report(mode_name: str = "protocol") -> Path:
                 f"{et['steps']} steps of batch {et['batch_size']} timed and scaled to {et['train_images']} images, "
                 f"{et['threads']} threads, {et['note']}): "
                 + "; ".join(f"{m} {v['epoch_s'] / 60:.1f} min" for m, v in et["models"].items())
-                + ". Fifteen epochs each is what the untrained bases would need."]
+                + ". `TRAINING` plans 15 epochs for each base."]
     out.append("")
     ref = bench.REFERENCE
     for form in bench.FORMS:
@@ -336,8 +342,11 @@ def write_report(mode_name: str = "protocol") -> Path:
                     b1 = mean_se(x for x, _ in lat)[0]
                     b32 = mean_se(_latency(r, originals, 32)[0] for r in recs)[0]
                     q = "" if lat and all(qq for _, qq in lat) else "*"
-                    out.append(f"| {target} | {method} | {_seeds(r['seed'] for r in recs)} | "
-                               f"{_pct([r.get('test_top1_noft') for r in recs])} | {_pct([r['test_top1'] for r in recs])} | "
+                    tuned = [r["seed"] for r in recs if r.get("test_top1") is not None]
+                    seeds = _seeds(r["seed"] for r in recs) + (
+                        "" if len(tuned) == len(recs) else f" ({_seeds(tuned) or 'none'} fine-tuned)")
+                    out.append(f"| {target} | {method} | {seeds} | "
+                               f"{_pct([r.get('test_top1_noft') for r in recs])} | {_pct([r.get('test_top1') for r in recs])} | "
                                f"{diff} | {mean_se(r['macs_ratio'] for r in recs)[0]:.3f} | "
                                f"{mean_se(r['params_ratio'] for r in recs)[0]:.3f} | {b1:.2f}x{q} | {b32:.2f}x{q} | "
                                f"{mean_se(r.get('search_s') for r in recs)[0]:.1f} |")

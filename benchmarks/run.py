@@ -266,13 +266,14 @@ def _bisect_latency(make: Callable[[float], Any], fits: Callable[[Any], bool], s
     return best, best_f
 
 
-def run_one(arch: str, form: str, method: str, target: str, seed: int, mode_name: str, mode: Mode) -> dict[str, Any]:
-    """Prune, evaluate, fine-tune, evaluate and time one configuration; the run's JSON record."""
+def run_one(arch: str, form: str, method: str, target: str, seed: int, mode_name: str, mode: Mode,
+            with_finetune: bool = True) -> dict[str, Any]:
+    """Prune, evaluate, (fine-tune, evaluate) and time one configuration; the run's JSON record."""
     from onnxprune.api import PruneConfig, prune
     from onnxprune.bench import evaluate_onnx
     from onnxprune.data import load_dataset
     from onnxprune.deps import analyze
-    from onnxprune.torchcopy import FinetuneConfig, finetune, recalibrate_batchnorm, to_torch
+    from onnxprune.torchcopy import recalibrate_batchnorm
 
     p = mode.protocol
     path = base_path(arch, form)
@@ -366,6 +367,34 @@ def run_one(arch: str, form: str, method: str, target: str, seed: int, mode_name
     record["params_ratio"] = pruned_analysis.params / original.params
     record["kept"] = _kept_fractions(pruned, original)
     record["test_top1_noft"] = evaluate_onnx(pruned, *splits.test).top1
+    record["prune_wall_s"] = time.perf_counter() - t0
+    MODEL_OUT.mkdir(parents=True, exist_ok=True)
+    (MODEL_OUT / f"{key}__noft.onnx").write_bytes(pruned.SerializeToString())
+    lat = latency_ms(pruned.SerializeToString(), (1, 32), p)
+    record["latency_run"] = {"b1_ms": lat[1], "b32_ms": lat[32], "note": "measured right after the run, under load"}
+    record["finetune"] = None  # pending: `finetune_run` completes the record
+    if with_finetune:
+        finetune_run(record, pruned, mode)
+    record["load_end"] = _load()
+    record["ended"] = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+    return record
+
+
+def finetune_run(record: dict[str, Any], pruned: Any, mode: Mode) -> None:
+    """Fine-tune the pruned model of `record` with the protocol's knowledge distillation, then
+    measure it; completes `record` in place and stores the model for the latency pass."""
+    from onnxprune.bench import evaluate_onnx
+    from onnxprune.data import load_dataset
+    from onnxprune.deps import analyze
+    from onnxprune.torchcopy import FinetuneConfig, finetune, to_torch
+
+    p = Protocol(**record["protocol"])
+    seed = record["seed"]
+    path = base_path(record["model"], record["form"])
+    if _sha256(path) != record["base"]["sha256"]:
+        raise RuntimeError(f"{path} changed since the run was pruned")
+    original = analyze(path)
+    splits = load_dataset(p.data, input_shape=original.graph.shapes[original.graph.inputs[0].name], seed=seed)
     t1 = time.perf_counter()
     ft_cfg = FinetuneConfig(epochs=p.finetune_epochs, batch_size=p.finetune_batch_size,
                             optimizer=p.finetune_optimizer,  # type: ignore[arg-type]
@@ -376,16 +405,15 @@ def run_one(arch: str, form: str, method: str, target: str, seed: int, mode_name
     record["finetune_s"] = time.perf_counter() - t1
     record["finetune"] = {"initial_val_top1": tuned.initial_val_top1, "val_top1": list(tuned.val_top1_history),
                           "best_epoch": tuned.best_epoch, "train_loss": list(tuned.train_loss_history),
-                          "write_back_max_abs_diff": tuned.verify_max_abs_diff}
+                          "write_back_max_abs_diff": tuned.verify_max_abs_diff,
+                          "started_load": record.get("load_end"), "ended": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
     record["test_top1"] = evaluate_onnx(model, *splits.test).top1
-    record["wall_s"] = time.perf_counter() - t0
     MODEL_OUT.mkdir(parents=True, exist_ok=True)
+    key = run_key(record["model"], record["form"], record["method"], record["target"], seed, record["mode"])
     (MODEL_OUT / f"{key}.onnx").write_bytes(model.SerializeToString())
     lat = latency_ms(model.SerializeToString(), (1, 32), p)
     record["latency_run"] = {"b1_ms": lat[1], "b32_ms": lat[32], "note": "measured right after the run, under load"}
     record["load_end"] = _load()
-    record["ended"] = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
-    return record
 
 
 def original_record(arch: str, form: str, protocol: Protocol) -> dict[str, Any]:
@@ -422,14 +450,16 @@ def latency_pass(rounds: int = 5, runs: int = 30, warmup: int = 5) -> dict[str, 
     t0 = time.perf_counter()
     info: dict[str, Any] = {"machine": machine(), "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
                             "load_start": _load(), "rounds": rounds, "runs": runs, "warmup": warmup,
-                            "batches": [1, 32], "statistic": "minimum over rounds of the median of `runs` timings",
+                            "batches": [1, 32], "statistic": f"minimum over rounds of the median of {runs} timings",
                             "provider": "CPUExecutionProvider, onnxruntime default threads", "models": 0}
     originals: dict[tuple[str, str], bytes] = {}
     for path in sorted(RUNS.glob("*.json")):
         rec = json.loads(path.read_text())
         if "error" in rec or path.stem.endswith("__original"):
             continue
-        model_file = MODEL_OUT / f"{path.stem}.onnx"
+        model_file = MODEL_OUT / f"{path.stem}.onnx"  # latency depends on the structure only:
+        if not model_file.exists():  # a run not fine-tuned yet is timed on its pruned model
+            model_file = MODEL_OUT / f"{path.stem}__noft.onnx"
         try:
             base = base_path_if_present(rec["model"], rec.get("form", "bn"))
         except FileNotFoundError:
@@ -462,7 +492,8 @@ def latency_pass(rounds: int = 5, runs: int = 30, warmup: int = 5) -> dict[str, 
     return info
 
 
-def run_mode(mode_name: str, mode: Mode, force: bool) -> None:
+def run_mode(mode_name: str, mode: Mode, force: bool, with_finetune: bool = True) -> None:
+    """Every run of `mode` that is not stored (or, with fine-tune, stored without it)."""
     RUNS.mkdir(parents=True, exist_ok=True)
     for arch in mode.models:
         for form in mode.forms:
@@ -478,18 +509,28 @@ def run_mode(mode_name: str, mode: Mode, force: bool) -> None:
             for target in mode.targets:
                 for method in mode.methods:
                     for seed in mode.seeds:
-                        out = RUNS / (run_key(arch, form, method, target, seed, mode_name) + ".json")
-                        if out.exists() and not force:
+                        key = run_key(arch, form, method, target, seed, mode_name)
+                        out = RUNS / f"{key}.json"
+                        old = json.loads(out.read_text()) if out.exists() and not force else None
+                        if old is not None and ("error" in old or "test_top1" in old or not with_finetune):
                             continue
-                        print(f"[{time.strftime('%H:%M:%S')}] {arch} {form} {method} {target} seed {seed}", flush=True)
+                        stage = "fine-tune" if old is not None else ("prune" if not with_finetune else "run")
+                        print(f"[{time.strftime('%H:%M:%S')}] {arch} {form} {method} {target} seed {seed}: {stage}",
+                              flush=True)
                         try:
-                            rec = run_one(arch, form, method, target, seed, mode_name, mode)
+                            if old is not None:  # pruned earlier (--no-finetune): fine-tune its stored model
+                                import onnx
+
+                                rec = old
+                                finetune_run(rec, onnx.load(str(MODEL_OUT / f"{key}__noft.onnx")), mode)
+                            else:
+                                rec = run_one(arch, form, method, target, seed, mode_name, mode, with_finetune)
                         except Exception as exc:  # recorded, the report lists it as failed
                             rec = {"model": arch, "form": form, "method": method, "target": target, "seed": seed,
                                    "mode": mode_name, "protocol": dataclasses.asdict(mode.protocol),
                                    "error": f"{type(exc).__name__}: {exc}"[:400]}
                         out.write_text(json.dumps(rec, indent=1) + "\n")
-                        shown = {k: rec.get(k) for k in ("test_top1_noft", "test_top1", "macs_ratio", "wall_s", "error")}
+                        shown = {k: rec.get(k) for k in ("test_top1_noft", "test_top1", "macs_ratio", "prune_wall_s", "finetune_s", "error")}
                         print(f"    {json.dumps(shown)}", flush=True)
 
 
@@ -509,6 +550,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--search-option", action="append", default=[], metavar="METHOD.KEY=VALUE",
                     help="a search method's option, e.g. gat-ppo.episodes=96 (repeatable; recorded)")
     ap.add_argument("--force", action="store_true", help="redo runs that are already stored")
+    ap.add_argument("--no-finetune", action="store_true",
+                    help="prune and measure only (the no-fine-tune column); a later run without it fine-tunes "
+                         "the stored pruned models")
     ap.add_argument("--report-only", action="store_true", help="only rebuild BENCHMARKS.md from stored runs")
     ap.add_argument("--latency-only", action="store_true",
                     help="quiet pass: time every stored model interleaved with its original, then report")
@@ -542,7 +586,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{info['other_cores_busy']} cores on average", flush=True)
     elif not args.report_only:
         torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-        run_mode(args.mode, mode, args.force)
+        run_mode(args.mode, mode, args.force, with_finetune=not args.no_finetune)
     print(f"wrote {write_report()}", flush=True)
     return 0
 

@@ -55,3 +55,11 @@ def test_bad_search_option_is_a_usage_error(capsys: pytest.CaptureFixture[str]) 
     assert run.main(["--search-option", "nosuch.episodes=3"]) == 2
     assert "expected METHOD.KEY=VALUE" in capsys.readouterr().err
     assert run.main(["--finetune-images", "0"]) == 2
+
+
+def test_runs_pruned_without_fine_tune_are_listed() -> None:
+    mode = run.Mode(models=("resnet20",), forms=("folded",), targets=("macs-0.5",), methods=("random",), seeds=(0, 1))
+    cells = {("resnet20", "folded", "macs-0.5", "random"): [_rec(0, 0.9), {**_rec(1, 0.0), "test_top1": None}]}
+    text = "\n".join(report._missing(mode, cells, {}, {("resnet20", "folded")}))
+    assert "random: seed(s) 1 pruned and measured without fine-tune" in text
+    assert "seed(s) 0" not in text
