@@ -304,7 +304,7 @@ def write_report(mode_name: str = "protocol") -> Path:
                            f"{tr.get('train_images', '?')} images, {tr.get('train_seconds', 0) / 60:.0f} min | "
                            f"`{spec['command']}` |")
             elif form == "folded":
-                out.append(f"| {model} | both | - | - | - | {spec.get("not_trained", "not in benchmarks/models/ or the cache yet")} | "
+                out.append(f"| {model} | both | - | - | - | {spec.get('not_trained', 'not in benchmarks/models/ or the cache yet')} | "
                            f"`{spec['command']}` |")
     epoch_file = RESULTS / "epoch_time.json"
     if epoch_file.exists():
