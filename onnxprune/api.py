@@ -34,6 +34,7 @@ class PruneConfig:
     data: str | None = None  # dataset spec (onnxprune.data), needed by taylor and fine-tuning
     finetune_epochs: int = 0
     finetune_images: int | None = None  # cap on training images per epoch
+    finetune_lr: float | None = None  # None: onnxprune.torchcopy.finetune.DEFAULT_LR
     data_options: Mapping[str, Any] = field(default_factory=dict)  # layout/resize/mean/std for load_dataset
     # search methods only (gat-ppo, rl-pruner, sacp)
     target_params: float | None = None  # fraction of the params kept (at most)
@@ -96,10 +97,7 @@ class PruneResult:
             data["verify"] = {"max_abs_diff": self.verified.max_abs_diff,
                               "inputs": self.verified.inputs_checked}
         if self.finetuned is not None:
-            data["finetune"] = {"initial_val_top1": self.finetuned.initial_val_top1,
-                                "val_top1": list(self.finetuned.val_top1_history),
-                                "best_val_top1": self.finetuned.best_val_top1,
-                                "write_back_max_abs_diff": self.finetuned.verify_max_abs_diff}
+            data["finetune"] = self.finetuned.summary()
         if self.searched is not None:
             data["search"] = dict(self.searched.summary)
         data["seconds"] = {k: round(v, 4) for k, v in self.seconds.items()}
@@ -170,7 +168,8 @@ def prune(src: str | os.PathLike[str] | onnx.ModelProto, cfg: PruneConfig,
         say("re-estimating BatchNorm statistics")
         bn = {} if searched is None else {"batches": search_cfg.eval.bn_batches,
                                           "batch_size": search_cfg.eval.bn_batch_size}
-        model, _ = recalibrate_batchnorm(model, splits.train[0], seed=cfg.seed, **bn)
+        model, _ = recalibrate_batchnorm(model, splits.train[0], seed=cfg.seed, original=analysis, keep=keep,
+                                         original_copy=copy if searched is None else None, **bn)
         times["bn_recalibration"] = time.perf_counter() - t0
     tuned = None
     if cfg.finetune_epochs > 0:
@@ -180,7 +179,8 @@ def prune(src: str | os.PathLike[str] | onnx.ModelProto, cfg: PruneConfig,
         say("fine-tuning with knowledge distillation")
         teacher = copy if copy is not None else to_torch(analysis, seed=cfg.seed)
         tuned = finetune(model, teacher, splits,  # type: ignore[arg-type]
-                         FinetuneConfig(epochs=cfg.finetune_epochs, seed=cfg.seed, max_train=cfg.finetune_images))
+                         FinetuneConfig(epochs=cfg.finetune_epochs, seed=cfg.seed, max_train=cfg.finetune_images,
+                                        lr=cfg.finetune_lr))
         model = tuned.model
         times["finetune"] = time.perf_counter() - t0
     return PruneResult(analysis, keep, model, verified, times, tuned, searched)

@@ -1,6 +1,7 @@
 """`onnxprune` command line: a thin layer over `onnxprune.api`.
 
-Exit codes: 0 success, 2 bad usage or bad input (one line on stderr), 1 internal error.
+Exit codes: 0 success, 2 bad usage or bad input (one line on stderr), 1 internal error (a bug, or
+onnxprune's own work failing on a valid input, such as a fine-tune that diverged).
 """
 
 from __future__ import annotations
@@ -144,6 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="fine-tune the pruned model with knowledge distillation from the original")
     pr.add_argument("--finetune-images", type=int, default=None, metavar="N",
                     help="training images per fine-tuning epoch (default: all)")
+    pr.add_argument("--finetune-lr", type=float, default=None, metavar="LR",
+                    help="fine-tuning learning rate (default: 0.01, SGD)")
     _data_options(pr)
     _search_options(pr)
 
@@ -224,6 +227,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         global_ranking=args.global_ranking, round_to=args.round_to, seed=args.seed,
         exclude=tuple(args.exclude), verify=args.verify, input_shapes=parse_input_shapes(args.input_shape),
         data=args.data, finetune_epochs=args.finetune_epochs, finetune_images=args.finetune_images,
+        finetune_lr=args.finetune_lr,
         data_options=data_kwargs(args), target_params=args.target_params, target_latency=args.target_latency,
         workers=args.workers, eval_images=args.eval_images, checkpoint=args.checkpoint, resume=args.resume,
         trajectory=args.trajectory, plot=args.plot, options=search_options(args),
@@ -238,6 +242,12 @@ def cmd_prune(args: argparse.Namespace) -> int:
     if args.report:
         save_json(result.report(), args.report)
     out.print(prune_summary(result, args.output))
+    tuned = result.finetuned
+    if tuned is not None and tuned.message():
+        err.print(f"[yellow]warning: {tuned.message()}[/yellow]")
+    elif tuned is not None:
+        out.print(f"fine-tuned: validation top-1 {tuned.initial_val_top1:.4f} -> {tuned.best_val_top1:.4f} "
+                  f"(best epoch {tuned.best_epoch})")
     return 0
 
 
@@ -296,10 +306,12 @@ def cmd_finetune(args: argparse.Namespace) -> int:
                          temperature=args.temperature, seed=args.seed, max_train=args.images)
     result = finetune(student.model, teacher, splits, cfg)
     save_model(result.model, args.output)
-    out, _ = _console()
+    out, err = _console()
     out.print(f"validation top-1 {result.initial_val_top1:.4f} -> {result.best_val_top1:.4f} "
               f"(best epoch {result.best_epoch}); weights written back and verified against the torch student "
               f"(max abs diff {result.verify_max_abs_diff or 0:.2g}) -> {args.output}")
+    if result.message():
+        err.print(f"[yellow]warning: {result.message()}[/yellow]")
     return 0
 
 
@@ -325,7 +337,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return COMMANDS[args.command](args)
     except OnnxPruneError as exc:
         print(f"onnxprune: error: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_code
     except KeyboardInterrupt:
         print("onnxprune: interrupted", file=sys.stderr)
         return 130

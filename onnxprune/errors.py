@@ -1,13 +1,17 @@
 """One error hierarchy for onnxprune.
 
 `OnnxPruneError` and its subclasses are *expected* failures (bad input, unsupported model, a check
-that did not hold): the CLI prints their message on one line and exits with code 2.
-Anything else is a bug and exits with code 1.
+that did not hold): the CLI prints their message on one line and exits with the error's
+`exit_code`: 2 for the input's fault, 1 for `InternalFailure` (onnxprune's own work failed on a
+valid input, e.g. a fine-tune that diverged). Anything else is a bug and exits with code 1.
 """
 
 
 class OnnxPruneError(Exception):
     """Base class of every error onnxprune raises on purpose."""
+
+    #: the CLI's exit code for this error
+    exit_code: int = 2
 
 
 class InputError(OnnxPruneError):
@@ -24,3 +28,13 @@ class VerificationError(OnnxPruneError):
 
 class DataError(OnnxPruneError):
     """A dataset could not be found or read."""
+
+
+class InternalFailure(OnnxPruneError):
+    """onnxprune's own work failed on a valid input; not the input's fault (exit code 1)."""
+
+    exit_code = 1
+
+
+class FinetuneDivergedError(InternalFailure):
+    """Fine-tuning produced a non-finite loss, gradient or weight after every allowed restart."""

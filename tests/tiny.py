@@ -2,7 +2,8 @@
 
 `ResNetTiny` has four prunable channel groups (stem 16, residual stream 32, residual branch 32,
 head 64), trains in about a second, and is exported with BatchNorm kept (as models/train.py
-does). `digits_model()` is cached per process.
+does) or folded (`digits_model(folded=True)`, what users export). `digits_model()` is cached
+per process.
 """
 
 from __future__ import annotations
@@ -58,9 +59,12 @@ def fit(net: nn.Module, splits: Splits, epochs: int) -> nn.Module:
     return net.eval()
 
 
-@functools.lru_cache(maxsize=1)
-def digits_model(epochs: int = 10) -> tuple[Splits, onnx.ModelProto]:
-    """(splits, trained ONNX model) on digits; deterministic (seeded, one torch thread)."""
+@functools.lru_cache(maxsize=2)
+def digits_model(epochs: int = 10, folded: bool = False) -> tuple[Splits, onnx.ModelProto]:
+    """(splits, trained ONNX model) on digits; deterministic (seeded, one torch thread).
+
+    `folded`: exported as users do by default (TorchScript exporter in eval mode, BatchNorm
+    folded into Conv) instead of with BatchNormalization kept; same weights either way."""
     splits = load_dataset("digits", input_shape=(1, 1, 8, 8), seed=0)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -73,7 +77,8 @@ def digits_model(epochs: int = 10) -> tuple[Splits, onnx.ModelProto]:
             path = Path(tmp) / "tiny.onnx"
             legacy = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
             torch.onnx.export(net, (torch.zeros(1, 1, 8, 8),), str(path), **legacy, opset_version=17,
-                              training=torch.onnx.TrainingMode.PRESERVE, input_names=["input"],
+                              training=torch.onnx.TrainingMode.EVAL if folded else torch.onnx.TrainingMode.PRESERVE,
+                              input_names=["input"],
                               output_names=["logits"], dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}})
             model = onnx.load(str(path))
     finally:

@@ -5,22 +5,33 @@ the teacher the torch copy of the original. Loss per batch:
 
     tau * KL(softmax(t / T) || softmax(s / T)) * T^2 + (1 - tau) * CE(s, y)
 
-SGD (momentum 0.9, Nesterov) or AdamW, cosine learning-rate schedule over all steps, validation
-top-1 after every epoch, and the best checkpoint (by validation top-1, the weights before
-fine-tuning included) kept. The trained weights are then written into the pruned ONNX model
-(same initializer names, same dtypes) and the result is checked against the torch student
-through onnxruntime.
+SGD (momentum 0.9, Nesterov) or AdamW; the learning rate warms up linearly over the first
+`warmup` fraction of the steps, then follows a cosine schedule; gradients are clipped to a norm
+of `clip_grad_norm`. Validation top-1 after every epoch; the best checkpoint (by validation
+top-1, the weights before fine-tuning included) is kept. The trained weights are written into
+the pruned ONNX model (same initializer names, same dtypes) and the result is checked against
+the torch student through onnxruntime.
 
-Exporters that fold BatchNorm into Conv (the dynamo exporter, TorchScript in eval mode) leave
-no BatchNorm to train: the conv weights and biases are trained instead. Models that keep
-BatchNormalization train it in batch-statistics mode and write the running statistics back.
+BatchNorm: models that keep BatchNormalization train it in batch-statistics mode and write the
+running statistics back. Exporters that fold BatchNorm into Conv (the dynamo exporter, TorchScript
+in eval mode) leave an un-normalized network that SGD drives to NaN at the usual learning rates:
+the student gets its BatchNorm back (`onnxprune.torchcopy.batchnorm`, initialised so that the
+function is unchanged), trains with it, and has it folded into the Conv weights before the
+write-back, so the written model has the pruned model's node structure.
+
+Divergence: a non-finite loss, gradient norm or weight is caught at once; the training goes back
+to the last good snapshot (taken every `snapshot_steps` steps while the loss of those steps stays
+below twice the first step's; the start of the epoch when it diverges again from the same one),
+the learning rate is multiplied by `lr_drop`, and training continues, at most `max_restarts`
+times; then `FinetuneDivergedError`.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import onnx
@@ -31,23 +42,35 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from onnxprune.data import Splits
 from onnxprune.data import batches as iter_batches
-from onnxprune.errors import InputError, VerificationError
+from onnxprune.errors import FinetuneDivergedError, InputError, VerificationError
 from onnxprune.ir import load_model
 from onnxprune.numerics import compare_outputs, random_feeds, session
+from onnxprune.torchcopy.batchnorm import (ReinsertedBatchNorm, eligible_layers, kept_positions, layer_statistics,
+                                           reestimate)
 from onnxprune.torchcopy.convert import ATOL, RTOL, TorchCopy, to_torch, torch_outputs
 from onnxprune.torchcopy.masked import accuracy, batched_logits, torch_threads
 
+if TYPE_CHECKING:
+    from onnxprune.deps import Analysis
+
 Optimizer = Literal["sgd", "adamw"]
+
+#: default learning rates (see `FinetuneConfig.learning_rate`)
+DEFAULT_LR = {"sgd": 0.01, "adamw": 1e-3}
 
 
 @dataclass(frozen=True)
 class FinetuneConfig:
     """How to fine-tune (defaults suit a few epochs on small CNNs).
 
-    `lr` None picks 0.01 for SGD and 1e-3 for AdamW. `tau` weighs distillation against
-    cross-entropy (0: plain fine-tuning), `temperature` softens both distributions.
-    `max_train` caps the training images used per epoch (a seeded subset each epoch).
-    `threads` sets torch's intra-op threads while fine-tuning (None: torch's setting).
+    `lr` None picks `DEFAULT_LR[optimizer]`. `tau` weighs distillation against cross-entropy
+    (0: plain fine-tuning), `temperature` softens both distributions. `max_train` caps the
+    training images used per epoch (a seeded subset each epoch). `threads` sets torch's
+    intra-op threads while fine-tuning (None: torch's setting). `warmup`: fraction of the steps
+    with a linear learning-rate warm-up. `clip_grad_norm`: gradient norm clipping (None: off).
+    `max_restarts`, `lr_drop`, `snapshot_steps`: divergence handling (module docstring).
+    `reinsert_bn`: give layers whose BatchNorm the exporter folded a BatchNorm while training,
+    initialised from statistics on `calib_images` training images.
     """
 
     epochs: int = 5
@@ -64,6 +87,13 @@ class FinetuneConfig:
     progress: bool = True
     verify: bool = True
     threads: int | None = None
+    warmup: float = 0.05
+    clip_grad_norm: float | None = 5.0
+    max_restarts: int = 3
+    lr_drop: float = 0.1
+    snapshot_steps: int = 100
+    reinsert_bn: bool = True
+    calib_images: int = 512
 
     def __post_init__(self) -> None:
         if self.epochs < 0:
@@ -72,16 +102,24 @@ class FinetuneConfig:
             raise InputError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.optimizer not in ("sgd", "adamw"):
             raise InputError(f"optimizer must be 'sgd' or 'adamw', got {self.optimizer!r}")
+        if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
+            raise InputError(f"the learning rate must be a positive number, got {self.lr}")
         if not 0.0 <= self.tau <= 1.0:
             raise InputError(f"tau must be in [0, 1], got {self.tau}")
         if self.temperature <= 0:
             raise InputError(f"temperature must be > 0, got {self.temperature}")
+        if not 0.0 <= self.warmup < 1.0:
+            raise InputError(f"warmup must be in [0, 1), got {self.warmup}")
+        if self.clip_grad_norm is not None and not self.clip_grad_norm > 0:
+            raise InputError(f"clip_grad_norm must be > 0 (or None), got {self.clip_grad_norm}")
+        if self.max_restarts < 0 or not 0.0 < self.lr_drop < 1.0 or self.snapshot_steps < 1:
+            raise InputError("max_restarts must be >= 0, lr_drop in (0, 1), snapshot_steps >= 1")
 
     @property
     def learning_rate(self) -> float:
         if self.lr is not None:
             return self.lr
-        return 0.01 if self.optimizer == "sgd" else 1e-3
+        return DEFAULT_LR[self.optimizer]
 
 
 @dataclass(frozen=True, eq=False)
@@ -89,7 +127,10 @@ class FinetuneResult:
     """The fine-tuned ONNX model and how it got there.
 
     `val_top1_history[e]` is the validation top-1 after epoch e+1; `initial_val_top1` the one
-    before fine-tuning; `best_epoch` 0 means no epoch beat the starting weights.
+    before fine-tuning; `best_epoch` 0 means no epoch beat the starting weights (the model
+    returned then holds the starting weights). `restarts`: times a non-finite value sent the
+    training back to a snapshot with a lower learning rate; `lr`: the learning rate in the end.
+    `reinserted_bn`: layers that trained with a re-inserted BatchNorm.
     """
 
     model: onnx.ModelProto
@@ -100,6 +141,30 @@ class FinetuneResult:
     best_epoch: int = 0
     train_loss_history: tuple[float, ...] = field(default=())
     verify_max_abs_diff: float | None = None
+    restarts: int = 0
+    lr: float = 0.0
+    reinserted_bn: int = 0
+
+    @property
+    def improved(self) -> bool:
+        """Whether an epoch beat the starting weights on validation top-1."""
+        return self.best_epoch > 0
+
+    def summary(self) -> dict[str, object]:
+        """What the report records about the fine-tune."""
+        return {"initial_val_top1": self.initial_val_top1, "val_top1": list(self.val_top1_history),
+                "best_val_top1": self.best_val_top1, "best_epoch": self.best_epoch, "improved": self.improved,
+                "train_loss": list(self.train_loss_history), "restarts": self.restarts, "final_lr": self.lr,
+                "reinserted_batchnorm": self.reinserted_bn, "write_back_max_abs_diff": self.verify_max_abs_diff}
+
+    def message(self) -> str | None:
+        """A one-line warning when the fine-tune did not improve on its start, else None."""
+        if self.improved:
+            return None
+        if not self.val_top1_history:
+            return None
+        return (f"the fine-tune did not improve on its start (validation top-1 {self.initial_val_top1:.4f}, "
+                f"best epoch {max(self.val_top1_history):.4f}): the model keeps the weights it had before")
 
 
 def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, y: torch.Tensor, tau: float,
@@ -158,11 +223,32 @@ def verify_write_back(model: onnx.ModelProto, student: TorchCopy, x: np.ndarray 
     return worst
 
 
-def _optimizer(params: list[torch.nn.Parameter], cfg: FinetuneConfig) -> torch.optim.Optimizer:
+def _optimizer(params: list[torch.nn.Parameter], cfg: FinetuneConfig, lr: float) -> torch.optim.Optimizer:
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.learning_rate, momentum=cfg.momentum, nesterov=True,
-                               weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, nesterov=True, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
+
+
+def lr_at(step: int, total: int, warmup_steps: int, base: float) -> float:
+    """The learning rate of step `step` (0-based) of `total`: linear warm-up, then cosine to 0."""
+    warm = min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
+    return base * warm * 0.5 * (1.0 + math.cos(math.pi * step / max(total, 1)))
+
+
+@dataclass(frozen=True, eq=False)
+class _Snapshot:
+    """Where training can go back to after a non-finite value."""
+
+    epoch: int
+    pos: int  # batches done in the epoch
+    step: int  # global step
+    loss_sum: float
+    seen: int
+    weights: dict[str, dict[str, torch.Tensor]]
+
+
+def _finite(tensors: list[torch.Tensor]) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in tensors if t.is_floating_point())
 
 
 def finetune(pruned: onnx.ModelProto, teacher: onnx.ModelProto | TorchCopy, splits: Splits,
@@ -174,18 +260,20 @@ def finetune(pruned: onnx.ModelProto, teacher: onnx.ModelProto | TorchCopy, spli
         teacher: the original ONNX model, or its torch copy.
         splits: data (`onnxprune.data.load_dataset`); trains on `train`, selects on `val`.
         cfg: optimizer, schedule, distillation settings.
-        console: where the progress bar goes (default: stderr).
+        console: where the progress bar and restart notices go (default: stderr).
 
     Raises:
         UnsupportedModelError: a model cannot be converted to torch.
+        FinetuneDivergedError: training kept producing non-finite values after `cfg.max_restarts`
+            restarts with a lower learning rate.
         VerificationError: the written-back model disagrees with the torch student.
     """
     with torch_threads(cfg.threads):
-        return _finetune(pruned, teacher, splits, cfg, console)
+        return _finetune(pruned, teacher, splits, cfg, console or Console(stderr=True))
 
 
 def _finetune(pruned: onnx.ModelProto, teacher: onnx.ModelProto | TorchCopy, splits: Splits,
-              cfg: FinetuneConfig, console: Console | None) -> FinetuneResult:
+              cfg: FinetuneConfig, console: Console) -> FinetuneResult:
     start = time.perf_counter()
     torch.manual_seed(cfg.seed)
     base = load_model(pruned).model
@@ -195,6 +283,13 @@ def _finetune(pruned: onnx.ModelProto, teacher: onnx.ModelProto | TorchCopy, spl
     x_val, y_val = splits.val
     if len(x_train) == 0 or len(x_val) == 0:
         raise InputError("fine-tuning needs non-empty train and val splits")
+    rng = np.random.default_rng(cfg.seed)
+    bn = None
+    if cfg.reinsert_bn and cfg.epochs > 0:
+        calib = x_train[np.sort(rng.choice(len(x_train), size=min(len(x_train), cfg.calib_images), replace=False))]
+        bn = ReinsertedBatchNorm(student, calib)
+        if not len(bn):
+            bn = None
 
     # The teacher is fixed and the data is not augmented: its logits are computed once per
     # image, when a batch first needs them (with --finetune-images only a subset is ever used).
@@ -208,84 +303,185 @@ def _finetune(pruned: onnx.ModelProto, teacher: onnx.ModelProto | TorchCopy, spl
             teacher_cache.update(zip(todo, fresh))
         return torch.stack([teacher_cache[int(i)] for i in idx])
 
+    def set_train(mode: bool) -> None:
+        student.module.train(mode)
+        if bn is not None:
+            bn.train(mode)
+
     def val_top1() -> float:
-        student.module.eval()
+        set_train(False)
         return accuracy(batched_logits(student, x_val, cfg.eval_batch_size), y_val)[0]
 
+    def state() -> dict[str, dict[str, torch.Tensor]]:
+        return {"student": _state(student), "bn": bn.state_dict() if bn is not None else {}}
+
+    def load(snapshot: dict[str, dict[str, torch.Tensor]]) -> None:
+        student.module.load_state_dict(snapshot["student"])
+        if bn is not None:
+            bn.load_state_dict(snapshot["bn"])
+
     initial = val_top1()
-    best, best_epoch, best_state = initial, 0, _state(student)
+    initial_state = state()
+    best, best_epoch, best_state = initial, 0, initial_state
     params = [p for p in student.module.parameters() if p.requires_grad]
+    if bn is not None:
+        params += bn.parameters()
+    watched = params + [b for b in student.module.buffers()] + ([t for t in bn.norms.buffers()] if bn else [])
     step_size = student.fixed_batch or cfg.batch_size
     n_train = min(len(x_train), cfg.max_train or len(x_train))
     drop_last = n_train >= 2 * step_size or student.fixed_batch is not None
     steps_per_epoch = n_train // step_size if drop_last else -(-n_train // step_size)
+    total = cfg.epochs * steps_per_epoch
+    warmup_steps = int(round(cfg.warmup * total))
     history: list[float] = []
     losses: list[float] = []
+    restarts = 0
+    lr = cfg.learning_rate
     if cfg.epochs > 0 and steps_per_epoch > 0 and params:
-        opt = _optimizer(params, cfg)
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs * steps_per_epoch)
-        rng = np.random.default_rng(cfg.seed)
+        opt = _optimizer(params, cfg, lr)
         columns = [TextColumn("[bold]fine-tune[/] epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("loss {task.fields[loss]:.4f}  val top-1 {task.fields[val]:.4f}"), TimeElapsedColumn()]
+        orders = [rng.permutation(len(x_train))[:n_train] for _ in range(cfg.epochs)]
         with Progress(*columns, console=console, disable=not cfg.progress, transient=False) as bar:
-            task = bar.add_task("fine-tune", total=cfg.epochs * steps_per_epoch, epoch=f"0/{cfg.epochs}",
-                                loss=float("nan"), val=initial)
-            for epoch in range(1, cfg.epochs + 1):
-                idx = rng.permutation(len(x_train))[:n_train]
-                student.module.train()
-                loss_sum, seen = 0.0, 0
-                for tb_idx, _ in iter_batches(idx, idx, step_size, drop_last=drop_last):
-                    if len(tb_idx) < 2 and not student.fixed_batch:
-                        continue  # BatchNorm cannot train on one image
-                    xb = x_train[tb_idx]
-                    xt = torch.from_numpy(np.ascontiguousarray(xb))
+            task = bar.add_task("fine-tune", total=total, epoch=f"0/{cfg.epochs}", loss=float("nan"), val=initial)
+            # A snapshot: (epoch, position in the epoch, global step, loss sum, images, weights).
+            # `start` is the state at the start of the epoch (known good); `recent` is taken every
+            # `snapshot_steps` steps when the loss of those steps stayed finite and below twice the
+            # loss of the first step (a diverging run is on its way up before it overflows).
+            start_snap = recent = _Snapshot(1, 0, 0, 0.0, 0, initial_state)
+            recent_used = False
+            first_loss: float | None = None
+            epoch, step = 1, 0
+            while epoch <= cfg.epochs:
+                idx = orders[epoch - 1]
+                plan = [b for b, _ in iter_batches(idx, idx, step_size, drop_last=drop_last)
+                        if len(b) >= 2 or student.fixed_batch]  # BatchNorm cannot train on one image
+                snap = recent if recent.epoch == epoch else start_snap
+                pos, step, loss_sum, seen = snap.pos, snap.step, snap.loss_sum, snap.seen
+                window: list[float] = []
+                set_train(True)
+                bad: str | None = None
+                while pos < len(plan):
+                    tb_idx = plan[pos]
+                    for group in opt.param_groups:
+                        group["lr"] = lr_at(step, total, warmup_steps, lr)
+                    xt = torch.from_numpy(np.ascontiguousarray(x_train[tb_idx]))
                     yt = torch.from_numpy(y_train[tb_idx]).long()
                     loss = distillation_loss(student.logits(xt), teacher_logits(tb_idx), yt, cfg.tau, cfg.temperature)
+                    if not bool(torch.isfinite(loss)):
+                        bad = f"loss {float(loss)}"
+                        break
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
+                    norm = torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad_norm or float("inf"))
+                    if not bool(torch.isfinite(norm)):
+                        bad = f"gradient norm {float(norm)}"
+                        break
                     opt.step()
-                    sched.step()
-                    loss_sum += float(loss.detach()) * len(xb)
-                    seen += len(xb)
-                    bar.update(task, advance=1, loss=loss_sum / seen, epoch=f"{epoch}/{cfg.epochs}")
+                    value = float(loss.detach())
+                    first_loss = value if first_loss is None else first_loss
+                    window.append(value)
+                    step += 1
+                    pos += 1
+                    loss_sum += value * len(tb_idx)
+                    seen += len(tb_idx)
+                    bar.update(task, completed=step, loss=loss_sum / seen, epoch=f"{epoch}/{cfg.epochs}")
+                    if len(window) >= cfg.snapshot_steps and pos < len(plan):
+                        if not _finite(watched):
+                            bad = "weights"
+                            break
+                        if float(np.mean(window)) <= 2.0 * max(first_loss, 1e-3):
+                            recent, recent_used = _Snapshot(epoch, pos, step, loss_sum, seen, state()), False
+                        window = []
+                if bad is None and not _finite(watched):
+                    bad = "weights"
+                if bad is not None:
+                    restarts += 1
+                    where = f"epoch {epoch}, step {step + 1} of {total}"
+                    if restarts > cfg.max_restarts:
+                        raise FinetuneDivergedError(
+                            f"fine-tuning diverged: non-finite {bad} at {where}, after {cfg.max_restarts} "
+                            f"restart(s) with the learning rate lowered to {lr:.3g}; try a smaller learning rate "
+                            f"(first was {cfg.learning_rate:.3g})")
+                    lr *= cfg.lr_drop
+                    if recent_used or recent.epoch != epoch:  # diverged again from it: further back
+                        recent = start_snap
+                    recent_used = True
+                    console.print(f"[yellow]fine-tune: non-finite {bad} at {where}: back to step {recent.step} "
+                                  f"with the learning rate lowered to {lr:.3g} (restart {restarts}/{cfg.max_restarts})")
+                    load(recent.weights)
+                    opt = _optimizer(params, cfg, lr)
+                    continue
                 acc = val_top1()
                 history.append(acc)
                 losses.append(loss_sum / max(seen, 1))
                 bar.update(task, val=acc)
                 if acc > best:
-                    best, best_epoch, best_state = acc, epoch, _state(student)
-    student.module.load_state_dict(best_state)
+                    best, best_epoch, best_state = acc, epoch, state()
+                epoch += 1
+                start_snap = recent = _Snapshot(epoch, 0, step, 0.0, 0, state())
+                recent_used = False
+    reinserted = len(bn) if bn is not None else 0
+    if best_epoch == 0:
+        load(initial_state)
+        if bn is not None:
+            bn.remove()  # the starting weights exactly, not a BatchNorm folded into them
+        model = write_back(base, student)
+    else:
+        load(best_state)
+        set_train(False)
+        if bn is not None:
+            bn.fold()
+        model = write_back(base, student)
     student.module.eval()
-    model = write_back(base, student)
     diff = verify_write_back(model, student, x_val, seed=cfg.seed) if cfg.verify else None
     return FinetuneResult(model=model, val_top1_history=tuple(history), best_val_top1=best,
                           seconds=time.perf_counter() - start, initial_val_top1=initial, best_epoch=best_epoch,
-                          train_loss_history=tuple(losses), verify_max_abs_diff=diff)
-
+                          train_loss_history=tuple(losses), verify_max_abs_diff=diff, restarts=restarts, lr=lr,
+                          reinserted_bn=reinserted)
 
 
 def recalibrate_batchnorm(model: onnx.ModelProto, x: np.ndarray, batches: int = 4, batch_size: int = 128,
-                          seed: int = 0, threads: int | None = None) -> tuple[onnx.ModelProto, int]:
-    """`model` with the running statistics of its BatchNormalization nodes re-estimated on
-    `batches` batches of `x` (a seeded sample), and how many were re-estimated.
+                          seed: int = 0, threads: int | None = None, original: Analysis | None = None,
+                          keep: np.ndarray | None = None,
+                          original_copy: TorchCopy | None = None) -> tuple[onnx.ModelProto, int]:
+    """`model` with the running statistics of its BatchNorm layers re-estimated on `batches`
+    batches of `x` (a seeded sample), and how many were re-estimated.
 
     After pruning, the BatchNorm layers downstream of removed channels see other statistics;
     search methods score masks with them re-estimated, so the written model must carry them too.
-    Returns `model` unchanged (and 0) when it has no BatchNormalization (folded by the exporter).
-    The written-back model is checked against the torch copy.
+    A pruned model whose exporter folded BatchNorm into Conv has none: given the unpruned
+    model (`original`, its analysis, and `keep`, the mask that made `model`), its layers get a
+    BatchNorm whose affine parameters are the unpruned layer's output statistics at the kept
+    channels, re-estimated, then folded back (`onnxprune.torchcopy.batchnorm`). Without them,
+    such a model is returned unchanged (and 0). The written-back model is checked against the
+    torch copy.
     """
-    from onnxprune.deps import analyze
-    from onnxprune.torchcopy.masked import MaskedModel
-
-    if not any(n.op_type == "BatchNormalization" for n in model.graph.node):
+    folded_path = original is not None and keep is not None
+    if not folded_path and not any(n.op_type == "BatchNormalization" for n in model.graph.node):
         return model, 0
     with torch_threads(threads):
         base = load_model(model).model
-        analysis = analyze(base)
-        masked = MaskedModel(to_torch(analysis, seed=seed), analysis, channels_last=False)
+        copy = to_torch(base, seed=seed)
         rng = np.random.default_rng(seed)
-        sample = x[rng.choice(len(x), size=min(len(x), batches * batch_size), replace=False)]
-        count = masked.recalibrate_bn(sample, batches=batches, batch_size=batch_size)
-        out = write_back(base, masked.copy)
-        verify_write_back(out, masked.copy, sample[:64], seed=seed)
-    return out, count
+        sample = x[np.sort(rng.choice(len(x), size=min(len(x), batches * batch_size), replace=False))]
+        inserted = None
+        if folded_path:
+            ref_copy = original_copy if original_copy is not None else to_torch(original, check=False, seed=seed)
+            ref = layer_statistics(ref_copy, eligible_layers(ref_copy), sample, batch_size)
+            kept = kept_positions(original, keep, ref_copy)
+            stats = {t: (s.take(kept[t]) if t in kept else s) for t, s in ref.items()}
+            inserted = ReinsertedBatchNorm(copy, sample, stats=stats, batch_size=batch_size,
+                                           layers=[lay for lay in eligible_layers(copy) if lay.target in stats])
+        norms = [m for m in copy.module.modules()
+                 if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.running_mean is not None]  # noqa: SLF001
+        if inserted is not None:
+            norms += list(inserted.norms.values())
+        if not norms:
+            return model, 0
+        reestimate(copy, norms, sample, batches, batch_size)
+        if inserted is not None:
+            inserted.fold()
+        out = write_back(base, copy)
+        verify_write_back(out, copy, sample[:64], seed=seed)
+    return out, len(norms)

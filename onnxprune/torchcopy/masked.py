@@ -16,7 +16,12 @@ with 2 threads, about even with 1).
 
 BatchNorm re-calibration (optional): after masking, the BatchNormalization layers downstream of
 the removed channels see other statistics; `recalibrate_bn` re-estimates their running mean and
-variance on a few batches (models whose exporter folded BN into Conv have none to re-estimate).
+variance on a few batches. Models whose exporter folded BatchNorm into Conv get it back for
+this: the first `recalibrate_bn` re-inserts a BatchNorm on every eligible layer
+(`onnxprune.torchcopy.batchnorm`), its affine parameters the unmasked model's statistics on the
+images given, and re-estimates its running statistics like the others. The re-inserted layers
+act only inside this class' `recalibrate_bn` and `logits`/`evaluate`: whoever else runs the copy
+sees the model as converted.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from torch import nn
 
 from onnxprune.deps import Analysis
 from onnxprune.errors import UnsupportedModelError
+from onnxprune.torchcopy.batchnorm import ReinsertedBatchNorm, eligible_layers, reestimate
 from onnxprune.torchcopy.convert import TorchCopy
 
 
@@ -191,12 +197,30 @@ class MaskedModel:
                     if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None]  # noqa: SLF001
         self._bn_stats = [(bn.running_mean.clone(), bn.running_var.clone()) for bn in self._bn]
         self._bn_dirty = False
+        self._reinsertable = len(eligible_layers(copy))
+        self.reinserted: ReinsertedBatchNorm | None = None
         self.keep: np.ndarray | None = None
 
     @property
     def batchnorms(self) -> int:
-        """How many BatchNorm layers `recalibrate_bn` can re-estimate."""
-        return len(self._bn_stats)
+        """How many BatchNorm layers `recalibrate_bn` re-estimates (re-inserted ones included)."""
+        return len(self._bn_stats) + (len(self.reinserted) if self.reinserted is not None else self._reinsertable)
+
+    def _reinsert(self, x: torch.Tensor, batch_size: int) -> None:
+        """Re-insert BatchNorm on the eligible layers, with the unmasked model's statistics on `x`."""
+        with torch.no_grad():
+            for target in self._targets:
+                target.tensor.data.copy_(target.original)
+        self.reinserted = ReinsertedBatchNorm(self.copy, x, batch_size=batch_size, enabled=False)
+        self.reinserted.train(False)
+        norms = list(self.reinserted.norms.values())
+        self._bn.extend(norms)
+        self._bn_stats.extend((bn.running_mean.clone(), bn.running_var.clone()) for bn in norms)
+        if self.keep is not None:
+            self.apply(self.keep)
+
+    def _active(self) -> contextlib.AbstractContextManager:
+        return self.reinserted.active() if self.reinserted is not None else contextlib.nullcontext()
 
     def apply(self, keep: np.ndarray) -> None:
         """Zero the consumer input weights of every unit where `keep` is False (bool (num_units,)).
@@ -237,39 +261,26 @@ class MaskedModel:
         """Re-estimate the running statistics of every BatchNorm layer on `batches` batches of `x`
         (cumulative average, under the current mask); returns how many layers were re-estimated.
 
-        The next `apply`/`reset` restores the original statistics.
+        The next `apply`/`reset` restores the original statistics. On a model whose exporter
+        folded BatchNorm, the first call re-inserts it (statistics of the unmasked model on the
+        first `batches * batch_size` images of `x`; see the module docstring).
         """
-        if not self._bn_stats:
-            return 0
         xt = _as_tensor(x)
-        step = self.copy.fixed_batch or batch_size
-        momenta = [bn.momentum for bn in self._bn]
-        self.copy.module.eval()
         with torch_threads(self.threads):
-            try:
-                for bn in self._bn:
-                    bn.reset_running_stats()
-                    bn.momentum = None  # cumulative moving average over the batches seen
-                    bn.train()
-                self._bn_dirty = True
-                with torch.no_grad():
-                    for k, start in enumerate(range(0, len(xt), step)):
-                        xb = xt[start:start + step]
-                        if k >= batches or len(xb) < 2 or (self.copy.fixed_batch and len(xb) != step):
-                            break
-                        if self.channels_last and xb.dim() == 4:
-                            xb = xb.contiguous(memory_format=torch.channels_last)
-                        self.copy.logits(xb)
-            finally:
-                for bn, momentum in zip(self._bn, momenta):
-                    bn.momentum = momentum
-                self.copy.module.eval()
+            if self.reinserted is None and self._reinsertable:
+                self._reinsert(xt[:batches * batch_size], batch_size)
+            if not self._bn_stats:
+                return 0
+            self._bn_dirty = True
+            with self._active():
+                reestimate(self.copy, self._bn, xt, batches, batch_size, self.channels_last)
+            self.copy.module.eval()
         return len(self._bn_stats)
 
     def logits(self, x: np.ndarray | torch.Tensor, batch_size: int = 256) -> torch.Tensor:
         """(N, classes) logits under the current mask (eval mode, no grad)."""
         self.copy.module.eval()
-        with torch_threads(self.threads):
+        with torch_threads(self.threads), self._active():
             return batched_logits(self.copy, x, batch_size, self.channels_last)
 
     def evaluate(self, x: np.ndarray | torch.Tensor, y: np.ndarray | torch.Tensor,
