@@ -5,7 +5,8 @@
 SGD with momentum, cosine learning-rate schedule (per step), light augmentation (random crop with
 zero padding, horizontal flip), validation accuracy after every epoch, test accuracy at the end on
 the dataset's held-out test split. Writes `<out>/<arch>_<data>.onnx` (TorchScript exporter,
-opset 17, dynamic batch) and a JSON record next to it.
+opset 17, dynamic batch; BatchNormalization kept), `<out>/<arch>_<data>-folded.onnx` (the same
+weights with BatchNorm folded into Conv, the export users make by default) and a JSON record.
 """
 
 from __future__ import annotations
@@ -53,6 +54,8 @@ class TrainResult:
         num_classes: number of outputs.
         train_images: number of training images used per epoch.
         onnx_path, json_path: the files written (None when export was off).
+        folded_onnx_path: the export with BatchNorm folded into Conv (None when export was off;
+            `onnx_path` itself with `fold_bn=True`).
         model: the trained torch module, in eval mode, on the CPU.
     """
 
@@ -68,6 +71,7 @@ class TrainResult:
     onnx_path: Path | None
     json_path: Path | None
     model: nn.Module = field(repr=False)
+    folded_onnx_path: Path | None = None
 
 
 def _slug(text: str) -> str:
@@ -188,7 +192,8 @@ def train(
         channels_last: train in channels-last memory format (default: on CPU, where it is about
             1.6x faster for ResNet-20 and 2x for MobileNetV2).
         export: write the ONNX file and its JSON record.
-        fold_bn: fold BatchNorm into Conv in the ONNX file (default: keep BatchNormalization).
+        fold_bn: fold BatchNorm into Conv in `<stem>.onnx` too (default: keep BatchNormalization
+            there; the folded form is always written as `<stem>-folded.onnx`).
         verbose: show a progress bar and per-epoch lines (rich).
 
     Raises:
@@ -278,11 +283,13 @@ def train(
                   f"{split_note}); trained in {train_seconds:.0f}s")
 
     model = model.cpu().eval().to(memory_format=torch.contiguous_format)
-    onnx_path = json_path = None
+    onnx_path = json_path = folded_path = None
     if export:
         out = Path(out_dir).expanduser() if out_dir is not None else default_out_dir()
         stem = name or f"{model_key}_{_data_slug(spec)}"
         onnx_path = export_onnx(model, input_shape, out / f"{stem}.onnx", fold_bn=fold_bn)
+        folded_path = onnx_path if fold_bn else export_onnx(model, input_shape, out / f"{stem}-folded.onnx",
+                                                            fold_bn=True)
         json_path = out / f"{stem}.json"
         _write_json(json_path, {
             "arch": model_key,
@@ -306,13 +313,15 @@ def train(
             "threads": torch.get_num_threads(),
             "onnx": onnx_path.name,
             "bn_folded": fold_bn,
+            "onnx_folded": folded_path.name,
         })
-        console.print(f"wrote {onnx_path} and {json_path.name}")
+        extra = "" if fold_bn else f", {folded_path.name} (BatchNorm folded)"
+        console.print(f"wrote {onnx_path}{extra} and {json_path.name}")
     return TrainResult(arch=model_key, data=splits.spec, epochs=epochs, test_top1=test_acc,
                        val_top1=tuple(val_history), train_seconds=train_seconds,
                        input_shape=input_shape, num_classes=splits.num_classes,
                        train_images=len(x_train), onnx_path=onnx_path, json_path=json_path,
-                       model=model)
+                       model=model, folded_onnx_path=folded_path)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -334,7 +343,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-flip", action="store_true")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--fold-bn", action="store_true",
-                        help="fold BatchNorm into Conv in the ONNX file (default: keep BatchNormalization)")
+                        help="fold BatchNorm into Conv in ARCH_DATA.onnx too (default: keep BatchNormalization "
+                             "there; ARCH_DATA-folded.onnx is always written)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = parser.parse_args(argv)
     if args.threads:

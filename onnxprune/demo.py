@@ -1,8 +1,10 @@
 """`onnxprune demo`: the whole flow on a small CNN the project trains itself.
 
 Train (or reuse a cached) CIFAR-style ResNet-20 on Fashion-MNIST (scikit-learn's digits when
-Fashion-MNIST is not installed), export it to ONNX, prune it to 50% of its MACs (Taylor scores), verify the
-rewrite, fine-tune it with knowledge distillation from the original, and compare accuracy (onnxruntime, held-out test split), MACs, params and latency.
+Fashion-MNIST is not installed), export it to ONNX the way users do (BatchNorm folded into Conv),
+prune it to 50% of its MACs (Taylor scores), verify the rewrite, fine-tune it with knowledge
+distillation from the original, and compare accuracy (onnxruntime, held-out test split), MACs,
+params and latency.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ def _trained_model(cfg: DemoConfig, data: str, console: Console) -> tuple[Path, 
     """Path of the trained ONNX model, its test accuracy from training, and training seconds."""
     from models.train import train  # torch: imported only when the demo trains
 
-    name = f"{cfg.arch}-{data}-e{cfg.epochs}-n{cfg.train_images}-s{cfg.seed}"
+    name = f"{cfg.arch}-{data}-e{cfg.epochs}-n{cfg.train_images}-s{cfg.seed}-folded"
     record = cfg.out_dir / f"{name}.json"
     onnx_path = cfg.out_dir / f"{name}.onnx"
     if record.exists() and onnx_path.exists():
@@ -58,7 +60,7 @@ def _trained_model(cfg: DemoConfig, data: str, console: Console) -> tuple[Path, 
                   "cached for later runs")
     cfg.out_dir.mkdir(parents=True, exist_ok=True)
     result = train(cfg.arch, data, epochs=cfg.epochs, max_train_images=cfg.train_images, seed=cfg.seed,
-                   out_dir=cfg.out_dir, name=name)
+                   out_dir=cfg.out_dir, name=name, fold_bn=True)  # exported as users do: BatchNorm folded
     assert result.onnx_path is not None
     return result.onnx_path, result.test_top1, result.train_seconds
 

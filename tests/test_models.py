@@ -103,6 +103,13 @@ def test_one_epoch_on_digits_beats_chance(tmp_path: Path, one_thread: object) ->
         want = result.model(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(sess.run(None, {"input": x})[0], want, rtol=1e-4, atol=1e-4)
     assert "BatchNormalization" in {n.op_type for n in onnx.load(str(result.onnx_path)).graph.node}
+    # ... and the folded form users export by default: no BatchNormalization, same function
+    folded = result.folded_onnx_path
+    assert folded is not None and folded.name == "resnet20_digits-folded.onnx" and record["onnx_folded"] == folded.name
+    ops = [n.op_type for n in onnx.load(str(folded)).graph.node]
+    assert "BatchNormalization" not in ops and ops.count("Conv") == 21
+    sess = ort.InferenceSession(str(folded), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(sess.run(None, {"input": x})[0], want, rtol=1e-4, atol=1e-4)
 
 
 def test_train_cli_missing_data_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

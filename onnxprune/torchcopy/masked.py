@@ -219,6 +219,12 @@ class MaskedModel:
         if self.keep is not None:
             self.apply(self.keep)
 
+    def __del__(self) -> None:
+        # the re-inserted layers' hooks live in the copy's modules: take them away with this object
+        reinserted = getattr(self, "reinserted", None)
+        if reinserted is not None:
+            reinserted.remove()
+
     def _active(self) -> contextlib.AbstractContextManager:
         return self.reinserted.active() if self.reinserted is not None else contextlib.nullcontext()
 

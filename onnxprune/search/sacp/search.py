@@ -58,7 +58,7 @@ def recalibrated_model(ctx: SearchContext, keep: np.ndarray) -> tuple[Any, float
 
     ev = ctx.cfg.eval
     model, _ = recalibrate_batchnorm(_materialize(ctx, keep), ctx.splits.train[0], batches=ev.bn_batches,
-                                     batch_size=ev.bn_batch_size, seed=ctx.cfg.seed)
+                                     batch_size=ev.bn_batch_size, seed=ctx.cfg.seed, original=ctx.analysis, keep=keep)
     if ctx.score_model is None:
         raise ValueError(f"{METHOD}: the search context has no score_model (the API passes one)")
     return model, ctx.score_model(model)
