@@ -307,11 +307,13 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     result = finetune(student.model, teacher, splits, cfg)
     save_model(result.model, args.output)
     out, err = _console()
+    if result.message():  # not a success: say so, and what was written
+        err.print(f"[yellow]warning: {result.message()}[/yellow]")
+        out.print(f"wrote the starting weights unchanged -> {args.output}")
+        return 0
     out.print(f"validation top-1 {result.initial_val_top1:.4f} -> {result.best_val_top1:.4f} "
               f"(best epoch {result.best_epoch}); weights written back and verified against the torch student "
               f"(max abs diff {result.verify_max_abs_diff or 0:.2g}) -> {args.output}")
-    if result.message():
-        err.print(f"[yellow]warning: {result.message()}[/yellow]")
     return 0
 
 
