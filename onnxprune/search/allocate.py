@@ -1,7 +1,9 @@
 """Turning unit scores into a keep mask: uniform and global allocation, MACs targets.
 
 `uniform`: the same fraction of units leaves every prunable group. `global`: all prunable units
-are ranked together (scores normalized per group) with a minimum kept per group. A MACs target
+are ranked together with a minimum kept per group; scores are normalized per group, or, with
+`per_cost` (unnormalized scores such as Taylor's loss-change estimate), divided by the MACs each
+unit costs (`criteria.normalize.cross_group`). A MACs target
 is met by bisection on the sparsity, using the cost model (no rewrite).
 """
 
@@ -12,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from onnxprune.criteria.normalize import mean_normalized
+from onnxprune.criteria.normalize import cross_group
 from onnxprune.deps import Analysis, ChannelGroup
 from onnxprune.errors import InputError, UnsupportedModelError
 
@@ -25,6 +27,7 @@ class AllocationConfig:
     target_flops: float | None = None  # fraction of MACs kept (at most)
     global_ranking: bool = False
     round_to: int = 1
+    per_cost: bool = False  # global ranking by (unnormalized) importance per MACs
     min_keep_fraction: float = MIN_KEEP_FRACTION
 
     def __post_init__(self) -> None:
@@ -62,13 +65,14 @@ def uniform_keep(analysis: Analysis, scores: np.ndarray, sparsity: float, round_
 
 
 def global_keep(analysis: Analysis, scores: np.ndarray, sparsity: float, round_to: int = 1,
-                min_keep: float = MIN_KEEP_FRACTION) -> np.ndarray:
-    """Remove the globally least important `sparsity` share of all prunable units."""
+                min_keep: float = MIN_KEEP_FRACTION, per_cost: bool = False) -> np.ndarray:
+    """Remove the globally least important `sparsity` share of all prunable units (`per_cost`:
+    ranked by importance per MACs, see the module docstring)."""
     keep = analysis.full_keep()
     groups = analysis.prunable()
     if not groups:
         return keep
-    normed = [mean_normalized(scores[g.unit_slice]) for g in groups]
+    normed = cross_group(analysis, scores, per_cost)
     flat = np.concatenate(normed)
     n_remove = int(round(sparsity * flat.size))
     if n_remove == 0:
@@ -86,7 +90,11 @@ def global_keep(analysis: Analysis, scores: np.ndarray, sparsity: float, round_t
 
 def allocate(analysis: Analysis, scores: np.ndarray, cfg: AllocationConfig) -> np.ndarray:
     """The keep mask for a sparsity or a MACs target (bisection on the sparsity)."""
-    pick = global_keep if cfg.global_ranking else uniform_keep
+    if cfg.global_ranking:
+        def pick(a: Analysis, sc: np.ndarray, s: float, r: int, m: float) -> np.ndarray:
+            return global_keep(a, sc, s, r, m, per_cost=cfg.per_cost)
+    else:
+        pick = uniform_keep
     if not analysis.prunable():
         raise UnsupportedModelError("no prunable channel group in this model (see `onnxprune analyze`)")
     if cfg.sparsity is not None:

@@ -96,7 +96,8 @@ def _accumulate(copy: TorchCopy, probes: list[_Probe], x: np.ndarray, y: np.ndar
 
 
 def taylor_scores(copy: TorchCopy, analysis: Analysis, x: np.ndarray, y: np.ndarray, batches: int = 8,
-                  batch_size: int = 64, seed: int = 0, threads: int | None = None) -> np.ndarray:
+                  batch_size: int = 64, seed: int = 0, threads: int | None = None,
+                  normalize: bool = True) -> np.ndarray:
     """Importance of every unit (float64 (num_units,); higher = more important; frozen: +inf).
 
     Args:
@@ -104,6 +105,9 @@ def taylor_scores(copy: TorchCopy, analysis: Analysis, x: np.ndarray, y: np.ndar
         x, y: calibration data (e.g. the train split), float32 in the model's layout and int64.
         batches: number of mini-batches of `batch_size` to accumulate over (seeded shuffle).
         threads: torch intra-op threads meanwhile (None: torch's setting).
+        normalize: divide each member's estimates by their mean (the criterion, for ranking
+            inside groups). False: the raw estimates (summed |g . w| over the batches, averaged
+            over the members), comparable across groups as estimates of the loss change.
     """
     n = analysis.groups.num_units
     probes = _probes(copy, analysis)
@@ -113,7 +117,7 @@ def taylor_scores(copy: TorchCopy, analysis: Analysis, x: np.ndarray, y: np.ndar
     total = np.zeros(n)
     count = np.zeros(n)
     for p in probes:
-        est = mean_normalized(p.total.numpy())
+        est = mean_normalized(p.total.numpy()) if normalize else p.total.numpy()
         per_unit = np.zeros(n)
         hits = np.zeros(n)
         np.add.at(per_unit, p.units, est)

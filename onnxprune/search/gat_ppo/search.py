@@ -157,6 +157,19 @@ def parse_config(options: dict[str, Any]) -> GatPpoConfig:
     return parse_options(GatPpoConfig, options, METHOD, presets=PRESETS)
 
 
+def impact_scores(ctx: SearchContext) -> np.ndarray | None:
+    """Unnormalized Taylor estimates (comparable across groups) for the impact-per-cost feature:
+    `ctx.scores["impact"]` when given, else computed on the torch copy (None without data)."""
+    if "impact" in ctx.scores:
+        return np.asarray(ctx.scores["impact"])
+    if ctx.copy is None or ctx.splits is None:
+        return None
+    from onnxprune.torchcopy.taylor import taylor_scores
+
+    x, y = ctx.splits.train
+    return taylor_scores(ctx.copy, ctx.analysis, x, y, seed=ctx.cfg.seed, normalize=False)
+
+
 def measure_sensitivity(ctx: SearchContext, projector: Projector, ratio: float) -> tuple[np.ndarray, float]:
     """(drop per node, proxy of the unpruned model): the proxy drop when each group alone keeps
     its most important `ratio` of units (one evaluation per group, plus the unpruned model)."""
@@ -174,14 +187,14 @@ def measure_sensitivity(ctx: SearchContext, projector: Projector, ratio: float) 
 class _Search:
     """The state of one gat-ppo search (everything `--resume` needs is in `state()`)."""
 
-    def __init__(self, ctx: SearchContext, cfg: GatPpoConfig, sensitivity: np.ndarray | None) -> None:
+    def __init__(self, ctx: SearchContext, cfg: GatPpoConfig, sensitivity: np.ndarray | None,
+                 impact: np.ndarray | None = None) -> None:
         self.ctx, self.cfg = ctx, cfg
         self.backend = resolve_backend(cfg.gat_backend)
         analysis = ctx.analysis
         self.importance = np.asarray(ctx.importance)
         self.sensitivity = sensitivity
-        self.graph = build_state_graph(analysis, np.asarray(ctx.scores[L1.name]), self.importance, sensitivity,
-                                       ctx.scores.get("impact"))
+        self.graph = build_state_graph(analysis, np.asarray(ctx.scores[L1.name]), self.importance, sensitivity, impact)
         self.edges = Edges.of(self.graph.src, self.graph.dst, self.graph.num_nodes)
         self.projector = Projector(analysis, ctx.meter, self.graph, self.importance, cfg.round_to, MIN_KEEP)
         if cfg.action == "levels":
@@ -413,6 +426,7 @@ def run(ctx: SearchContext) -> SearchResult:
     if not ctx.analysis.prunable():
         raise InputError(f"{METHOD}: the model has no prunable channel group")
     saved = ctx.checkpoint.load()
+    impact = impact_scores(ctx) if cfg.learner == "ppo" else None
     sensitivity = None
     setup = 0
     nodes = len(ctx.analysis.prunable())
@@ -424,12 +438,12 @@ def run(ctx: SearchContext) -> SearchResult:
                 sensitivity = saved["sensitivity"]
             else:
                 ctx.say(f"measuring the sensitivity of {nodes} groups")
-                probe = _Search(ctx, dataclasses.replace(cfg, sensitivity=False, policy=""), None)
+                probe = _Search(ctx, dataclasses.replace(cfg, sensitivity=False, policy=""), None, impact)
                 sensitivity, _ = measure_sensitivity(ctx, probe.projector, cfg.sensitivity_ratio)
         else:  # controls spend the same evaluations on candidates
             episodes += setup
             setup = 0
-    search = _Search(ctx, cfg, sensitivity)
+    search = _Search(ctx, cfg, sensitivity, impact)
     if saved is not None:
         search.load(saved)
     else:
