@@ -14,8 +14,9 @@ import onnx
 
 from onnxprune.deps import Analysis, analyze
 from onnxprune.errors import InputError, VerificationError
-from onnxprune.fileio import atomic_write
+from onnxprune.fileio import STDOUT, atomic_write, check_outputs, model_files
 from onnxprune.ir import Shape, with_initializers
+from onnxprune.ir.validate import check_runtime
 from onnxprune.methods import L1, method, names_of
 from onnxprune.rewrite import VerifyResult, apply_keep, check_runs, verify
 from onnxprune.search import AllocationConfig, allocate
@@ -94,8 +95,7 @@ class PruneResult:
     def report(self) -> dict[str, Any]:
         data = self.analysis.to_json(self.keep)
         if self.verified is not None:
-            data["verify"] = {"max_abs_diff": self.verified.max_abs_diff,
-                              "inputs": self.verified.inputs_checked}
+            data["verify"] = self.verified.to_json()
         if self.finetuned is not None:
             data["finetune"] = self.finetuned.summary()
         if self.searched is not None:
@@ -127,6 +127,8 @@ def prune(src: str | os.PathLike[str] | onnx.ModelProto, cfg: PruneConfig,
     t0 = time.perf_counter()
     say("analysing")
     analysis = analyze(src, cfg.input_shapes, cfg.exclude)
+    if not analysis.graph.loaded.runtime_checked:  # custom-domain operators: prune must run it
+        check_runtime(analysis.graph.model, analysis.graph.loaded.source)
     times["analyze"] = time.perf_counter() - t0
     splits = copy = None
     if cfg.data and (chosen.needs_data or cfg.finetune_epochs > 0):
@@ -159,7 +161,8 @@ def prune(src: str | os.PathLike[str] | onnx.ModelProto, cfg: PruneConfig,
     times["select"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     say("rewriting")
-    model, verified = rewrite_and_verify(analysis, keep, searched, cfg.verify, cfg.seed, cfg.input_shapes, cfg.exclude)
+    model, verified = rewrite_and_verify(analysis, keep, searched, cfg.verify, cfg.seed, cfg.input_shapes, cfg.exclude,
+                                         data=_verify_data(cfg, splits, analysis))
     times["rewrite"] = time.perf_counter() - t0
     if splits is not None and (searched is None or not searched.trained):
         from onnxprune.torchcopy import recalibrate_batchnorm
@@ -207,13 +210,15 @@ def search_callables(analysis: Analysis, splits: Any) -> dict[str, Callable[...,
 
 def rewrite_and_verify(analysis: Analysis, keep: np.ndarray, searched: Any = None, check: bool = True, seed: int = 0,
                        input_shapes: Mapping[str, Shape] | None = None, exclude: Iterable[str] = (),
-                       ) -> tuple[onnx.ModelProto, VerifyResult | None]:
+                       data: Any = None) -> tuple[onnx.ModelProto, VerifyResult | None]:
     """The pruned model of `keep` and, when `check`, its verification.
 
     With a search result that trained weights (`onnxprune.search.SearchResult`): `weights` (the
     original model's, full size) are written in first, and the rewrite is verified against the
     trained model with the same channels masked; `pruned_weights` are written into the rewrite
     after the rewrite itself was verified, and the result must still pass the checker and run.
+    `data`: images for verification when the outputs are too small on random ones (`verify`).
+    Without `check`, the rewrite must still load in onnxruntime.
     """
     weights = getattr(searched, "weights", None)
     pruned_weights = getattr(searched, "pruned_weights", None)
@@ -223,7 +228,11 @@ def rewrite_and_verify(analysis: Analysis, keep: np.ndarray, searched: Any = Non
         if source.groups.num_units != analysis.groups.num_units:
             raise VerificationError("the trained weights changed the channel analysis")
     model = apply_keep(source, keep)
-    verified = verify(source, keep, model, seed=seed) if check else None
+    if check:
+        verified = verify(source, keep, model, seed=seed, data=data)
+    else:
+        verified = None
+        check_loads(model, "the pruned model")  # --no-verify still never returns a model that does not load
     if pruned_weights is not None:
         try:
             model = with_initializers(model, pruned_weights)
@@ -234,23 +243,42 @@ def rewrite_and_verify(analysis: Analysis, keep: np.ndarray, searched: Any = Non
     return model, verified
 
 
+def _verify_data(cfg: PruneConfig, splits: Any, analysis: Analysis) -> Callable[[], np.ndarray | None] | None:
+    """Validation images for verification, loaded only if it needs them (tiny outputs)."""
+    if not cfg.data:
+        return None
+
+    def load() -> np.ndarray | None:
+        if splits is not None:
+            return splits.val[0][:4]
+        from onnxprune.data import load_dataset
+
+        first = analysis.graph.inputs[0].name
+        return load_dataset(cfg.data, input_shape=analysis.graph.shapes[first], seed=cfg.seed,
+                            **dict(cfg.data_options)).val[0][:4]
+
+    return load
+
+
+def check_loads(model: onnx.ModelProto, what: str) -> None:
+    """onnxruntime loads `model` (CPU, optimizations off), else `VerificationError` (our fault)."""
+    try:
+        check_runtime(model, what)
+    except InputError as exc:
+        raise VerificationError(str(exc)) from None
+
+
 def save_model(model: onnx.ModelProto, path: str | os.PathLike[str]) -> None:
-    """Write atomically (temporary file in the same folder, then rename)."""
+    """Write atomically (temporary file in the same folder, fsync, then rename)."""
     atomic_write(Path(path), model.SerializeToString())
 
 
 def save_json(data: Mapping[str, Any], path: str | os.PathLike[str]) -> None:
-    atomic_write(Path(path), (json.dumps(data, indent=2) + "\n").encode())
-
-
-def same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
-    try:
-        return Path(a).resolve() == Path(b).resolve()
-    except OSError:
-        return False
+    """Write JSON atomically; the path `-` writes to standard output."""
+    payload = (json.dumps(data, indent=2) + "\n").encode()
+    atomic_write(STDOUT if str(path) == STDOUT else Path(path), payload)
 
 
 def check_output_paths(src: str | os.PathLike[str], outputs: Iterable[str | os.PathLike[str] | None]) -> None:
-    for out in outputs:
-        if out is not None and same_file(src, out):
-            raise InputError(f"{out}: refusing to overwrite the input model")
+    """Refuse outputs that are the model `src` (or its external data), directories, or unwritable."""
+    check_outputs({str(out): out for out in outputs if out is not None}, model_files(src))

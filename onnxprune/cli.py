@@ -1,7 +1,10 @@
 """`onnxprune` command line: a thin layer over `onnxprune.api`.
 
-Exit codes: 0 success, 2 bad usage or bad input (one line on stderr), 1 internal error (a bug, or
-onnxprune's own work failing on a valid input, such as a fine-tune that diverged).
+Exit codes: 0 success, 2 bad usage or bad input (one line on stderr), 1 onnxprune's own failure
+(its own work failed on a valid input, such as a fine-tune that diverged or a rewrite that fails
+verification, or a bug), 130/143/129 interrupted by SIGINT/SIGTERM/SIGHUP.
+Every output path is checked before any work (`onnxprune.fileio.check_outputs`) and all outputs of a
+command are written together at its end, or none (`onnxprune.fileio.transaction`).
 """
 
 from __future__ import annotations
@@ -12,7 +15,8 @@ import sys
 from typing import Sequence
 
 from onnxprune import __version__
-from onnxprune.errors import OnnxPruneError
+from onnxprune.errors import Interrupted, OnnxPruneError
+from onnxprune.fileio import STDOUT, check_outputs, install_signal_handlers, model_files, remove_temps, transaction
 from onnxprune.methods import L1, METHODS, TAYLOR, method, names_of, search_flags
 
 
@@ -112,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     a = sub.add_parser("analyze", help="channel groups, MACs and params of a model")
     a.add_argument("model")
-    a.add_argument("--json", metavar="OUT.json", help="write the analysis as JSON")
+    a.add_argument("--json", metavar="OUT.json", help="write the analysis as JSON (`-`: standard output)")
     a.add_argument("--input-shape", action="append", metavar="NAME:1x3x224x224",
                    help="static shape for an input with dynamic dimensions (repeatable)")
 
@@ -172,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--warmup", type=int, default=5)
     b.add_argument("--runs", type=int, default=30)
     b.add_argument("--input-shape", action="append", metavar="NAME:1x3x224x224")
-    b.add_argument("--json", metavar="OUT.json")
+    b.add_argument("--json", metavar="OUT.json", help="write the results as JSON (`-`: standard output)")
     e = sub.add_parser("eval", help="top-1 accuracy of a model on a dataset (onnxruntime)")
     e.add_argument("model")
     e.add_argument("--data", required=True, metavar="SPEC",
@@ -180,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--split", default="test", choices=["train", "val", "test"])
     e.add_argument("--batch-size", type=int, default=256)
     e.add_argument("--input-shape", action="append", metavar="NAME:1x3x224x224")
-    e.add_argument("--json", metavar="OUT.json")
+    e.add_argument("--json", metavar="OUT.json", help="write the result as JSON (`-`: standard output)")
     _data_options(e)
 
     d = sub.add_parser("demo", help="train a small CNN, prune it to 50%% MACs, compare before/after")
@@ -190,38 +194,68 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--method", choices=names_of("criterion"), default=TAYLOR.name)
     d.add_argument("--finetune-epochs", type=int, default=1)
     d.add_argument("--finetune-images", type=int, default=3000)
-    d.add_argument("--json", metavar="OUT.json")
+    d.add_argument("--json", metavar="OUT.json", help="write the summary as JSON (`-`: standard output)")
     return p
 
 
-def _console():
+def _console(json_to_stdout: bool = False):
+    """(out, err) consoles; `out` is standard error when JSON goes to standard output."""
     from rich.console import Console
 
-    return Console(), Console(stderr=True)
+    err = Console(stderr=True)
+    return (err if json_to_stdout else Console()), err
+
+
+def _data_files(spec: str | None) -> list[str]:
+    """Files a `--data SPEC` reads that an output must not replace (an npz file, a folder)."""
+    if not spec:
+        return []
+    from onnxprune.data.specs import parse_data_spec
+
+    try:
+        parsed = parse_data_spec(spec)
+    except OnnxPruneError:
+        return []  # reported when the data is loaded
+    return [str(parsed.path)] if parsed.path is not None else []
+
+
+def _inputs(*models: str | None) -> list:
+    return [f for m in models if m for f in model_files(m)]
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from onnxprune.api import check_output_paths, save_json
+    from onnxprune.api import save_json
     from onnxprune.deps import analyze
     from onnxprune.ir import parse_input_shapes
     from onnxprune.report import analysis_table
 
-    check_output_paths(args.model, [args.json])
+    check_outputs({"--json": args.json}, _inputs(args.model))
     analysis = analyze(args.model, parse_input_shapes(args.input_shape))
-    out, _ = _console()
+    out, _ = _console(args.json == STDOUT)
     out.print(analysis_table(analysis))
     if args.json:
         save_json(analysis.to_json(), args.json)
-        out.print(f"wrote {args.json}")
+        if args.json != STDOUT:
+            out.print(f"wrote {args.json}")
     return 0
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    from onnxprune.api import PruneConfig, check_output_paths, prune, save_json, save_model
+    from onnxprune.api import PruneConfig, prune, save_json, save_model
     from onnxprune.ir import parse_input_shapes
     from onnxprune.report import prune_summary
 
-    check_output_paths(args.model, [args.output, args.report, args.trajectory, args.plot, args.checkpoint])
+    if args.output == STDOUT:
+        from onnxprune.errors import InputError
+
+        raise InputError("-o -: the pruned model must go to a file")
+    check_outputs({"-o": args.output, "--report": args.report, "--trajectory": args.trajectory,
+                   "--plot": args.plot, "--checkpoint": args.checkpoint},
+                  _inputs(args.model) + _data_files(args.data))
+    if args.resume and args.checkpoint:
+        from onnxprune.search.checkpoint import check_file
+
+        check_file(args.checkpoint, "--resume")
     cfg = PruneConfig(
         method=args.method, sparsity=args.sparsity, target_flops=args.target_flops,
         global_ranking=args.global_ranking, round_to=args.round_to, seed=args.seed,
@@ -232,7 +266,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         workers=args.workers, eval_images=args.eval_images, checkpoint=args.checkpoint, resume=args.resume,
         trajectory=args.trajectory, plot=args.plot, options=search_options(args),
     )
-    out, err = _console()
+    out, err = _console(args.report == STDOUT)
     if args.finetune_epochs or method(args.method).searches:  # progress bars need the terminal to themselves
         result = prune(args.model, cfg, progress=lambda msg: err.print(f"[dim]{msg}[/dim]"))
     else:
@@ -256,9 +290,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from onnxprune.bench import BenchConfig, benchmark_models, format_table, results_to_json
     from onnxprune.ir import parse_input_shapes
 
+    check_outputs({"--json": args.json}, _inputs(*args.models))
     cfg = BenchConfig(provider=args.provider, batch_sizes=tuple(args.batch), threads=args.threads,
                       warmup=args.warmup, runs=args.runs)
-    out, err = _console()
+    out, err = _console(args.json == STDOUT)
     with err.status(f"benchmarking {len(args.models)} model(s) on {args.provider}"):
         results = benchmark_models(args.models, cfg, parse_input_shapes(args.input_shape))
     out.print(format_table(results))
@@ -277,10 +312,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from onnxprune.data import load_dataset
     from onnxprune.ir import build_graph, load_model, parse_input_shapes
 
+    check_outputs({"--json": args.json}, _inputs(args.model) + _data_files(args.data))
     graph = build_graph(load_model(args.model), parse_input_shapes(args.input_shape))
     splits = load_dataset(args.data, input_shape=graph.shapes[graph.inputs[0].name], **data_kwargs(args))
     x, y = splits.split(args.split)
-    out, err = _console()
+    out, err = _console(args.json == STDOUT)
     with err.status(f"evaluating on {len(x)} images ({args.split} split)"):
         acc = evaluate_onnx(args.model, x, y, args.batch_size)
     out.print(f"top-1 {acc.top1:.4f}   loss {acc.loss:.4f}   n {acc.n}   ({splits.spec}, {args.split} split)")
@@ -290,13 +326,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
-    from onnxprune.api import check_output_paths, save_model
+    from onnxprune.api import save_model
     from onnxprune.data import load_dataset
     from onnxprune.ir import build_graph, load_model
     from onnxprune.torchcopy import FinetuneConfig, finetune
 
-    check_output_paths(args.model, [args.output])
-    check_output_paths(args.teacher, [args.output])
+    check_outputs({"-o": args.output}, _inputs(args.model, args.teacher) + _data_files(args.data))
     student = load_model(args.model)
     teacher = load_model(args.teacher).model
     graph = build_graph(student)
@@ -321,6 +356,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from onnxprune.api import save_json
     from onnxprune.demo import DemoConfig, run_demo
 
+    check_outputs({"--json": args.json}, [])
     summary = run_demo(DemoConfig(epochs=args.epochs, train_images=args.train_images, method=args.method,
                                   target_flops=args.target_flops, finetune_epochs=args.finetune_epochs,
                                   finetune_images=args.finetune_images))
@@ -331,24 +367,83 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 COMMANDS = {"analyze": cmd_analyze, "prune": cmd_prune, "bench": cmd_bench, "eval": cmd_eval, "demo": cmd_demo,
             "finetune": cmd_finetune}
+# the demo writes its own cache files as it goes (and reads them back): not one transaction
+_TRANSACTIONAL = {"analyze", "prune", "bench", "eval", "finetune"}
+
+DEBUG_HINT = "set ONNXPRUNE_DEBUG=1 for details"
+
+
+def one_line(message: str, limit: int = 400) -> str:
+    """The first line of a message (cut to `limit` characters), saying where the rest is."""
+    lines = [ln.strip() for ln in str(message).strip().splitlines() if ln.strip()]
+    if not lines:
+        return ""
+    first = lines[0]
+    if len(first) > limit:
+        first = first[:limit] + "..."
+    elif len(lines) > 1:
+        first += f" ({DEBUG_HINT})"
+    return first
+
+
+def _quiet_libraries() -> None:
+    """Keep stderr to onnxprune's own lines: onnxruntime's C++ log and Python warnings off."""
+    import warnings
+
+    if os.environ.get("ONNXPRUNE_DEBUG"):
+        return
+    warnings.filterwarnings("ignore")
+    try:
+        import onnxruntime as ort
+
+        ort.set_default_logger_severity(4)  # fatal only
+    except Exception:  # pragma: no cover - a declared dependency
+        pass
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    install_signal_handlers()
+    _quiet_libraries()
+    debug = bool(os.environ.get("ONNXPRUNE_DEBUG"))
     try:
+        if args.command in _TRANSACTIONAL:
+            with transaction():
+                return COMMANDS[args.command](args)
         return COMMANDS[args.command](args)
     except OnnxPruneError as exc:
-        print(f"onnxprune: error: {exc}", file=sys.stderr)
+        if debug:
+            raise
+        text = one_line(str(exc)) or type(exc).__name__
+        if exc.exit_code == 2:
+            print(f"onnxprune: error: {text}", file=sys.stderr)
+        else:
+            print(f"onnxprune: failed: {text} (onnxprune's fault, not the input's: please report it)",
+                  file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("onnxprune: interrupted", file=sys.stderr)
+        print("onnxprune: interrupted (SIGINT): outputs not written", file=sys.stderr)
         return 130
+    except Interrupted as exc:
+        print(f"onnxprune: interrupted ({_signal_name(exc.signum)}): outputs not written", file=sys.stderr)
+        return 128 + exc.signum
     except Exception as exc:  # a bug: say so in one line unless debugging
-        if os.environ.get("ONNXPRUNE_DEBUG"):
+        if debug:
             raise
-        print(f"onnxprune: internal error: {type(exc).__name__}: {exc} "
+        print(f"onnxprune: internal error: {type(exc).__name__}: {one_line(str(exc), 300)} "
               "(set ONNXPRUNE_DEBUG=1 for a traceback and please report it)", file=sys.stderr)
         return 1
+    finally:
+        remove_temps()
+
+
+def _signal_name(signum: int) -> str:
+    import signal
+
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
 
 
 if __name__ == "__main__":

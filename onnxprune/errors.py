@@ -1,10 +1,19 @@
 """One error hierarchy for onnxprune.
 
-`OnnxPruneError` and its subclasses are *expected* failures (bad input, unsupported model, a check
-that did not hold): the CLI prints their message on one line and exits with the error's
-`exit_code`: 2 for the input's fault, 1 for `InternalFailure` (onnxprune's own work failed on a
-valid input, e.g. a fine-tune that diverged). Anything else is a bug and exits with code 1.
+`OnnxPruneError` and its subclasses are *expected* failures. The CLI prints their message on one
+line (the first line of it) and exits with the error's `exit_code`:
+
+- 2 for a bad input or bad usage (`InputError`, `UnsupportedModelError`, `DataError`,
+  `OutputError`): the user can fix it;
+- 1 for `InternalFailure`: onnxprune's own work failed on a valid input (a fine-tune that
+  diverged, a pruned model that fails verification); the input is not blamed, the message says
+  it is onnxprune's fault.
+
+Anything else is a bug and exits with code 1 too. `Interrupted` (SIGTERM, SIGHUP) is not an
+error: the CLI removes its temporary files and exits with 128 + the signal number.
 """
+
+from __future__ import annotations
 
 
 class OnnxPruneError(Exception):
@@ -22,12 +31,12 @@ class UnsupportedModelError(OnnxPruneError):
     """The model is valid ONNX but onnxprune cannot handle it (no Conv, unsupported op...)."""
 
 
-class VerificationError(OnnxPruneError):
-    """A pruned model failed its checker or numerical equivalence check."""
-
-
 class DataError(OnnxPruneError):
     """A dataset could not be found or read."""
+
+
+class OutputError(OnnxPruneError):
+    """An output file could not be written (the path and the operating system's reason)."""
 
 
 class InternalFailure(OnnxPruneError):
@@ -36,5 +45,21 @@ class InternalFailure(OnnxPruneError):
     exit_code = 1
 
 
+#: the name issue 11 gave `InternalFailure` (kept for callers)
+OwnFailure = InternalFailure
+
+
+class VerificationError(InternalFailure):
+    """A pruned model failed its checker or numerical equivalence check (our fault: exit 1)."""
+
+
 class FinetuneDivergedError(InternalFailure):
     """Fine-tuning produced a non-finite loss, gradient or weight after every allowed restart."""
+
+
+class Interrupted(BaseException):
+    """SIGTERM or SIGHUP arrived (raised by the handler `onnxprune.fileio` installs)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum

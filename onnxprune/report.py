@@ -64,8 +64,7 @@ def prune_summary(result: "PruneResult", output: str) -> Table:
     kept = int(result.keep.sum())
     table.add_row("channel units", str(result.keep.size), str(kept), f"{kept / max(result.keep.size, 1):.3f}")
     if result.verified is not None:
-        table.caption = (f"verified: equal to the masked original on {result.verified.inputs_checked} random "
-                         f"inputs, max abs diff {result.verified.max_abs_diff:.3g}")
+        table.caption = f"verified: {result.verified.describe()}"
     else:
         table.caption = "not verified (--no-verify)"
     return table

@@ -15,7 +15,7 @@ import numpy as np
 
 from onnxprune.errors import UnsupportedModelError
 from onnxprune.ir import LayerGraph, NodeView
-from onnxprune.ops import ChannelMap, Member, rule_for
+from onnxprune.ops import ChannelMap, Member, check_layers, rule_for
 
 
 class _UnionFind:
@@ -104,6 +104,10 @@ class _Engine:
     # --- the walk --------------------------------------------------------------------------
     def run(self, exclude: Iterable[str]) -> None:
         for node in self.graph.nodes:
+            for name in node.subgraph_inputs:  # a consumer no rule can follow: the branch or body
+                cmap = self.maps.get(name)
+                if cmap is not None:
+                    self.freeze(cmap.ids, f"read inside the {node.op_type} {node.name} (subgraph)")
             rule = rule_for(node)
             if rule is not None:
                 rule(node, self)
@@ -185,6 +189,7 @@ def discover_groups(graph: LayerGraph, exclude: Iterable[str] = ()) -> GroupSet:
     """Run every op rule over `graph` and return the channel groups."""
     if not any(n.op_type in ("Conv", "ConvTranspose") for n in graph.nodes):
         raise UnsupportedModelError("the graph has no Conv: onnxprune prunes convolutional networks")
+    check_layers(graph)  # weights that disagree with their inputs: the input's fault, said up front
     eng = _Engine(graph)
     eng.run(exclude)
     return _resolve(eng)

@@ -29,6 +29,9 @@ class NodeView:
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
     attrs: Mapping[str, Any]
+    # tensors of this graph read inside the node's subgraphs (If branches, Loop/Scan bodies,
+    # nested ones too): consumers like `inputs`, though no input slot names them
+    subgraph_inputs: tuple[str, ...] = ()
 
     def attr(self, name: str, default: Any = None) -> Any:
         return self.attrs.get(name, default)
@@ -81,11 +84,14 @@ class LayerGraph:
 
     @cached_property
     def consumers(self) -> dict[str, list[tuple[NodeView, int]]]:
+        """Tensor -> (node, input slot) reading it; slot -1 for a read inside the node's subgraphs."""
         cons: dict[str, list[tuple[NodeView, int]]] = {}
         for n in self.nodes:
             for i, name in enumerate(n.inputs):
                 if name:
                     cons.setdefault(name, []).append((n, i))
+            for name in n.subgraph_inputs:
+                cons.setdefault(name, []).append((n, -1))
         return cons
 
     @cached_property
@@ -134,6 +140,14 @@ def build_graph(loaded: LoadedModel, input_shapes: Mapping[str, Shape] | None = 
                 raise InputError(
                     f"--input-shape {vi.name}: {len(shape)} dims given, the model's input has {len(dims)}"
                 )
+            for pos, (given, declared) in enumerate(zip(shape, dims)):
+                if given < 1:
+                    raise InputError(f"--input-shape {vi.name}: dimension {pos} must be positive, got {given}")
+                if isinstance(declared, int) and declared > 0 and given != declared:
+                    raise InputError(
+                        f"--input-shape {vi.name}:{'x'.join(map(str, shape))} contradicts the model's static "
+                        f"dimension {pos} ({declared}); only dynamic dimensions can be set"
+                    )
             fixed[vi.name] = shape
             continue
         resolved: list[int] = []
@@ -275,8 +289,10 @@ def _toposort(graph: onnx.GraphProto, initializers: Mapping[str, onnx.TensorProt
             produced_by[o] = i
     indeg = [0] * len(protos)
     users: dict[int, list[int]] = {}
+    outer = [subgraph_inputs(n) for n in protos]
     for i, n in enumerate(protos):
-        deps = {produced_by[x] for x in n.input if x not in available and x in produced_by}
+        reads = list(n.input) + list(outer[i])
+        deps = {produced_by[x] for x in reads if x not in available and x in produced_by}
         indeg[i] = len(deps)
         for d in deps:
             users.setdefault(d, []).append(i)
@@ -295,5 +311,36 @@ def _toposort(graph: onnx.GraphProto, initializers: Mapping[str, onnx.TensorProt
     views = []
     for k, i in enumerate(order):
         n = protos[i]
-        views.append(NodeView(k, n.name, n.op_type, n.domain, tuple(n.input), tuple(n.output), _attrs(n)))
+        views.append(NodeView(k, n.name, n.op_type, n.domain, tuple(n.input), tuple(n.output), _attrs(n),
+                              outer[i]))
     return tuple(views)
+
+
+def _subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
+    out: list[onnx.GraphProto] = []
+    for a in node.attribute:
+        if a.HasField("g"):
+            out.append(a.g)
+        out.extend(a.graphs)
+    return out
+
+
+def _outer_reads(graph: onnx.GraphProto) -> set[str]:
+    """Names a (sub)graph reads but does not define itself (nested subgraphs included)."""
+    local = {i.name for i in graph.input} | {t.name for t in graph.initializer}
+    local |= {t.values.name for t in graph.sparse_initializer}
+    local |= {o for n in graph.node for o in n.output}
+    reads: set[str] = set()
+    for n in graph.node:
+        reads.update(n.input)
+        for sub in _subgraphs(n):
+            reads |= _outer_reads(sub)
+    return reads - local - {""}
+
+
+def subgraph_inputs(node: onnx.NodeProto) -> tuple[str, ...]:
+    """Tensors of the enclosing graph that `node`'s subgraphs read (sorted)."""
+    reads: set[str] = set()
+    for sub in _subgraphs(node):
+        reads |= _outer_reads(sub)
+    return tuple(sorted(reads))

@@ -1,5 +1,9 @@
 """Loading and normalizing ONNX models.
 
+Loading validates first (`onnxprune.ir.validate`): `onnx.checker`, then an onnxruntime load (CPU,
+optimizations off) of the model as read (its IR version clamped to what onnxruntime reads), so a
+broken input is a one-line `InputError` (exit 2) before any work.
+
 Normalization makes every later stage see one shape of graph, whatever exporter wrote it:
 
 - external-data weights are loaded into memory (the input file is never touched);
@@ -38,6 +42,7 @@ class LoadedModel:
     source: str
     opset: int
     original_opset: int
+    runtime_checked: bool = False  # onnxruntime loaded the input (False: not validated, or custom domains)
 
 
 def read_model(src: str | os.PathLike[str] | onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
@@ -75,8 +80,10 @@ def default_opset(model: onnx.ModelProto) -> int:
     raise InputError("model imports no version of the default ONNX domain")
 
 
-def load_model(src: str | os.PathLike[str] | onnx.ModelProto) -> LoadedModel:
-    """Read and normalize a model (see module docstring)."""
+def load_model(src: str | os.PathLike[str] | onnx.ModelProto, validate: bool = True) -> LoadedModel:
+    """Read, validate (unless `validate` is False) and normalize a model (see module docstring)."""
+    from onnxprune.ir.validate import check_onnx, check_runtime, runtime_can_load
+
     model, source = read_model(src)
     original = default_opset(model)
     if not MIN_OPSET <= original <= MAX_OPSET:
@@ -84,10 +91,18 @@ def load_model(src: str | os.PathLike[str] | onnx.ModelProto) -> LoadedModel:
             f"{source}: opset {original} is not supported (supported: {MIN_OPSET} to {MAX_OPSET})"
         )
     _check_operators(model, source)
+    with_ir_version(model)
+    runtime_checked = False
+    if validate:
+        check_onnx(model, source)
+        if runtime_can_load(model):
+            check_runtime(model, source)
+            runtime_checked = True
     model = _convert_opset(model, original, source)
     normalize(model)
     with_ir_version(model)
-    return LoadedModel(model=model, source=source, opset=default_opset(model), original_opset=original)
+    return LoadedModel(model=model, source=source, opset=default_opset(model), original_opset=original,
+                       runtime_checked=runtime_checked)
 
 
 def _check_operators(model: onnx.ModelProto, source: str) -> None:

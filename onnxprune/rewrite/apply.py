@@ -30,6 +30,7 @@ def _edit_values(analysis: Analysis, keep: np.ndarray) -> tuple[dict[tuple[str, 
             values[key] = np.array(g.const(name))
         return values[key]
 
+    sliced: dict[tuple[str, str, int], np.ndarray] = {}  # (node, tensor, axis) -> the units it was sliced by
     for rm in analysis.groups.members:
         m = rm.member
         mask = keep[rm.units]
@@ -37,8 +38,20 @@ def _edit_values(analysis: Analysis, keep: np.ndarray) -> tuple[dict[tuple[str, 
             continue
         node = g.by_name[m.node]
         if m.kind in ("out", "in", "param"):
-            idx = node.inputs.index(m.tensor)
-            values[(m.node, idx)] = np.compress(mask, current(m.node, idx, m.tensor), axis=m.axis)
+            # A node may read one initializer at several inputs (exporters deduplicate equal
+            # constants: a BatchNormalization with scale == var reads one tensor twice). Each
+            # (node, tensor, axis) is sliced once, and every input reading it gets the result.
+            key = (m.node, m.tensor, m.axis)
+            done = sliced.get(key)
+            if done is not None:
+                if not np.array_equal(done, rm.units):
+                    raise RuntimeError(f"internal error: {m.tensor} of {m.node} sliced two ways on axis {m.axis}")
+                continue
+            sliced[key] = rm.units
+            positions = [i for i, name in enumerate(node.inputs) if name == m.tensor]
+            value = np.compress(mask, current(m.node, positions[0], m.tensor), axis=m.axis)
+            for idx in positions:
+                values[(m.node, idx)] = value
         elif m.kind == "group_attr":
             attrs[m.node]["group"] = int(mask.sum())
         elif m.kind == "reshape":
@@ -75,16 +88,21 @@ def apply_keep(analysis: Analysis, keep: np.ndarray) -> onnx.ModelProto:
     values, attrs = _edit_values(analysis, keep)
     graph = gs.import_onnx(_copy(analysis.graph.model))
     nodes = {n.name: n for n in graph.nodes}
+    read_in_subgraphs = {t for n in analysis.graph.nodes for t in n.subgraph_inputs}
+    made: dict[tuple[str, int], gs.Constant] = {}  # (node, id of the new value) -> its constant
     for (name, idx), value in values.items():
         node = nodes[name]
         while len(node.inputs) <= idx:  # e.g. a Split without its optional sizes input
             node.inputs.append(gs.Variable.empty())
         old = node.inputs[idx]
-        if isinstance(old, gs.Constant) and len(old.outputs) == 1:
+        if (isinstance(old, gs.Constant) and len(old.outputs) == 1 and old.name not in read_in_subgraphs):
             old.values = value
+        elif (name, id(value)) in made:  # the same tensor at another input of this node
+            node.inputs[idx] = made[(name, id(value))]
         else:
             base = old.name if old.name else f"{name}_in{idx}"
-            node.inputs[idx] = gs.Constant(f"{base}__pruned_{name}", np.ascontiguousarray(value))
+            made[(name, id(value))] = node.inputs[idx] = gs.Constant(f"{base}__pruned_{name}",
+                                                                      np.ascontiguousarray(value))
     for name, changes in attrs.items():
         node = nodes[name]
         for key, value in changes.items():

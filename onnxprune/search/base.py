@@ -15,7 +15,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import pickle
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,7 @@ from onnxprune.deps import Analysis
 from onnxprune.errors import InputError
 from onnxprune.fileio import atomic_write
 from onnxprune.methods import L1, TAYLOR, method
+from onnxprune.search import checkpoint as checkpoint_format
 from onnxprune.search.budget import Budget, BudgetMeter, make_feasible
 from onnxprune.search.evaluator import EvalConfig, Evaluator
 
@@ -86,8 +86,9 @@ def _jsonable(v: Any) -> Any:
 
 
 class Checkpoint:
-    """A method's search state, pickled atomically; refused on resume when it was made for
-    another model, method or configuration (`fingerprint`)."""
+    """A method's search state, saved atomically in a format that cannot run code
+    (`onnxprune.search.checkpoint`: JSON plus numpy arrays); refused on resume when it was made
+    for another model, method or configuration (`fingerprint`), or is corrupt or foreign."""
 
     def __init__(self, path: str | None, fingerprint: str, resume: bool) -> None:
         self.path = Path(path) if path else None
@@ -98,7 +99,8 @@ class Checkpoint:
     def save(self, state: Mapping[str, Any]) -> None:
         if self.path is None:
             return
-        atomic_write(self.path, pickle.dumps({"fingerprint": self.fingerprint, "state": dict(state)}))
+        # written at once, even inside the CLI's all-or-nothing transaction: it is what --resume needs
+        atomic_write(self.path, checkpoint_format.encode(self.fingerprint, dict(state)), stage=False)
         self.saves += 1
 
     def load(self) -> dict[str, Any] | None:
@@ -108,12 +110,13 @@ class Checkpoint:
         if not self.path.exists():
             raise InputError(f"--resume: checkpoint {self.path} does not exist")
         try:
-            data = pickle.loads(self.path.read_bytes())
-        except Exception as exc:  # corrupt or foreign file
-            raise InputError(f"--resume: {self.path} is not an onnxprune checkpoint ({type(exc).__name__})") from None
-        if not isinstance(data, dict) or data.get("fingerprint") != self.fingerprint:
+            data = self.path.read_bytes()
+        except OSError as exc:
+            raise InputError(f"--resume: cannot read {self.path} ({exc.strerror or type(exc).__name__})") from None
+        fingerprint, state = checkpoint_format.decode(data, f"--resume {self.path}")
+        if fingerprint != self.fingerprint or not isinstance(state, dict):
             raise InputError(f"--resume: {self.path} was made for another model, method or setting")
-        return data["state"]
+        return state
 
 
 @dataclass(eq=False)
