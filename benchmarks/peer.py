@@ -161,7 +161,7 @@ def tp_export(arch: str, bn_path: str | Path, spec: PeerSpec, *, fold_bn: bool,
         if not ok(best_model, frac):
             raise RuntimeError(f"Torch-Pruning cannot reach the target (ratio {hi} keeps {frac:.3f} of the MACs)")
         best_ratio = hi
-        for _ in range(12 if accept is None else 7):
+        for _ in range(10 if accept is None else 7):
             mid = 0.5 * (lo + hi)
             model, frac = export(mid)
             if ok(model, frac):
