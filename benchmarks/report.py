@@ -103,7 +103,7 @@ def plots(originals: dict[tuple[str, str], dict[str, Any]], cells: dict[Cell, li
     made = []
     models = [m for m in bench.MODELS if any(k[0] == m and k[1] == form for k in cells)]
     if models:
-        fig, axes = plt.subplots(2, len(models), figsize=(4.5 * len(models) + 1, 7.5), squeeze=False, sharey="row")
+        fig, axes = plt.subplots(2, len(models), figsize=(4.5 * len(models) + 2, 8.5), squeeze=False, sharey=True)
         handles: dict[str, Any] = {}
         for col, model in enumerate(models):
             for row, (xlabel, xfun) in enumerate((
@@ -134,10 +134,15 @@ def plots(originals: dict[tuple[str, str], dict[str, Any]], cells: dict[Cell, li
                     ax.set_title(f"{model} ({form})")
                 if col == 0:
                     ax.set_ylabel("test top-1 (%) after fine-tune")
+        from matplotlib.lines import Line2D
+
         order = [m for m in (*METHOD_ORDER, "original") if m in handles]
-        fig.legend([handles[m] for m in order], order, loc="lower center", ncol=min(6, len(order)), fontsize=8)
-        fig.text(0.01, 0.01, "o macs-0.5   s macs-0.25   ^ latency-0.5; bars: standard error over seeds", fontsize=7)
-        fig.tight_layout(rect=(0, 0.08, 1, 1))
+        for target, marker in (("macs-0.5", "o"), ("macs-0.25", "s"), ("latency-0.5", "^")):
+            handles[target] = Line2D([], [], ls="", marker=marker, color="gray")
+            order.append(target)
+        fig.legend([handles[m] for m in order], order, loc="lower center", ncol=5, fontsize=8,
+                   title="mean ± standard error over seeds", title_fontsize=8)
+        fig.tight_layout(rect=(0, 0.1, 1, 1))
         name = f"accuracy_{form}.png"
         fig.savefig(RESULTS / name, dpi=100)
         plt.close(fig)
