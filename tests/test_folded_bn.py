@@ -244,3 +244,32 @@ def test_cli_fine_tune_that_does_not_improve_says_so(folded, tmp_path: Path) -> 
     assert "did not improve" in proc.stderr and "fine-tuned:" not in proc.stdout
     data = json.loads(report.read_text())["finetune"]
     assert data["improved"] is False and data["best_epoch"] == 0
+
+
+@pytest.mark.zoo
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2"])
+def test_zoo_folded_exports_reinsert_and_fold_back(name: str) -> None:
+    """The zoo's TorchScript exports are folded (eval-mode export): BatchNorm goes on every Conv
+    without changing the function, and a perturbed BatchNorm folds back exactly."""
+    from tests import zoo
+
+    model = onnx.load(str(zoo.export(name, "torchscript")))
+    assert not any(n.op_type == "BatchNormalization" for n in model.graph.node)
+    copy = to_torch(model)
+    x = zoo.example_input(name, batch=4).numpy()
+    feeds = {copy.input_names[0]: x}
+    expect = session(model).run(None, feeds)
+    bn = ReinsertedBatchNorm(copy, x, batch_size=4)
+    assert len(bn) == sum(n.op_type == "Conv" for n in model.graph.node)
+    compare_outputs(torch_outputs(copy, feeds), expect, ["logits"], "re-inserted BatchNorm", rtol=1e-4, atol=1e-5)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for lay in bn.layers:
+            norm = bn.bn(lay.target)
+            norm.running_mean.add_(0.01 * torch.randn(norm.running_mean.shape, generator=gen))
+            norm.weight.mul_(1 + 0.05 * torch.randn(norm.weight.shape, generator=gen))
+    student = torch_outputs(copy, feeds)
+    bn.fold()
+    written = copy.write_back()
+    assert _structure(written) == _structure(copy.model)
+    compare_outputs(session(written).run(None, feeds), student, ["logits"], "folded back", rtol=1e-4, atol=1e-5)
