@@ -138,7 +138,8 @@ def load_policy(policy: ActorCritic, path: str | Path, meta: dict[str, Any]) -> 
     except FileNotFoundError:
         raise InputError(f"{GAT_PPO.name}: --policy {path} does not exist") from None
     except Exception as exc:  # not an npz of ours
-        raise InputError(f"{GAT_PPO.name}: --policy {path} is not a gat-ppo policy file ({type(exc).__name__})") from None
+        raise InputError(f"{GAT_PPO.name}: --policy {path} is not a gat-ppo policy file "
+                         f"({type(exc).__name__})") from None
     for key in ("kind", "hidden", "heads", "layers", "levels", "features"):
         if saved_meta.get(key) != meta.get(key):
             raise InputError(f"{GAT_PPO.name}: --policy {path} was trained with {key}={saved_meta.get(key)!r}, "

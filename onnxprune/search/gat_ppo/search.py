@@ -119,7 +119,8 @@ class GatPpoConfig:
         need(self.learner in LEARNERS, f"option learner must be one of {', '.join(LEARNERS)}, got {self.learner!r}")
         need(self.action in ACTIONS, f"option action must be one of {', '.join(ACTIONS)}, got {self.action!r}")
         need(self.reward in REWARDS, f"option reward must be one of {', '.join(REWARDS)}, got {self.reward!r}")
-        need(self.baseline in ("", "batch", "critic"), f"option baseline must be batch or critic, got {self.baseline!r}")
+        need(self.baseline in ("", "batch", "critic"),
+             f"option baseline must be batch or critic, got {self.baseline!r}")
         need(self.project or self.action == "blocks", "project=false needs action=blocks (levels are always projected)")
         need(self.project or self.reward == "self-competition",
              "project=false needs reward=self-competition (only it scores over-budget candidates)")
@@ -131,11 +132,14 @@ class GatPpoConfig:
         for name in ("gamma", "gae_lambda"):
             need(0 <= getattr(self, name) <= 1, f"option {name} must be in [0, 1], got {getattr(self, name)}")
         need(0 < self.ema < 1, f"option ema must be in (0, 1), got {self.ema}")
-        need(0 < self.sensitivity_ratio < 1, f"option sensitivity_ratio must be in (0, 1), got {self.sensitivity_ratio}")
-        need(0 < self.cem_elite <= 1 and 0 < self.cem_smoothing <= 1, "options cem_elite and cem_smoothing must be in (0, 1]")
+        need(0 < self.sensitivity_ratio < 1,
+             f"option sensitivity_ratio must be in (0, 1), got {self.sensitivity_ratio}")
+        need(0 < self.cem_elite <= 1 and 0 < self.cem_smoothing <= 1,
+             "options cem_elite and cem_smoothing must be in (0, 1]")
         for name in ("entropy", "value_coef", "penalty", "prior"):
             need(getattr(self, name) >= 0, f"option {name} must be >= 0, got {getattr(self, name)}")
-        need(not (self.policy and self.action == "blocks"), "--policy needs action=levels (block heads depend on the graph)")
+        need(not (self.policy and self.action == "blocks"),
+             "--policy needs action=levels (block heads depend on the graph)")
 
     @property
     def advantage_baseline(self) -> str:
@@ -367,7 +371,8 @@ class _Search:
         elif cfg.learner == "cem":
             self._cem_update([r[3] for r in rolled], [p if p is not None else -1.0 for p in proxies])
         valid = [p for p in proxies if p is not None]
-        self.updates.append({"update": self.update, "episode": self.episode, "mean_proxy": float(np.mean(valid)) if valid else None,
+        self.updates.append({"update": self.update, "episode": self.episode,
+                             "mean_proxy": float(np.mean(valid)) if valid else None,
                              "max_proxy": max(valid) if valid else None, "mean_reward": float(np.mean(returns)),
                              "feasible_share": len(valid) / size, **stats})
         self.update += 1
