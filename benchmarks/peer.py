@@ -31,8 +31,8 @@ import torch.nn.functional as F
 from onnx import numpy_helper
 from torch import nn
 
-from models.cifar import build
-from models.train import export_onnx
+from onnxprune.nets.cifar import build
+from onnxprune.nets.train import export_onnx
 from onnxprune.deps import analyze
 from onnxprune.ir import load_model
 

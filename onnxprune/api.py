@@ -127,8 +127,8 @@ def prune(src: str | os.PathLike[str] | onnx.ModelProto, cfg: PruneConfig,
     t0 = time.perf_counter()
     say("analysing")
     analysis = analyze(src, cfg.input_shapes, cfg.exclude)
-    if not analysis.graph.loaded.runtime_checked:  # custom-domain operators: prune must run it
-        check_runtime(analysis.graph.model, analysis.graph.loaded.source)
+    if not analysis.graph.runtime_checked:  # custom-domain operators: prune must run it
+        check_runtime(analysis.graph.model, analysis.graph.source)
     times["analyze"] = time.perf_counter() - t0
     splits = copy = None
     if cfg.data and (chosen.needs_data or cfg.finetune_epochs > 0):

@@ -47,7 +47,7 @@ def _dataset() -> str:
 
 def _trained_model(cfg: DemoConfig, data: str, console: Console) -> tuple[Path, float, float]:
     """Path of the trained ONNX model, its test accuracy from training, and training seconds."""
-    from models.train import train  # torch: imported only when the demo trains
+    from onnxprune.nets.train import train  # torch: imported only when the demo trains
 
     name = f"{cfg.arch}-{data}-e{cfg.epochs}-n{cfg.train_images}-s{cfg.seed}-folded"
     record = cfg.out_dir / f"{name}.json"

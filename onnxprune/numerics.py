@@ -70,15 +70,21 @@ def random_feeds(model: onnx.ModelProto, batch: int, seed: int,
     """Seeded standard-normal inputs for every graph input (a dynamic batch set to `batch`;
     shapes in `given` used as they are); non-float inputs are zeros."""
     shapes, _ = static_input_shapes(model, batch, given)
-    rng = np.random.default_rng(seed)
     types = {vi.name: vi.type.tensor_type.elem_type for vi in model.graph.input}
+    return random_arrays([(name, shape, types[name]) for name, shape in shapes.items()], seed)
+
+
+def random_arrays(specs: Sequence[tuple[str, Sequence[int], int]], seed: int) -> dict[str, np.ndarray]:
+    """Seeded inputs from (name, shape, ONNX elem_type) specs, in order: standard-normal floats,
+    zeros for other types (the feeds every numerics check uses)."""
+    rng = np.random.default_rng(seed)
     feeds = {}
-    for name, shape in shapes.items():
-        dtype = helper.tensor_dtype_to_np_dtype(types[name])
+    for name, shape, elem_type in specs:
+        dtype = helper.tensor_dtype_to_np_dtype(elem_type)
         if np.issubdtype(dtype, np.floating):
-            feeds[name] = rng.standard_normal(shape).astype(dtype)
+            feeds[name] = rng.standard_normal(tuple(shape)).astype(dtype)
         else:
-            feeds[name] = np.zeros(shape, dtype=dtype)
+            feeds[name] = np.zeros(tuple(shape), dtype=dtype)
     return feeds
 
 

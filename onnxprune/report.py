@@ -28,7 +28,7 @@ def _names(names: tuple[str, ...], limit: int = 2) -> str:
 
 def analysis_table(analysis: Analysis) -> Group:
     share = analysis.group_macs() / max(analysis.macs, 1)
-    table = Table(title=f"channel groups of {analysis.graph.loaded.source}", show_lines=False)
+    table = Table(title=f"channel groups of {analysis.graph.source}", show_lines=False)
     for col, just in (("id", "right"), ("channels", "right"), ("producers", "left"),
                       ("consumers", "right"), ("MACs share", "right"), ("prunable", "left")):
         table.add_column(col, justify=just)  # type: ignore[arg-type]

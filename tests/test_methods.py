@@ -36,7 +36,7 @@ def test_cli_and_benchmarks_derive_from_the_registry() -> None:
     assert tuple(_method_action(parser, "prune").choices) == tuple(methods.METHODS)
     assert tuple(_method_action(parser, "demo").choices) == methods.names_of("criterion")
     assert set(methods.names_of("search")) <= set(bench_run.SEARCHES)
-    for name, _ in bench_run.SCORED.values():
+    for name, _ in bench_run.SCORE_METHODS.values():
         assert methods.METHODS[name].kind == "criterion"
 
 

@@ -139,12 +139,12 @@ def test_folded_weights_count_once(weights: graphs.WeightStorage) -> None:
 
 def test_opset11_is_converted_to_13() -> None:
     a = analyze(graphs.conv_bn_relu_conv(opset=11))
-    assert (a.graph.loaded.original_opset, a.graph.loaded.opset) == (11, 13)
+    assert (a.graph.original_opset, a.graph.opset) == (11, 13)
 
 
 def test_opset9_pad_and_upsample_attributes_load() -> None:
     a = analyze(graphs.opset9_upsample_pad())
-    assert (a.graph.loaded.original_opset, a.graph.loaded.opset) == (9, 13)
+    assert (a.graph.original_opset, a.graph.opset) == (9, 13)
     assert summary(a) == CHAIN
     assert [i.name for i in a.graph.inputs] == ["x"]  # initializers listed as inputs are dropped
     assert {n.op_type for n in a.graph.nodes} >= {"Pad", "Resize"}  # Upsample became Resize

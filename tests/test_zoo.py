@@ -124,7 +124,7 @@ OPSET_MODELS = ("resnet18", "mobilenet_v3_small", "densenet121", "squeezenet1_1"
 def test_zoo_dynamo_opsets(name: str, opset: int) -> None:
     path = zoo.export_dynamo_opset(name, opset)
     analysis = analyze(path)
-    assert analysis.graph.loaded.original_opset == opset
+    assert analysis.graph.original_opset == opset
     reference = analyze(zoo.export(name, "dynamo"))
     assert sorted(g.channels for g in analysis.prunable()) == sorted(g.channels for g in reference.prunable())
     for kwargs in ({"sparsity": 0.3}, {"target_flops": 0.5}):

@@ -11,7 +11,8 @@ import numpy as np
 import onnx
 
 from onnxprune.deps.cost import CostModel, build_cost_model
-from onnxprune.deps.groups import ChannelGroup, GroupSet, discover_groups
+from onnxprune.deps.groups import ChannelGroup, GroupSet, TensorChannels, discover_groups
+from onnxprune.deps.layers import LayerNet, build_layer_net
 from onnxprune.ir import LayerGraph, Shape, build_graph, load_model
 
 Masks = Mapping[int, Sequence[int]]  # group id -> kept unit indices (local to the group)
@@ -51,6 +52,16 @@ class Analysis:
             if not local.all():
                 out[g.id] = np.flatnonzero(local)
         return out
+
+    @cached_property
+    def layers(self) -> LayerNet:
+        """The layer network: layers with their output units and groups, data-flow edges
+        (`onnxprune.deps.layers`)."""
+        return build_layer_net(self.graph, self.groups)
+
+    def channels(self, tensor: str) -> TensorChannels | None:
+        """The units along `tensor`'s channel axis, or None when it carries no tracked channels."""
+        return self.groups.channel_maps.get(tensor)
 
     @cached_property
     def _segments(self) -> tuple[np.ndarray, np.ndarray]:
@@ -127,8 +138,8 @@ class Analysis:
             groups.append(entry)
         prunable_units = sum(g.units for g in self.groups.groups if g.prunable)
         data: dict[str, Any] = {
-            "model": self.graph.loaded.source,
-            "opset": self.graph.loaded.opset,
+            "model": self.graph.source,
+            "opset": self.graph.opset,
             "macs": macs,
             "params": params,
             "prunable_units": prunable_units,
@@ -146,7 +157,7 @@ def analyze(
     exclude: Iterable[str] = (),
 ) -> Analysis:
     """Load, normalize and analyse a model: channel groups plus cost model."""
-    graph = build_graph(load_model(src), input_shapes)
+    graph = build_graph(load_model(src), input_shapes, copy=False)  # the fresh model is handed over
     return analyze_graph(graph, exclude)
 
 

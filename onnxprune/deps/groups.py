@@ -8,14 +8,15 @@ channels of one Conv, plus everything tied to them (residual Adds, depthwise con
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Iterable
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Iterable, Mapping
 
 import numpy as np
 
 from onnxprune.errors import UnsupportedModelError
 from onnxprune.ir import LayerGraph, NodeView
-from onnxprune.ops import ChannelMap, Member, check_layers, rule_for
+from onnxprune.ops import ChannelMap, Member, check_layers, kind_of, rule_for
 
 
 class _UnionFind:
@@ -174,12 +175,26 @@ class ResolvedMember:
 
 
 @dataclass(frozen=True, eq=False)
+class TensorChannels:
+    """The channel map of a tensor in units: `units[i]` is the global unit at position i of `axis`
+    (a unit may repeat: after Flatten one channel covers H*W positions)."""
+
+    axis: int
+    units: np.ndarray  # (positions,) int64
+
+
+@dataclass(frozen=True, eq=False)
 class GroupSet:
+    """The analysis' channel knowledge: groups, members to rewrite, MACs terms, the group of each
+    unit and `channel_maps`, the units along the channel axis of every tensor that carries
+    channels (by tensor name)."""
+
     groups: tuple[ChannelGroup, ...]
     members: tuple[ResolvedMember, ...]
     num_units: int
     macs_terms: tuple[tuple[str, int, np.ndarray | None, np.ndarray | None], ...]  # unit arrays
     unit_group: np.ndarray  # (num_units,) group id per unit
+    channel_maps: Mapping[str, TensorChannels] = field(default_factory=dict)
 
     def prunable(self) -> list[ChannelGroup]:
         return [g for g in self.groups if g.prunable]
@@ -187,7 +202,7 @@ class GroupSet:
 
 def discover_groups(graph: LayerGraph, exclude: Iterable[str] = ()) -> GroupSet:
     """Run every op rule over `graph` and return the channel groups."""
-    if not any(n.op_type in ("Conv", "ConvTranspose") for n in graph.nodes):
+    if not any(kind_of(n) in ("conv", "conv_transpose") for n in graph.nodes):
         raise UnsupportedModelError("the graph has no Conv: onnxprune prunes convolutional networks")
     check_layers(graph)  # weights that disagree with their inputs: the input's fault, said up front
     eng = _Engine(graph)
@@ -266,4 +281,5 @@ def _resolve(eng: _Engine) -> GroupSet:
     macs_terms = tuple(
         (name, macs, None if o is None else lut[o], None if i is None else lut[i]) for name, macs, o, i in eng.macs
     )
-    return GroupSet(tuple(groups), members, len(unit_of_root), macs_terms, ug)
+    channel_maps = MappingProxyType({t: TensorChannels(c.axis, lut[c.ids]) for t, c in eng.maps.items()})
+    return GroupSet(tuple(groups), members, len(unit_of_root), macs_terms, ug, channel_maps)

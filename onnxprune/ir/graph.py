@@ -1,10 +1,17 @@
-"""`LayerGraph`: a frozen, read-only view of a normalized ONNX graph with inferred shapes."""
+"""`LayerGraph`: a frozen, read-only view of a normalized ONNX graph with inferred shapes.
+
+Frozen in fact: the view hands out no live protobuf. Nodes, inputs and initializer metadata are
+frozen dataclasses, mappings are read-only, `const()` returns read-only arrays, and `model` is a
+copy of the normalized model (edits to it never reach the view). Weight values are written into
+a model only by `onnxprune.ir.with_initializers`; structure only by `onnxprune.rewrite`.
+"""
 
 from __future__ import annotations
 
 import heapq
 from dataclasses import dataclass, field
 from functools import cached_property
+from types import MappingProxyType
 from typing import Any, Mapping
 
 import numpy as np
@@ -38,6 +45,15 @@ class NodeView:
 
 
 @dataclass(frozen=True)
+class Initializer:
+    """An initializer's metadata (its values: `LayerGraph.const`)."""
+
+    name: str
+    dims: tuple[int, ...]
+    data_type: int  # onnx.TensorProto.DataType
+
+
+@dataclass(frozen=True)
 class GraphInput:
     name: str
     shape: tuple[int | str | None, ...]
@@ -66,17 +82,29 @@ class LayerGraph:
     `input_shapes`); they are what the channel rules and the cost model use.
     """
 
-    loaded: LoadedModel
+    source: str  # where the model came from (path or "<ModelProto>")
+    opset: int  # default-domain opset after normalization
+    original_opset: int  # as the file declared it
     nodes: tuple[NodeView, ...]
     inputs: tuple[GraphInput, ...]
     outputs: tuple[str, ...]
     shapes: Mapping[str, Shape]
-    initializers: Mapping[str, onnx.TensorProto]
+    initializers: Mapping[str, Initializer]
+    _model: onnx.ModelProto = field(repr=False)  # never handed out: `model` copies it
+    runtime_checked: bool = False  # onnxruntime loaded the input (`LoadedModel.runtime_checked`)
     _arrays: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     @property
     def model(self) -> onnx.ModelProto:
-        return self.loaded.model
+        """A copy of the normalized model (the view's own is never handed out)."""
+        out = onnx.ModelProto()
+        out.CopyFrom(self._model)
+        return out
+
+    @property
+    def loaded(self) -> LoadedModel:
+        """The normalized model (a copy) with where it came from."""
+        return LoadedModel(self.model, self.source, self.opset, self.original_opset, self.runtime_checked)
 
     @cached_property
     def producer(self) -> dict[str, NodeView]:
@@ -102,18 +130,23 @@ class LayerGraph:
         return name in self.initializers
 
     def const(self, name: str) -> np.ndarray | None:
-        """The value of an initializer (cached), or None for a computed tensor."""
+        """The value of an initializer (cached, read-only), or None for a computed tensor."""
         if not name or name not in self.initializers:
             return None
         arr = self._arrays.get(name)
         if arr is None:
-            arr = numpy_helper.to_array(self.initializers[name])
+            arr = numpy_helper.to_array(self._protos[name])
+            arr.setflags(write=False)
             self._arrays[name] = arr
         return arr
 
+    @cached_property
+    def _protos(self) -> dict[str, onnx.TensorProto]:
+        return {t.name: t for t in self._model.graph.initializer}
+
     def const_shape(self, name: str) -> Shape | None:
         t = self.initializers.get(name)
-        return tuple(int(d) for d in t.dims) if t is not None else None
+        return t.dims if t is not None else None
 
     def shape(self, name: str) -> Shape | None:
         """Static shape of any tensor (initializers included), or None when unknown."""
@@ -121,8 +154,13 @@ class LayerGraph:
         return s if s is not None else self.shapes.get(name)
 
 
-def build_graph(loaded: LoadedModel, input_shapes: Mapping[str, Shape] | None = None) -> LayerGraph:
-    """Build the `LayerGraph` of a normalized model (shape inference with static inputs)."""
+def build_graph(loaded: LoadedModel, input_shapes: Mapping[str, Shape] | None = None,
+                copy: bool = True) -> LayerGraph:
+    """Build the `LayerGraph` of a normalized model (shape inference with static inputs).
+
+    The view keeps a private copy of `loaded.model`; `copy=False` hands the model over instead
+    (for a caller that made `loaded` itself and keeps no reference to it, e.g. `analyze`).
+    """
     model = loaded.model
     graph = model.graph
     input_shapes = dict(input_shapes or {})
@@ -171,15 +209,24 @@ def build_graph(loaded: LoadedModel, input_shapes: Mapping[str, Shape] | None = 
     missing = [o for n in graph.node for o in n.output if o and o not in shapes]
     if missing:
         shapes.update(_run_shapes(model, fixed, missing))
-    initializers = {t.name: t for t in graph.initializer}
+    initializers = {t.name: Initializer(t.name, tuple(int(d) for d in t.dims), int(t.data_type))
+                    for t in graph.initializer}
     nodes = _toposort(graph, initializers)
+    own = model
+    if copy:  # the view's private copy: later changes to `loaded.model` cannot reach it
+        own = onnx.ModelProto()
+        own.CopyFrom(model)
     return LayerGraph(
-        loaded=loaded,
+        source=loaded.source,
+        opset=loaded.opset,
+        original_opset=loaded.original_opset,
         nodes=nodes,
         inputs=tuple(inputs),
         outputs=tuple(o.name for o in graph.output),
-        shapes=shapes,
-        initializers=initializers,
+        shapes=MappingProxyType(shapes),
+        initializers=MappingProxyType(initializers),
+        _model=own,
+        runtime_checked=loaded.runtime_checked,
     )
 
 
@@ -243,21 +290,17 @@ def _without_weights(model: onnx.ModelProto) -> onnx.ModelProto:
     half a gigabyte of VGG weights twice costs seconds.
     """
     light = onnx.ModelProto()
-    graph = model.graph
-    big = [t for t in graph.initializer if _numel(t) > 64]
-    if not big:
-        light.CopyFrom(model)
-        return light
-    saved = list(graph.initializer)
-    small = [t for t in saved if _numel(t) <= 64]
-    del graph.initializer[:]
-    try:
-        light.CopyFrom(model)
-    finally:
-        graph.initializer.extend(saved)
-    light.graph.initializer.extend(small)
-    for t in big:
-        light.graph.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+    for fd, value in model.ListFields():  # everything but the graph, as it is
+        if fd.name != "graph":
+            light.MergeFrom(onnx.ModelProto(**{fd.name: value}))
+    graph, lg = model.graph, light.graph
+    for fd, value in graph.ListFields():  # the graph without its initializers (never touched)
+        if fd.name != "initializer":
+            lg.MergeFrom(onnx.GraphProto(**{fd.name: value}))
+    lg.initializer.extend(t for t in graph.initializer if _numel(t) <= 64)
+    for t in graph.initializer:
+        if _numel(t) > 64:
+            lg.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
     return light
 
 
@@ -280,7 +323,7 @@ def _attrs(node: onnx.NodeProto) -> dict[str, Any]:
     return out
 
 
-def _toposort(graph: onnx.GraphProto, initializers: Mapping[str, onnx.TensorProto]) -> tuple[NodeView, ...]:
+def _toposort(graph: onnx.GraphProto, initializers: Mapping[str, Initializer]) -> tuple[NodeView, ...]:
     protos = list(graph.node)
     available = set(initializers) | {i.name for i in graph.input} | {""}
     produced_by: dict[str, int] = {}

@@ -219,15 +219,18 @@ def with_ir_version(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-def with_initializers(model: onnx.ModelProto, values: Mapping[str, np.ndarray]) -> onnx.ModelProto:
-    """A copy of `model` whose initializers named in `values` hold those values (same names).
+def with_initializers(model: onnx.ModelProto, values: Mapping[str, np.ndarray], copy: bool = True) -> onnx.ModelProto:
+    """A copy of `model` (`model` itself when `copy` is False) whose initializers named in
+    `values` hold those values (same names).
 
     The one place that writes weight values into a model (trained weights written back, masked
     references); structural edits live in `onnxprune.rewrite`. Raises `InputError` when a name is
     not an initializer of `model` or a shape differs.
     """
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
+    out = model
+    if copy:
+        out = onnx.ModelProto()
+        out.CopyFrom(model)
     present = {t.name: t for t in out.graph.initializer}
     missing = [n for n in values if n not in present]
     if missing:

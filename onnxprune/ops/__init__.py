@@ -3,7 +3,8 @@
 from onnxprune.ops import elementwise, layout, linear, norm  # noqa: F401  (registration)
 from onnxprune.ops.checks import check_layers
 from onnxprune.ops.registry import (
-    ChannelMap, Member, MemberKind, Rule, RuleContext, register, registered_ops, rule_for,
+    ChannelMap, Member, MemberKind, OpKind, Rule, RuleContext, kind_of, register, registered_ops, rule_for,
 )
 
-__all__ = ["ChannelMap", "check_layers", "Member", "MemberKind", "Rule", "RuleContext", "register", "registered_ops", "rule_for"]
+__all__ = ["ChannelMap", "Member", "MemberKind", "OpKind", "Rule", "RuleContext", "check_layers", "kind_of",
+           "register", "registered_ops", "rule_for"]

@@ -16,7 +16,7 @@ from onnxprune.ir import LayerGraph, NodeView
 def check_layers(graph: LayerGraph) -> None:
     """Weights, bias and `group` of Conv/ConvTranspose/Gemm/BatchNormalization agree with the
     inferred input shapes (the rules and the rewrite slice them on that assumption)."""
-    source = graph.loaded.source
+    source = graph.source
     for node in graph.nodes:
         check = _LAYER_CHECKS.get(node.op_type) if node.domain in ("", "ai.onnx") else None
         if check is None:

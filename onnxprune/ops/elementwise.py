@@ -5,15 +5,17 @@ from __future__ import annotations
 from onnxprune.ir import NodeView
 from onnxprune.ops.registry import ChannelMap, Member, RuleContext, register
 
-UNARY = (
+# Activations and identities: channels pass through unchanged (layers bridge them).
+ACTIVATIONS = (
     "Relu", "LeakyRelu", "Elu", "Selu", "Celu", "ThresholdedRelu", "Sigmoid", "HardSigmoid",
-    "HardSwish", "Tanh", "Softplus", "Softsign", "Mish", "Gelu", "Erf", "Exp", "Log", "Sqrt",
-    "Abs", "Neg", "Reciprocal", "Floor", "Ceil", "Round", "Sign", "Sin", "Cos", "Identity",
-    "Dropout", "Cast", "Clip", "Not", "IsNaN", "IsInf", "Shrink",
+    "HardSwish", "Tanh", "Softplus", "Softsign", "Mish", "Gelu", "Identity", "Dropout", "Clip", "Shrink",
 )
+UNARY = ("Erf", "Exp", "Log", "Sqrt", "Abs", "Neg", "Reciprocal", "Floor", "Ceil", "Round", "Sign", "Sin", "Cos",
+         "Cast", "Not", "IsNaN", "IsInf")
 
 
-@register(*UNARY)
+@register(*UNARY, kind="unary")
+@register(*ACTIVATIONS, kind="activation")
 def unary(node: NodeView, ctx: RuleContext) -> None:
     """Channel i of the output is a function of channel i of input 0 only.
 
@@ -39,12 +41,14 @@ def _numel(shape: tuple[int, ...]) -> int:
     return n
 
 
-BROADCAST = ("Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Mean", "PRelu", "Where",
-             "Equal", "Greater", "Less", "GreaterOrEqual", "LessOrEqual", "And", "Or", "Xor", "Mod",
+ARITHMETIC = ("Add", "Sub", "Mul", "Div", "Max", "Min", "Sum", "Mean")
+BROADCAST = ("Pow", "Where", "Equal", "Greater", "Less", "GreaterOrEqual", "LessOrEqual", "And", "Or", "Xor", "Mod",
              "BitShift")
 
 
-@register(*BROADCAST)
+@register(*BROADCAST, kind="elementwise")
+@register("PRelu", kind="activation")  # per-channel slope: a broadcast operand
+@register(*ARITHMETIC, kind="binary")
 def broadcast(node: NodeView, ctx: RuleContext) -> None:
     """Numpy-style broadcasting of several inputs.
 

@@ -9,7 +9,7 @@ from onnxprune.ir import NodeView
 from onnxprune.ops.registry import ChannelMap, Member, RuleContext, freeze_inputs, norm_axis, register
 
 
-@register("Transpose")
+@register("Transpose", kind="layout")
 def transpose(node: NodeView, ctx: RuleContext) -> None:
     cmap = ctx.map(node.inputs[0])
     if cmap is None:
@@ -24,7 +24,7 @@ def transpose(node: NodeView, ctx: RuleContext) -> None:
     ctx.set_map(node.outputs[0], ChannelMap(list(perm).index(cmap.axis), cmap.ids))
 
 
-@register("Shape", "Size")
+@register("Shape", "Size", kind="shape")
 def shape_of(node: NodeView, ctx: RuleContext) -> None:
     """Reading a shape carries no channels; Reshapes fed by it are checked by the Reshape rule."""
 
@@ -71,7 +71,7 @@ def _shape_from_shapes(ctx: RuleContext, tensor: str, depth: int = 0) -> bool:
     return any(_shape_from_shapes(ctx, x, depth + 1) for x in node.inputs if x and not ctx.graph.is_const(x))
 
 
-@register("Reshape")
+@register("Reshape", kind="layout")
 def reshape(node: NodeView, ctx: RuleContext) -> None:
     cmap = ctx.map(node.inputs[0])
     if cmap is None:
@@ -122,7 +122,7 @@ def _literal_channel_entry(ctx: RuleContext, node: NodeView, cmap: ChannelMap, a
     return True
 
 
-@register("Flatten")
+@register("Flatten", kind="layout")
 def flatten(node: NodeView, ctx: RuleContext) -> None:
     cmap = ctx.map(node.inputs[0])
     if cmap is None:
@@ -140,7 +140,7 @@ def _axes(node: NodeView, ctx: RuleContext) -> tuple[int, ...] | None:
     return tuple(axes) if axes is not None else ()
 
 
-@register("Squeeze", "Unsqueeze")
+@register("Squeeze", "Unsqueeze", kind="layout")
 def squeeze(node: NodeView, ctx: RuleContext) -> None:
     cmap = ctx.map(node.inputs[0])
     if cmap is None:
@@ -166,7 +166,7 @@ def squeeze(node: NodeView, ctx: RuleContext) -> None:
     ctx.set_map(node.outputs[0], ChannelMap(axis, cmap.ids))
 
 
-@register("Concat")
+@register("Concat", kind="concat")
 def concat(node: NodeView, ctx: RuleContext) -> None:
     """On the channel axis, outputs see the inputs' channels side by side (offsets follow);
     on another axis, the inputs' channels are tied like a residual Add."""
@@ -202,7 +202,7 @@ def concat(node: NodeView, ctx: RuleContext) -> None:
     ctx.set_map(node.outputs[0], ChannelMap(axis, tracked[0].ids))
 
 
-@register("Split")
+@register("Split", kind="split")
 def split(node: NodeView, ctx: RuleContext) -> None:
     cmap = ctx.map(node.inputs[0])
     if cmap is None:
@@ -233,7 +233,7 @@ def split(node: NodeView, ctx: RuleContext) -> None:
         start += size  # type: ignore[operator]
 
 
-@register("Slice")
+@register("Slice", kind="slice")
 def slice_(node: NodeView, ctx: RuleContext) -> None:
     cmap = ctx.map(node.inputs[0])
     if cmap is None:
@@ -261,7 +261,7 @@ def slice_(node: NodeView, ctx: RuleContext) -> None:
     ctx.set_map(node.outputs[0], ChannelMap(cmap.axis, cmap.ids[start:stop]))
 
 
-@register("Gather")
+@register("Gather", kind="layout")
 def gather(node: NodeView, ctx: RuleContext) -> None:
     cmap = ctx.map(node.inputs[0])
     if cmap is None:
@@ -281,7 +281,7 @@ def gather(node: NodeView, ctx: RuleContext) -> None:
     ctx.set_map(node.outputs[0], ChannelMap(new_axis, cmap.ids))
 
 
-@register("Pad")
+@register("Pad", kind="layout")
 def pad(node: NodeView, ctx: RuleContext) -> None:
     cmap = ctx.map(node.inputs[0])
     if cmap is None:
@@ -307,7 +307,7 @@ def pad(node: NodeView, ctx: RuleContext) -> None:
     ctx.set_map(node.outputs[0], cmap)
 
 
-@register("Resize", "Upsample")
+@register("Resize", "Upsample", kind="layout")
 def resize(node: NodeView, ctx: RuleContext) -> None:
     cmap = ctx.map(node.inputs[0])
     if cmap is None:
@@ -321,7 +321,7 @@ def resize(node: NodeView, ctx: RuleContext) -> None:
     ctx.set_map(node.outputs[0], cmap)
 
 
-@register("Expand", "Tile")
+@register("Expand", "Tile", kind="layout")
 def expand(node: NodeView, ctx: RuleContext) -> None:
     cmap = ctx.map(node.inputs[0])
     if cmap is None:

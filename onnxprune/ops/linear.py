@@ -35,7 +35,7 @@ def _unit_union(ctx: RuleContext, ids: np.ndarray, groups: int) -> np.ndarray:
     return per[0]
 
 
-@register("Conv")
+@register("Conv", kind="conv")
 def conv(node: NodeView, ctx: RuleContext) -> None:
     g = ctx.graph
     w_name = node.inputs[1]
@@ -75,7 +75,7 @@ def conv(node: NodeView, ctx: RuleContext) -> None:
     ctx.set_map(node.outputs[0], ChannelMap(1, out_ids))
 
 
-@register("ConvTranspose")
+@register("ConvTranspose", kind="conv_transpose")
 def conv_transpose(node: NodeView, ctx: RuleContext) -> None:
     g = ctx.graph
     w_name = node.inputs[1]
@@ -101,7 +101,7 @@ def conv_transpose(node: NodeView, ctx: RuleContext) -> None:
     ctx.set_map(node.outputs[0], ChannelMap(1, out_ids))
 
 
-@register("Gemm")
+@register("Gemm", kind="linear")
 def gemm(node: NodeView, ctx: RuleContext) -> None:
     g = ctx.graph
     a, b = node.inputs[0], node.inputs[1]
@@ -132,7 +132,7 @@ def gemm(node: NodeView, ctx: RuleContext) -> None:
     ctx.set_map(node.outputs[0], ChannelMap(1, out_ids))
 
 
-@register("MatMul")
+@register("MatMul", kind="linear")
 def matmul(node: NodeView, ctx: RuleContext) -> None:
     g = ctx.graph
     a, b = node.inputs[0], node.inputs[1]

@@ -8,7 +8,7 @@ from onnxprune.ir import NodeView
 from onnxprune.ops.registry import ChannelMap, Member, RuleContext, freeze_inputs, norm_axis, register
 
 
-@register("BatchNormalization", "InstanceNormalization")
+@register("BatchNormalization", "InstanceNormalization", kind="norm")
 def per_channel_norm(node: NodeView, ctx: RuleContext) -> None:
     """Per-channel statistics on axis 1: each parameter input is a `param` member."""
     cmap = ctx.map(node.inputs[0])
@@ -27,8 +27,8 @@ def per_channel_norm(node: NodeView, ctx: RuleContext) -> None:
     ctx.set_map(node.outputs[0], cmap)
 
 
-@register("LayerNormalization", "GroupNormalization", "LpNormalization", "LRN",
-          "MeanVarianceNormalization", "Softmax", "LogSoftmax", "Hardmax")
+@register("LpNormalization", "LRN", "MeanVarianceNormalization", "Softmax", "LogSoftmax", "Hardmax", kind="other")
+@register("LayerNormalization", "GroupNormalization", kind="norm")
 def normalize_across(node: NodeView, ctx: RuleContext) -> None:
     """Ops that mix values along some axes: fine when the channel axis is not among them."""
     cmap = ctx.map(node.inputs[0])
@@ -58,7 +58,7 @@ def normalize_across(node: NodeView, ctx: RuleContext) -> None:
 
 
 @register("MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool",
-          "MaxRoiPool")
+          "MaxRoiPool", kind="pool")
 def pool(node: NodeView, ctx: RuleContext) -> None:
     """Pooling works per channel; MaxPool's optional indices output is not followed."""
     cmap = ctx.map(node.inputs[0])
@@ -77,7 +77,7 @@ REDUCE = ("ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum", "ReduceProd", "Re
           "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare", "ArgMax", "ArgMin")
 
 
-@register(*REDUCE)
+@register(*REDUCE, kind="reduce")
 def reduce(node: NodeView, ctx: RuleContext) -> None:
     """Reductions over other axes keep the channels (with the axis shifted when keepdims=0)."""
     cmap = ctx.map(node.inputs[0])

@@ -21,6 +21,15 @@ from onnxprune.ir import LayerGraph, NodeView
 
 MemberKind = Literal["out", "in", "param", "group_attr", "reshape", "split", "slice"]
 
+#: What an op does to channels, for the layers that later stages build on (`onnxprune.deps.layers`):
+#: conv / conv_transpose / linear produce channels; norm and pool work per channel; activation
+#: passes them through unchanged (Relu, Identity, Dropout...); unary is other element-wise math;
+#: binary is arithmetic between tensors (residual Add...); elementwise other broadcasting ops
+#: (comparisons, Where, Pow...); concat / split / slice combine or select channels; reduce and
+#: layout (Reshape, Transpose, Pad, Resize...) move or summarize values; shape reads shapes.
+OpKind = Literal["conv", "conv_transpose", "linear", "norm", "pool", "activation", "unary", "binary",
+                 "elementwise", "concat", "split", "slice", "reduce", "layout", "shape", "other"]
+
 
 @dataclass(frozen=True, eq=False)
 class ChannelMap:
@@ -79,16 +88,18 @@ class RuleContext(Protocol):
 Rule = Callable[[NodeView, RuleContext], None]
 
 _RULES: dict[str, Rule] = {}
+_KINDS: dict[str, OpKind] = {}
 
 
-def register(*op_types: str) -> Callable[[Rule], Rule]:
-    """Register `rule` for the given op types (default ONNX domain); twice is an error."""
+def register(*op_types: str, kind: OpKind) -> Callable[[Rule], Rule]:
+    """Register `rule` for the given op types (default ONNX domain) as ops of `kind`; twice is an error."""
 
     def deco(rule: Rule) -> Rule:
         for op in op_types:
             if op in _RULES:
                 raise RuntimeError(f"a channel rule for {op} is already registered ({_RULES[op].__name__})")
             _RULES[op] = rule
+            _KINDS[op] = kind
         return rule
 
     return deco
@@ -99,6 +110,13 @@ def rule_for(node: NodeView) -> Rule | None:
     if node.domain not in ("", "ai.onnx"):
         return None
     return _RULES.get(node.op_type)
+
+
+def kind_of(node: NodeView) -> OpKind:
+    """The `OpKind` of a node's op ("other" for ops without a rule)."""
+    if node.domain not in ("", "ai.onnx"):
+        return "other"
+    return _KINDS.get(node.op_type, "other")
 
 
 def registered_ops() -> list[str]:

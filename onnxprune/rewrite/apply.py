@@ -12,12 +12,6 @@ from onnxprune.deps import Analysis
 from onnxprune.ir.model import with_ir_version
 
 
-def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    return out
-
-
 def _edit_values(analysis: Analysis, keep: np.ndarray) -> tuple[dict[tuple[str, int], np.ndarray], dict[str, dict]]:
     """New constant values per (node, input index) and new attributes per node."""
     g = analysis.graph
@@ -86,7 +80,8 @@ def apply_keep(analysis: Analysis, keep: np.ndarray) -> onnx.ModelProto:
     if empty.size:
         raise ValueError(f"the mask removes every channel of {empty.size} tensor(s); use Analysis.repair")
     values, attrs = _edit_values(analysis, keep)
-    graph = gs.import_onnx(_copy(analysis.graph.model))
+    original = analysis.graph.model  # a copy, ours to read
+    graph = gs.import_onnx(original)
     nodes = {n.name: n for n in graph.nodes}
     read_in_subgraphs = {t for n in analysis.graph.nodes for t in n.subgraph_inputs}
     made: dict[tuple[str, int], gs.Constant] = {}  # (node, id of the new value) -> its constant
@@ -114,11 +109,11 @@ def apply_keep(analysis: Analysis, keep: np.ndarray) -> onnx.ModelProto:
     model = gs.export_onnx(graph, do_type_check=False)
     del model.graph.value_info[:]
     # Graph inputs and outputs keep their names, types and shapes exactly.
-    source = analysis.graph.model.graph
+    source = original.graph
     for dst, src in ((model.graph.input, source.input), (model.graph.output, source.output)):
         del dst[:]
         dst.extend(src)
     del model.opset_import[:]
-    model.opset_import.extend(analysis.graph.model.opset_import)
-    model.ir_version = analysis.graph.model.ir_version
+    model.opset_import.extend(original.opset_import)
+    model.ir_version = original.ir_version
     return with_ir_version(model)

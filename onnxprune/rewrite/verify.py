@@ -13,7 +13,7 @@ from onnx import helper, numpy_helper, shape_inference
 from onnxprune.deps import Analysis
 from onnxprune.errors import VerificationError
 from onnxprune.ir import with_initializers
-from onnxprune.numerics import compare_outputs, random_feeds, session
+from onnxprune.numerics import compare_outputs, random_arrays, session
 
 RTOL = 1e-4
 ATOL = 1e-5
@@ -74,7 +74,7 @@ def masked_reference(analysis: Analysis, keep: np.ndarray) -> onnx.ModelProto:
         for name in list(n.inputs) + list(n.subgraph_inputs):
             readers[name] = readers.get(name, 0) + 1
     own = {t: arr for (_, t), arr in zeroed.items() if readers.get(t, 0) == 1 and t not in g.outputs}
-    model = with_initializers(g.model, own)
+    model = with_initializers(g.model, own, copy=False)  # g.model is a copy already
     protos = {n.name: n for n in model.graph.node}
     for (node, tensor), arr in zeroed.items():
         if tensor in own:
@@ -97,15 +97,19 @@ def _checker_error(model: onnx.ModelProto) -> str | None:
     return None
 
 
-def check_model(model: onnx.ModelProto, original: onnx.ModelProto | None = None) -> None:
+def check_model(model: onnx.ModelProto,
+                original: onnx.ModelProto | Callable[[], onnx.ModelProto] | None = None) -> None:
     """`onnx.checker` plus strict shape inference; raise `VerificationError` on failure.
 
-    A complaint the `original` model already triggers (e.g. graph outputs declared without a
-    shape, which some exporters write) is not the rewrite's doing and is tolerated.
+    A complaint the `original` model (or what the callable returns, asked only on a complaint)
+    already triggers (e.g. graph outputs declared without a shape, which some exporters write)
+    is not the rewrite's doing and is tolerated.
     """
     error = _checker_error(model)
     if error is None:
         return
+    if callable(original):
+        original = original()
     if original is not None and _checker_error(original) == error:
         return
     raise VerificationError(f"pruned model fails the ONNX checker: {error}")
@@ -114,13 +118,13 @@ def check_model(model: onnx.ModelProto, original: onnx.ModelProto | None = None)
 def random_inputs(analysis: Analysis, batch: int, seed: int, scale: float = 1.0) -> dict[str, np.ndarray]:
     """Seeded random inputs for every graph input (dynamic batch set to `batch`; other dimensions
     as the analysis fixed them), float ones N(0, scale^2)."""
-    shapes = {}
+    specs = []
     for inp in analysis.graph.inputs:
         shape = list(analysis.graph.shapes[inp.name])
         if inp.shape and not (isinstance(inp.shape[0], int) and inp.shape[0] > 0):
             shape[0] = batch
-        shapes[inp.name] = shape
-    feeds = random_feeds(analysis.graph.model, batch, seed, shapes)
+        specs.append((inp.name, tuple(shape), inp.elem_type))
+    feeds = random_arrays(specs, seed)
     if scale != 1.0:
         feeds = {k: (v * v.dtype.type(scale)) if np.issubdtype(v.dtype, np.floating) else v for k, v in feeds.items()}
     return feeds
@@ -169,7 +173,7 @@ def verify(analysis: Analysis, keep: np.ndarray, pruned: onnx.ModelProto, trials
     `allclose(rtol=RTOL, atol=ATOL)` and max |diff| <= SCALE_RTOL * max |y|. `data` (images
     shaped like the model's input, or a function returning them, called only when needed).
     """
-    check_model(pruned, analysis.graph.model)
+    check_model(pruned, lambda: analysis.graph.model)
     try:
         ref = session(masked_reference(analysis, keep), log_level=4)
     except Exception as exc:
@@ -237,7 +241,7 @@ def check_runs(analysis: Analysis, model: onnx.ModelProto, trials: int = 2, seed
     """Checker, then `model` runs in onnxruntime on `trials` seeded random inputs and gives finite
     outputs of the original's shapes (for models whose weights were trained, which no masked
     original can reproduce)."""
-    check_model(model, analysis.graph.model)
+    check_model(model, lambda: analysis.graph.model)
     try:
         sess = session(model)
     except Exception as exc:

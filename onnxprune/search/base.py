@@ -152,13 +152,13 @@ class SearchContext:
         self.started = time.perf_counter()
         self.trajectory = Trajectory(self.method, {
             "budget": {"kind": self.cfg.budget.kind, "target": self.cfg.budget.target},
-            "seed": self.cfg.seed, "options": dict(self.cfg.options), "model": self.analysis.graph.loaded.source,
+            "seed": self.cfg.seed, "options": dict(self.cfg.options), "model": self.analysis.graph.source,
         })
         self.checkpoint = Checkpoint(self.cfg.checkpoint, self.fingerprint(), self.cfg.resume)
 
     def fingerprint(self) -> str:
         h = hashlib.sha256()
-        for init in self.analysis.graph.model.graph.initializer:
+        for init in self.analysis.graph.model.graph.initializer:  # a copy, once per search
             h.update(init.name.encode())
             h.update(init.raw_data[:4096])
         h.update(json.dumps([self.method, self.cfg.budget.kind, self.cfg.budget.target, self.cfg.seed,

@@ -12,17 +12,16 @@ from onnxprune.deps import Analysis
 from onnxprune.errors import InputError
 from onnxprune.search.sacp.config import METHOD
 
-_SKIP = {"Relu", "LeakyRelu", "PRelu", "Sigmoid", "Tanh", "Clip", "HardSigmoid", "HardSwish", "Elu", "Selu",
-         "Softplus", "Gelu", "Mish", "Identity", "Dropout"}
-_OP_CLASSES: tuple[frozenset[str], ...] = (
-    frozenset({"Conv", "ConvTranspose"}),
-    frozenset({"Gemm", "MatMul"}),
-    frozenset({"BatchNormalization", "InstanceNormalization", "LayerNormalization", "GroupNormalization"}),
-    frozenset({"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "LpPool"}),
-    frozenset({"Add", "Sum", "Sub", "Mul", "Div", "Max", "Min", "Mean"}),
-    frozenset({"Concat", "Split", "Slice"}),
+# Op-kind classes of the one-hot node feature (kinds from `onnxprune.ops.OpKind`; others: "other").
+_KIND_CLASSES: tuple[frozenset[str], ...] = (
+    frozenset({"conv", "conv_transpose"}),
+    frozenset({"linear"}),
+    frozenset({"norm"}),
+    frozenset({"pool"}),
+    frozenset({"binary"}),
+    frozenset({"concat", "split", "slice"}),
 )
-STATIC_FEATURES = len(_OP_CLASSES) + 2  # op one-hot (+ "other"), log-width
+STATIC_FEATURES = len(_KIND_CLASSES) + 2  # op one-hot (+ "other"), log-width
 
 
 @dataclass(frozen=True, eq=False)
@@ -57,46 +56,13 @@ class ConfigGraph:
 
 
 def build_graph(analysis: Analysis, feature_len: int = 64) -> ConfigGraph:
-    """The layer graph of `analysis` with each node's output channels as global unit indices.
-
-    A node's output channels come from its `out` member (Conv, Gemm), else its per-channel
-    parameters (BatchNormalization), else its inputs (Concat concatenates, other ops pass the
-    first tracked input through). Nodes without tracked channels and element-wise activations
-    are bridged: their inputs' layers connect to their consumers' layers.
-    """
-    member_units: dict[str, np.ndarray] = {}
-    param_units: dict[str, np.ndarray] = {}
-    for rm in analysis.groups.members:
-        if rm.member.kind == "out":
-            member_units.setdefault(rm.member.node, rm.units)
-        elif rm.member.kind == "param":
-            param_units.setdefault(rm.member.node, rm.units)
-    chan: dict[str, np.ndarray] = {}  # tensor -> (channels,) global unit per channel
-    sources: dict[str, set[int]] = {}  # tensor -> graph nodes it comes from
-    names: list[str] = []
-    ops: list[str] = []
-    units_of: list[np.ndarray] = []
-    edges: set[tuple[int, int]] = set()
-    for node in analysis.graph.nodes:
-        units = member_units.get(node.name, param_units.get(node.name))
-        ins = [chan[t] for t in node.inputs if t in chan]
-        if units is None and ins:
-            units = np.concatenate(ins) if node.op_type == "Concat" and len(ins) == sum(
-                1 for t in node.inputs if t) else ins[0]
-        srcs: set[int] = set().union(*[sources.get(t, set()) for t in node.inputs if t])
-        if units is not None and node.outputs:
-            chan[node.outputs[0]] = units
-        if units is None or node.op_type in _SKIP:
-            for out in node.outputs:
-                sources[out] = srcs
-            continue
-        me = len(names)
-        names.append(node.name)
-        ops.append(node.op_type)
-        units_of.append(np.asarray(units, dtype=np.int64))
-        edges.update((s, me) for s in srcs)
-        for out in node.outputs:
-            sources[out] = {me}
+    """The layer graph of `analysis` (`Analysis.layers`: layers with the units of their output
+    channels; activations and nodes without tracked channels bridged), with node features."""
+    net = analysis.layers
+    names = [layer.node for layer in net.layers]
+    ops = [layer.op_type for layer in net.layers]
+    units_of = [np.asarray(layer.units, dtype=np.int64) for layer in net.layers]
+    edges = net.edges
     if not names:
         raise InputError(f"{METHOD}: the model has no layer with tracked channels")
     v = len(names)
@@ -120,10 +86,10 @@ def build_graph(analysis: Analysis, feature_len: int = 64) -> ConfigGraph:
             index[i, j, :hi - lo] = units[lo:hi]
             weight[i, j, :hi - lo] = 1.0 / (hi - lo)
     static = np.zeros((v, STATIC_FEATURES), dtype=np.float32)
-    for i, op in enumerate(ops):
-        cls = next((c for c, members in enumerate(_OP_CLASSES) if op in members), len(_OP_CLASSES))
+    for i, layer in enumerate(net.layers):
+        cls = next((c for c, kinds in enumerate(_KIND_CLASSES) if layer.kind in kinds), len(_KIND_CLASSES))
         static[i, cls] = 1.0
         static[i, -1] = math.log2(channels[i] + 1) / 10.0
-    return ConfigGraph(tuple(names), tuple(ops), channels, tuple(sorted(edges)),
+    return ConfigGraph(tuple(names), tuple(ops), channels, tuple(edges),
                        torch.from_numpy(a_hat.astype(np.float32)), torch.from_numpy(index),
                        torch.from_numpy(weight), torch.from_numpy(static), analysis.groups.num_units, feature_len)
