@@ -3,7 +3,9 @@
 `mutants(seed, count)` draws `count` broken (or merely odd) variants of a few valid models with
 the operators a tester would try: delete a node, rewire an input, give a Conv a weight of the
 wrong shape or a wrong attribute, duplicate a node name, drop an initializer, change a dtype,
-truncate the file. `run_mutant` runs `onnxprune prune` on one of them, in process (the CLI's
+truncate the file; and two that often keep the model valid: make a node read another
+initializer of the same shape (as deduplicating exporters do), change an integer constant (a
+Reshape target, Split sizes) by one. `run_mutant` runs `onnxprune prune` on one of them, in process (the CLI's
 `main`, stderr captured at the file-descriptor level so onnxruntime's C++ log would show), and
 `Outcome.problems()` lists what broke the contract: every mutant must end in exit 0 with an
 output onnxruntime runs, or exit 2 with one line on stderr; never exit 1, a traceback, a hang,
@@ -240,6 +242,42 @@ def change_dtype(model: onnx.ModelProto, rng: np.random.Generator) -> onnx.Model
     return m
 
 
+def share_constant(model: onnx.ModelProto, rng: np.random.Generator) -> onnx.ModelProto | None:
+    """One node reads another initializer of the same shape and type (as exporters that
+    deduplicate equal constants write): a valid model computing something else."""
+    m = _copy(model)
+    inits = {t.name: t for t in m.graph.initializer}
+    pairs = []
+    for node in m.graph.node:
+        for slot, name in enumerate(node.input):
+            t = inits.get(name)
+            if t is None:
+                continue
+            for other in m.graph.initializer:
+                if other.name != name and list(other.dims) == list(t.dims) and other.data_type == t.data_type:
+                    pairs.append((node, slot, other.name))
+    if not pairs:
+        return None
+    node, slot, other = _pick(rng, pairs)
+    node.input[slot] = other
+    return m
+
+
+def shape_constant(model: onnx.ModelProto, rng: np.random.Generator) -> onnx.ModelProto | None:
+    """An integer initializer (a Reshape target, Split sizes, Slice bounds...) changed by one."""
+    m = _copy(model)
+    ints = [t for t in m.graph.initializer if t.data_type in (TensorProto.INT64, TensorProto.INT32)
+            and 0 < int(np.prod(t.dims, dtype=np.int64)) <= 16]
+    if not ints:
+        return None
+    t = _pick(rng, ints)
+    arr = numpy_helper.to_array(t).copy().reshape(-1)
+    k = int(rng.integers(arr.size))
+    arr[k] += int(_pick(rng, [-1, 1]))
+    t.CopyFrom(numpy_helper.from_array(arr.reshape(tuple(t.dims)), t.name))
+    return m
+
+
 def truncate(model: onnx.ModelProto, rng: np.random.Generator) -> bytes:
     data = model.SerializeToString()
     return data[: int(rng.integers(1, len(data)))]
@@ -254,6 +292,8 @@ MUTATIONS: dict[str, Mutation] = {
     "drop_initializer": drop_initializer,
     "change_dtype": change_dtype,
     "truncate": truncate,
+    "share_constant": share_constant,
+    "shape_constant": shape_constant,
 }
 
 
@@ -276,8 +316,11 @@ def mutants(seed: int, count: int, bases: list[str] | None = None) -> Iterator[M
     made = 0
     attempt = 0
     while made < count:
-        base = names[attempt % len(names)]
-        op = ops[(attempt // len(names)) % len(ops)] if attempt < len(names) * len(ops) else _pick(rng, ops)
+        # first every operator on every model (operator-major), then drawn at random
+        if attempt < len(names) * len(ops):
+            base, op = names[attempt % len(names)], ops[attempt // len(names)]
+        else:
+            base, op = _pick(rng, names), _pick(rng, ops)
         attempt += 1
         if base not in cache:
             cache[base] = builders[base]()

@@ -111,7 +111,7 @@ def _with_initializer(model: onnx.ModelProto, name: str, value: np.ndarray) -> o
 
 
 @pytest.mark.parametrize("case, needle", [
-    ("conv_weight", "input has 8 channels, weight .4, 7, 3, 3. with group 1 expects 7"),  # onnxruntime loads it
+    ("conv_weight", "onnxruntime cannot run the input"),  # it loads, and fails only when run
     ("dropped", "not a valid ONNX model"),
     ("dtype", "onnxruntime cannot load the input"),
 ])

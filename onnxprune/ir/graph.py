@@ -205,6 +205,10 @@ def build_graph(loaded: LoadedModel, input_shapes: Mapping[str, Shape] | None = 
     if input_shapes:
         raise InputError(f"--input-shape names no graph input: {', '.join(sorted(input_shapes))}")
 
+    if loaded.runtime_checked:  # validated input: it must also run at the shapes analysed
+        from onnxprune.ir.validate import check_run
+
+        check_run(model, loaded.source, fixed)
     shapes = _infer_shapes(model, fixed)
     missing = [o for n in graph.node for o in n.output if o and o not in shapes]
     if missing:

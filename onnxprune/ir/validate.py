@@ -1,11 +1,14 @@
 """Input validation, before any work: a broken model is the user's to fix (exit 2), never a crash.
 
-Two checks here, when a model is loaded (`onnxprune.ir.load_model`):
+Three checks here:
 
-1. `check_onnx`: `onnx.checker` (structure, types, dangling tensors, topological order);
-2. `check_runtime`: onnxruntime loads the model (CPU, graph optimizations off), which runs ONNX
-   type and shape inference on every node. A model with operators of domains onnxruntime does
-   not implement is loaded only by the commands that run it (`prune`).
+1. `check_onnx`, when a model is loaded (`onnxprune.ir.load_model`): `onnx.checker` (structure,
+   types, dangling tensors, topological order);
+2. `check_runtime`, then too: onnxruntime loads the model (CPU, graph optimizations off), which
+   runs ONNX type and shape inference on every node. A model with operators of domains
+   onnxruntime does not implement is loaded only by the commands that run it (`prune`);
+3. `check_run`, once the input shapes are known (`onnxprune.ir.build_graph`): onnxruntime runs
+   the model once on seeded random inputs of those shapes.
 
 The third, the consistency of each layer's weights with its inferred input shapes, is per op
 type and lives with the op rules (`onnxprune.ops.checks`, run before the analysis).
@@ -60,12 +63,22 @@ def check_onnx(model: onnx.ModelProto, source: str) -> None:
 
 def check_runtime(model: onnx.ModelProto, source: str) -> None:
     """onnxruntime loads the model (CPU provider, graph optimizations off, log silenced)."""
-    import onnxruntime as ort
+    from onnxprune.numerics import session
 
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    opts.log_severity_level = 4
     try:
-        ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        session(model, log_level=4)
     except Exception as exc:  # onnxruntime raises Fail, InvalidGraph, InvalidArgument, NotImplemented...
         raise InputError(f"{source}: onnxruntime cannot load the input: {_first_line(exc)}") from None
+
+
+def check_run(model: onnx.ModelProto, source: str, shapes: Mapping[str, Sequence[int]]) -> None:
+    """onnxruntime runs the model once on seeded random inputs of `shapes` (what the analysis
+    assumes): a model that loads but cannot run (a Reshape to an impossible shape, a pooling of
+    a rank-2 tensor...) is refused before any work."""
+    from onnxprune.numerics import random_feeds, session
+
+    try:
+        sess = session(model, log_level=4)
+        sess.run(None, random_feeds(model, 1, 0, shapes))
+    except Exception as exc:  # onnxruntime raises many types
+        raise InputError(f"{source}: onnxruntime cannot run the input: {_first_line(exc)}") from None
