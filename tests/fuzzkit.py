@@ -313,12 +313,15 @@ def mutants(seed: int, count: int, bases: list[str] | None = None) -> Iterator[M
     names = bases or list(builders)
     cache: dict[str, onnx.ModelProto] = {}
     ops = list(MUTATIONS)
+    # first every operator on every model, in rounds of one mutant per operator that shift the
+    # model, so that any first len(ops) mutants cover every operator and (len(ops) >= len(names))
+    # every model; then drawn at random
+    pairs = [(names[(j + r) % len(names)], ops[j]) for r in range(len(names)) for j in range(len(ops))]
     made = 0
     attempt = 0
     while made < count:
-        # first every operator on every model (operator-major), then drawn at random
-        if attempt < len(names) * len(ops):
-            base, op = names[attempt % len(names)], ops[attempt // len(names)]
+        if attempt < len(pairs):
+            base, op = pairs[attempt]
         else:
             base, op = _pick(rng, names), _pick(rng, ops)
         attempt += 1
