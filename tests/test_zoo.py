@@ -113,19 +113,20 @@ def test_zoo_torch_copy_agrees_with_onnxruntime(name: str, exporter: str) -> Non
     assert copy.check.max_abs_diff <= 1e-3 * max(1.0, copy.check.max_abs_output)
 
 
-# The dynamo exporter at several opsets (its default is 20; users pin 17 or 18): the same model
-# must give the same groups and prune with verified equivalence whatever the opset.
+# Both exporters at several opsets (users pin 18 or 20; the main tests above use TorchScript at 17
+# and dynamo at its default 20): the same model must give the same groups and prune with verified
+# equivalence whatever the opset and exporter.
 OPSET_MODELS = ("resnet18", "mobilenet_v3_small", "densenet121", "squeezenet1_1", "regnet_y_400mf")
 
 
 @pytest.mark.zoo
-@pytest.mark.parametrize("opset", zoo.DYNAMO_OPSETS)
+@pytest.mark.parametrize("exporter, opset", zoo.OPSET_EXPORTS, ids=[f"{e}{o}" for e, o in zoo.OPSET_EXPORTS])
 @pytest.mark.parametrize("name", OPSET_MODELS)
-def test_zoo_dynamo_opsets(name: str, opset: int) -> None:
-    path = zoo.export_dynamo_opset(name, opset)
+def test_zoo_opsets(name: str, exporter: str, opset: int) -> None:
+    path = zoo.export_at_opset(name, exporter, opset)  # type: ignore[arg-type]
     analysis = analyze(path)
     assert analysis.graph.original_opset == opset
-    reference = analyze(zoo.export(name, "dynamo"))
+    reference = analyze(zoo.export(name, "torchscript"))  # opset 17
     assert sorted(g.channels for g in analysis.prunable()) == sorted(g.channels for g in reference.prunable())
     for kwargs in ({"sparsity": 0.3}, {"target_flops": 0.5}):
         result = prune(path, PruneConfig(method="l1", **kwargs))
@@ -142,7 +143,7 @@ def test_zoo_dynamo_opsets(name: str, opset: int) -> None:
 def test_densenet121_default_init_dedup_constants(opset: int) -> None:
     """Issue 11: torchvision's default init, dynamo opset 18, `--target-flops 0.5` raised
     IndexError in the rewrite (BatchNormalizations reading one deduplicated initializer twice)."""
-    path = zoo.export_dynamo_opset("densenet121", opset, default_init=True)
+    path = zoo.export_at_opset("densenet121", "dynamo", opset, default_init=True)
     result = prune(path, PruneConfig(method="l1", target_flops=0.5))
     before, after = result.macs
     assert result.verified is not None and after <= 0.5 * before
