@@ -113,7 +113,9 @@ def short_finetune(s: Setup, keep: np.ndarray, steps: int, test_images: int, see
 
     t0 = time.perf_counter()
     pruned = apply_keep(s.analysis, keep)
-    pruned, _ = recalibrate_batchnorm(pruned, s.splits.train[0], seed=seed)
+    # as the API does: BatchNorm re-estimated under the mask (folded models: re-inserted, re-estimated, folded back)
+    pruned, _ = recalibrate_batchnorm(pruned, s.splits.train[0], seed=seed, original=s.analysis, keep=keep,
+                                      original_copy=s.teacher_copy())
     tuned = finetune(pruned, s.teacher_copy(), s.splits, FinetuneConfig(epochs=1, max_train=steps * 64, seed=seed,
                                                                progress=False, verify=False))
     x, y = s.splits.test
@@ -330,7 +332,7 @@ def report(_args: argparse.Namespace) -> Path:
                   f"top-1 on the first {st['test_images']} t10k images. Searches: {st['episodes']} candidates "
                   f"(batch {st['batch']}), proxy on {st['eval_images']} validation images with BatchNorm "
                   f"re-estimated on {st['bn_batches']} x 128 train images (`{path.relative_to(ROOT)}`).", "",
-                  "| method | mean test top-1 | per seed | paired diff vs gat-ppo (mean ± s.e.) | MACs | search s |",
+                  "| method | mean test top-1 | per seed | gat-ppo minus method, paired (mean ± s.e.) | MACs | search s |",
                   "|---|---|---|---|---|---|"]
         for m in methods:
             vals = [by[(sd, m)]["test_top1"] for sd in seeds if (sd, m) in by]
