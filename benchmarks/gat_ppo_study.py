@@ -181,12 +181,34 @@ def proxy_study(args: argparse.Namespace) -> Path:
 
         masks[f"random-channels-{i}"] = allocate(s.analysis, rng.random(len(importance)),
                                                  AllocationConfig(target_flops=s.target))
+    names = list(masks)  # heuristics first, then the rest interleaved: a stopped run keeps a mixed sample
+    heur = [n for n in names if not n.startswith(("random-", "prior-"))]
+    rest = [names[i] for i in rng.permutation(len(names)) if names[i] not in heur]
+    masks = {n: masks[n] for n in heur + rest}
     ev_recal = LocalEvaluator(s.analysis, to_torch(s.analysis, seed=s.seed), s.splits,
                               EvalConfig(images=None, bn_batches=args.bn_batches, bn_batch_size=128, seed=s.seed))
     ev_plain = LocalEvaluator(s.analysis, to_torch(s.analysis, seed=s.seed), s.splits,
                               EvalConfig(images=None, recalibrate_bn=False, seed=s.seed))
-    rows = []
+    rows: list[dict[str, Any]] = []
     t_start = time.perf_counter()
+    out = Path(args.out or OUT / f"proxy__{s.model.stem}__macs{s.target}.json")
+
+    def save() -> dict[str, float]:  # after every mask: a stopped run keeps what it measured
+        target_vals = [r["target_test_top1"] for r in rows]
+        tiers = [k for k in rows[0] if k.startswith(("masked_", "tier2_")) and not k.endswith("_seconds")]
+        rho = {t: spearman([r[t] for r in rows], target_vals) for t in tiers}
+        cost = {t: float(np.mean([r["tier1_seconds"] if t.startswith("masked") else r.get("tier2_seconds", 0.0)
+                                  for r in rows])) for t in tiers}
+        _write(out, {"kind": "proxy", "model": str(s.model), "target_macs": s.target, "seed": s.seed,
+                     "masks": len(rows), "masks_planned": len(masks),
+                     "settings": {k: v for k, v in vars(args).items() if k != "func"}, "note": LOAD_NOTE,
+                     "spearman": rho, "mean_seconds_tier1_all_image_counts_or_tier2": cost,
+                     "seconds": time.perf_counter() - t_start, "rows": rows,
+                     "target": f"test top-1 on {args.test_images} t10k images after {args.finetune_steps} distillation "
+                               f"steps of 64 images (BatchNorm re-estimated under the mask first)"})
+        return rho
+
+    rho: dict[str, float] = {}
     for name, keep in masks.items():
         t0 = time.perf_counter()
         row: dict[str, Any] = {"mask": name, "macs": s.analysis.cost.macs(keep) / s.analysis.macs}
@@ -203,23 +225,11 @@ def proxy_study(args: argparse.Namespace) -> Path:
         row["target_val"] = target["val_after"]
         row["target_seconds"] = target["seconds"]
         rows.append(row)
+        rho = save()
         print(f"[{time.strftime('%H:%M:%S')}] {name}: " + ", ".join(
             f"{k}={v:.4f}" for k, v in row.items() if isinstance(v, float)), flush=True)
     ev_recal.close()
     ev_plain.close()
-    target_vals = [r["target_test_top1"] for r in rows]
-    tiers = [k for k in rows[0] if k.startswith(("masked_", "tier2_")) and not k.endswith("_seconds")]
-    rho = {t: spearman([r[t] for r in rows], target_vals) for t in tiers}
-    cost = {t: float(np.mean([r["tier1_seconds"] if t.startswith("masked") else r.get("tier2_seconds", 0.0)
-                              for r in rows])) for t in tiers}
-    data = {"kind": "proxy", "model": str(s.model), "target_macs": s.target, "seed": s.seed, "masks": len(rows),
-            "settings": {k: v for k, v in vars(args).items() if k != "func"}, "note": LOAD_NOTE,
-            "spearman": rho, "mean_seconds_tier1_all_image_counts_or_tier2": cost,
-            "seconds": time.perf_counter() - t_start, "rows": rows,
-            "target": f"test top-1 on {args.test_images} t10k images after {args.finetune_steps} distillation steps "
-                      f"of 64 images (BatchNorm re-estimated first)"}
-    out = Path(args.out or OUT / f"proxy__{s.model.stem}__macs{s.target}.json")
-    _write(out, data)
     print(json.dumps(rho, indent=1))
     return out
 
@@ -310,7 +320,10 @@ def report(_args: argparse.Namespace) -> Path:
     for path in sorted(OUT.glob("proxy__*.json")):
         d = json.loads(path.read_text())
         st = d["settings"]
-        lines += [f"## Proxy validation: {Path(d['model']).name}, {d['target_macs']:g} of the MACs, {d['masks']} masks",
+        partial = "" if d["masks"] >= d.get("masks_planned", d["masks"]) else \
+            f" (of {d['masks_planned']} planned: the run was stopped at the deadline)"
+        lines += [f"## Proxy validation: {Path(d['model']).name}, {d['target_macs']:g} of the MACs, {d['masks']} masks"
+                  f"{partial}",
                   "", f"Target: {d['target']}. Masks: heuristics, random per-group allocations, samples of "
                   f"gat-ppo's prior, random channels (`{path.relative_to(ROOT)}`).", "",
                   "| proxy | Spearman rho vs target | mean seconds per mask |", "|---|---|---|"]
