@@ -58,7 +58,7 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
 def _run(cmd: list[str], log: list[dict[str, Any]]) -> subprocess.CompletedProcess[str]:
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
-    entry = {"cmd": " ".join(cmd[2:]) if cmd[:2] == CLI[:2] else " ".join(cmd), "exit": proc.returncode,
+    entry = {"cmd": " ".join(cmd[len(CLI):]) if cmd[:len(CLI)] == CLI else " ".join(cmd), "exit": proc.returncode,
              "seconds": round(time.perf_counter() - t0, 1), "stdout_tail": proc.stdout[-1500:],
              "stderr_tail": proc.stderr[-1500:]}
     log.append(entry)
@@ -86,8 +86,11 @@ def part_a(args: argparse.Namespace, tmp: Path) -> None:
         out, report = tmp / f"a_{form}.onnx", tmp / f"a_{form}.report.json"
         cmd = ["prune", str(src), "-o", str(out), "--method", "taylor", "--target-flops", "0.5", "--data",
                "fashion-mnist", "--finetune-epochs", "1", "--report", str(report), "--seed", str(args.seed)]
+        if args.a_images:  # scaled down (the protocol uses all training images)
+            cmd += ["--finetune-images", str(args.a_images)]
         proc = _run(CLI + cmd, log)
         record: dict[str, Any] = {"part": "a", "form": form, "settings": _settings(args), "command": "onnxprune " + " ".join(cmd),
+                                  "finetune_images": args.a_images or "all",
                                   "exit": proc.returncode, "unpruned_test_top1": _eval(src, tmp, log)}
         if proc.returncode == 0:
             rep = json.loads(report.read_text())
@@ -99,7 +102,8 @@ def part_a(args: argparse.Namespace, tmp: Path) -> None:
     a = {f: json.loads((OUT / f"a_{f}.json").read_text()) for f in ("folded", "bn")}
     if all(a[f].get("pruned_test_top1") is not None for f in a):
         gap = 100 * (a["folded"]["pruned_test_top1"] - a["bn"]["pruned_test_top1"])
-        _write("a_summary", {"part": "a", "folded_minus_bn_points": round(gap, 2),
+        _write("a_summary", {"part": "a", "finetune_images": args.a_images or "all",
+                             "folded_minus_bn_points": round(gap, 2),
                              "folded_minus_unpruned_points": a["folded"]["delta_vs_unpruned_points"],
                              "target_points": 0.5,
                              "met": bool(abs(gap) <= 0.5 and a["folded"]["delta_vs_unpruned_points"] >= -0.5)})
@@ -142,7 +146,7 @@ def part_lr(args: argparse.Namespace, tmp: Path) -> None:
         teacher = to_torch(onnx.load(str(src)))
         print(f"{form}: pruned in {time.perf_counter() - t0:.0f}s", flush=True)
         for reinsert in ((True, False) if form == "folded" else (True,)):
-            for lr in args.lrs:
+            for lr in (args.lrs if reinsert else args.plain_lrs):
                 t0 = time.perf_counter()
                 cfg = FinetuneConfig(epochs=1, lr=lr, max_train=args.lr_images, seed=args.seed, progress=False,
                                      reinsert_bn=reinsert, max_restarts=0 if not reinsert else 3)
@@ -170,9 +174,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stem", default="resnet20")
     p.add_argument("--part", action="append", choices=["a", "b", "lr"], default=[])
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--a-images", type=int, default=None,
+                   help="part a: training images for the fine-tune epoch (default: all, the issue's protocol)")
     p.add_argument("--b-images", type=int, default=2000)
     p.add_argument("--lr-images", type=int, default=5000)
     p.add_argument("--lrs", type=float, nargs="+", default=[0.003, 0.01, 0.03, 0.1])
+    p.add_argument("--plain-lrs", type=float, nargs="+", default=[0.01, 0.001],
+                   help="learning rates of the folded model fine-tuned without re-inserted BatchNorm")
     args = p.parse_args(argv)
     tmp = Path(os.environ.get("TMPDIR", "/tmp")) / f"folded_bn_{os.getpid()}"
     tmp.mkdir(parents=True, exist_ok=True)

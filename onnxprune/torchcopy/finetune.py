@@ -163,8 +163,8 @@ class FinetuneResult:
             return None
         if not self.val_top1_history:
             return None
-        return (f"the fine-tune did not improve on its start (validation top-1 {self.initial_val_top1:.4f}, "
-                f"best epoch {max(self.val_top1_history):.4f}): the model keeps the weights it had before")
+        return (f"the fine-tune did not improve on its start (validation top-1 {self.initial_val_top1:.4f} before, "
+                f"{max(self.val_top1_history):.4f} at best after an epoch): the model keeps the weights it had before")
 
 
 def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, y: torch.Tensor, tau: float,
