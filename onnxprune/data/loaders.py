@@ -7,12 +7,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from onnxprune.data.preprocess import image_geometry, preprocess
+from onnxprune.data.lazy import ArraySource, FolderSource, ImageSource, LazyImages
+from onnxprune.data.preprocess import ImageGeometry, check_stats, image_geometry
 from onnxprune.data.sources import RawData, read_raw
 from onnxprune.data.specs import DataSpec, parse_data_spec
 from onnxprune.errors import DataError
 
-Split = tuple[np.ndarray, np.ndarray]  # (x float32 in the model's layout, y int64)
+Split = tuple["LazyImages | np.ndarray", np.ndarray]  # (x: float32 in the model's layout; y: int64)
+EAGER_BYTES = 256 << 20  # a split preprocessed into memory at most (else it stays lazy)
 
 
 @dataclass(frozen=True, eq=False)
@@ -20,7 +22,9 @@ class Splits:
     """Preprocessed data ready for a model.
 
     Attributes:
-        train, val, test: (x, y) pairs; x is float32 in the model's layout and size, y is int64.
+        train, val, test: (x, y) pairs; x is float32 in the model's layout and size, either a
+            numpy array or a `LazyImages` (read, decoded and preprocessed only when indexed:
+            `x[a:b]`, `x[idx]`; see `load_dataset`'s `lazy`), y is int64.
         num_classes: number of classes (from the dataset's class list, else max label + 1).
         layout: "nchw" or "nhwc", the layout of every x.
         spec: the canonical spec string the data came from.
@@ -61,6 +65,16 @@ def _stratified_split(y: np.ndarray, fractions: Sequence[float], rng: np.random.
     return [np.sort(np.concatenate(p)) if p else np.zeros(0, dtype=np.int64) for p in parts]
 
 
+def _stays_lazy(x: LazyImages, lazy: bool | None) -> bool:
+    if lazy is not None:
+        return lazy
+    return isinstance(x.source, FolderSource) or len(x) * int(np.prod(x.shape[1:])) * 4 > EAGER_BYTES
+
+
+def _source(x: np.ndarray | ImageSource, scale: float) -> ImageSource:
+    return ArraySource(x, scale) if isinstance(x, np.ndarray) else x
+
+
 def _cap(idx: np.ndarray, limit: int | None, rng: np.random.Generator) -> np.ndarray:
     if limit is None or len(idx) <= limit:
         return idx
@@ -79,6 +93,7 @@ def load_dataset(
     val_fraction: float = 0.1,
     test_fraction: float = 0.2,
     limit: int | None = None,
+    lazy: bool | None = None,
 ) -> Splits:
     """Load the dataset named by `spec` and preprocess it for a model taking `input_shape`.
 
@@ -94,10 +109,15 @@ def load_dataset(
         val_fraction: part of the training pool held out for validation (stratified by class).
         test_fraction: part held out for test, only for datasets without their own test set
             (digits, npz without x_test, folder without train/test, random).
-        limit: cap every split at this many images (seeded subset, taken before preprocessing).
+        limit: cap every split at this many images (a seeded subset).
+        lazy: True keeps every split lazy (`LazyImages`: images read, decoded and preprocessed
+            only when indexed); False preprocesses everything into numpy arrays; None (default)
+            is lazy for image folders and for any split whose preprocessed images would exceed
+            `EAGER_BYTES`, else eager (small datasets are faster as arrays).
 
     Returns:
-        `Splits` with train, val and test. The test split of a dataset that has one (Fashion-MNIST's
+        `Splits` with train, val and test, read lazily: memory does not grow with the dataset
+        (use `take` for subsets, `batches` / `loader` to stream them). The test split of a dataset that has one (Fashion-MNIST's
         t10k) is exactly that set and never overlaps train or val.
 
     Raises:
@@ -116,21 +136,33 @@ def load_dataset(
     raw: RawData = read_raw(parsed, channels=geometry.channels, size=resize or geometry.size, seed=seed)
     if len(raw.x) == 0:
         raise DataError(f"data spec {parsed} holds no images")
+    source = _source(raw.x, raw.scale)
+    # Unknown (dynamic) channels or size: the first image's decide, for every split alike.
+    c, h, w = source.item_shape(resize or geometry.size, geometry.channels)
+    target = resize or geometry.size or (h, w)
+    if min(target) <= 0:
+        raise DataError(f"resize to {tuple(target)}: sizes must be positive")
+    geometry = ImageGeometry(geometry.layout, geometry.channels or c, int(target[0]), int(target[1]))
     rng = np.random.default_rng(seed)
     if raw.test is not None:
         train_idx, val_idx = _stratified_split(raw.y, [val_fraction], rng)
-        pools = {"train": (raw.x, raw.y, train_idx), "val": (raw.x, raw.y, val_idx),
-                 "test": (raw.test[0], raw.test[1], np.arange(len(raw.test[1])))}
+        test_source = _source(raw.test[0], raw.scale)
+        pools = {"train": (source, raw.y, train_idx), "val": (source, raw.y, val_idx),
+                 "test": (test_source, raw.test[1], np.arange(len(raw.test[1])))}
     else:
         train_idx, val_idx, test_idx = _stratified_split(raw.y, [val_fraction, test_fraction], rng)
-        pools = {"train": (raw.x, raw.y, train_idx), "val": (raw.x, raw.y, val_idx),
-                 "test": (raw.x, raw.y, test_idx)}
+        pools = {"train": (source, raw.y, train_idx), "val": (source, raw.y, val_idx),
+                 "test": (source, raw.y, test_idx)}
 
     out: dict[str, Split] = {}
-    for name, (px, py, idx) in pools.items():
+    for name, (src, py, idx) in pools.items():
         idx = _cap(idx, limit, rng)
-        x = preprocess(px[idx], scale=raw.scale, geometry=geometry, size=resize, mean=mean, std=std)
+        x = LazyImages(src, idx, geometry, size=None, mean=mean, std=std)
+        if not _stays_lazy(x, lazy):
+            x = np.asarray(x)  # type: ignore[assignment]
         out[name] = (x, py[idx].astype(np.int64))
+    check_stats(mean, geometry.channels)
+    check_stats(std, geometry.channels, nonzero=True)
 
     if raw.class_names is not None:
         num_classes = len(raw.class_names)

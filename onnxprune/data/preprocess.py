@@ -81,6 +81,15 @@ def _check_stats(name: str, values: Sequence[float] | None, channels: int) -> np
     return arr.reshape(1, -1, 1, 1) if arr.size == channels else arr.reshape(1, 1, 1, 1)
 
 
+def check_stats(values: Sequence[float] | None, channels: int | None, nonzero: bool = False) -> None:
+    """Raise `DataError` when per-channel `values` (mean or std) do not fit `channels`."""
+    if values is None:
+        return
+    arr = _check_stats("std" if nonzero else "mean", values, channels or np.asarray(values).size)
+    if nonzero and arr is not None and np.any(arr == 0):
+        raise DataError("std must not contain zeros")
+
+
 def _resize(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Bilinear resize of (n, C, H, W) float32 to (n, C, *size), antialiased when shrinking."""
     import torch

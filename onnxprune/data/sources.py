@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from onnxprune.data.lazy import FolderSource, ImageSource, RandomSource
 from onnxprune.data.specs import DataSpec
 from onnxprune.errors import DataError
 
@@ -27,7 +28,6 @@ FASHION_MNIST_APT_HINT = "apt-get install dataset-fashion-mnist"
 IMAGE_EXTENSIONS = frozenset(
     {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"}
 )
-_GRAY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "F"})
 
 # IDX element types (http://yann.lecun.com/exdb/mnist/ file format), big-endian on disk.
 _IDX_DTYPES = {
@@ -45,17 +45,18 @@ class RawData:
     """Images and labels as stored, before splitting and preprocessing.
 
     Attributes:
-        x: (N, C, H, W) images in their stored dtype.
+        x: (N, C, H, W) images in their stored dtype (an array, possibly memory-mapped), or an
+            `ImageSource` that decodes them on demand (image folders, random data).
         y: (N,) int64 labels.
         scale: the stored value of full intensity (x / scale lies in [0, 1]).
         test: the dataset's own held-out test split (x, y) with the same layout and scale, or None.
         class_names: names of the classes in label order, when the dataset has them.
     """
 
-    x: np.ndarray
+    x: np.ndarray | ImageSource
     y: np.ndarray
     scale: float
-    test: tuple[np.ndarray, np.ndarray] | None = None
+    test: tuple[np.ndarray | ImageSource, np.ndarray] | None = None
     class_names: tuple[str, ...] | None = None
 
 
@@ -71,8 +72,7 @@ def read_raw(
     Args:
         spec: a parsed data spec.
         channels: the model's channel count, used only by `random` (None: 3).
-        size: (H, W) the images will be resized to; `folder` resizes each image to it while
-            decoding (images of a folder may differ in size), `random` draws images of that size.
+        size: (H, W) of the images `random` draws (folders are resized while decoding, later).
         seed: seed of `random`.
     """
     if spec.kind == "digits":
@@ -88,7 +88,7 @@ def read_raw(
         return _read_npz(spec.path)
     if spec.kind == "folder":
         assert spec.path is not None
-        return _read_folder(spec.path, size=size)
+        return _read_folder(spec.path)
     if spec.kind == "random":
         return _make_random(spec.count or 640, channels=channels or 3, size=size or (32, 32), seed=seed)
     raise DataError(f"unknown data kind {spec.kind!r}")
@@ -128,6 +128,10 @@ def read_idx_file(path: str | os.PathLike[str]) -> np.ndarray:
 @functools.lru_cache(maxsize=8)
 def _read_idx_cached(path: str, mtime_ns: int, size: int) -> np.ndarray:
     del mtime_ns, size  # cache keys only: a rewritten file is read again
+    if not path.endswith(".gz"):
+        mapped = _map_idx(path)
+        if mapped is not None:
+            return mapped
     opener = gzip.open if path.endswith(".gz") else open
     try:
         with opener(path, "rb") as f:
@@ -148,6 +152,26 @@ def _read_idx_cached(path: str, mtime_ns: int, size: int) -> np.ndarray:
     arr = arr.astype(dtype.newbyteorder("="), copy=True)
     arr.flags.writeable = False
     return arr
+
+
+def _map_idx(path: str) -> np.ndarray | None:
+    """An uncompressed 8-bit IDX file as a read-only memory map (pages are read when used, so
+    a large file costs no memory up front); None for other element types or odd headers."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+            if len(head) < 4 or head[0] != 0 or head[1] != 0 or head[2] not in (0x08, 0x09):
+                return None
+            ndim = head[3]
+            dims_raw = f.read(4 * ndim)
+        if ndim == 0 or len(dims_raw) < 4 * ndim:
+            return None
+        dims = tuple(int(d) for d in np.frombuffer(dims_raw, dtype=">u4"))
+        if os.path.getsize(path) - (4 + 4 * ndim) < int(np.prod(dims)):
+            return None
+        return np.memmap(path, dtype=_IDX_DTYPES[head[2]], mode="r", offset=4 + 4 * ndim, shape=dims)
+    except OSError:
+        return None
 
 
 def _find_idx(directory: Path, split: str, what: str) -> Path | None:
@@ -296,32 +320,8 @@ def _image_files(directory: Path) -> list[Path]:
                   if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
 
 
-def _load_images(files: list[Path], size: tuple[int, int] | None) -> np.ndarray:
-    """Decode images to (N, C, H, W) uint8, grey if all are grey, else RGB; resized to `size`."""
-    try:
-        from PIL import Image
-    except ImportError:
-        raise DataError("folder:DIR needs Pillow to read images: pip install pillow") from None
-    decoded: list[np.ndarray] = []
-    for path in files:
-        try:
-            with Image.open(path) as img:
-                img = img.convert("L" if img.mode in _GRAY_MODES else "RGB")
-                if size is None:
-                    size = (img.height, img.width)
-                if (img.height, img.width) != tuple(size):
-                    img = img.resize((size[1], size[0]), Image.Resampling.BILINEAR)
-                decoded.append(np.asarray(img, dtype=np.uint8))
-        except (OSError, ValueError) as exc:
-            raise DataError(f"cannot read image {path}: {exc}") from None
-    rgb = any(a.ndim == 3 for a in decoded)
-    out = [(np.repeat(a[:, :, None], 3, axis=2) if a.ndim == 2 else a) if rgb else a[:, :, None]
-           for a in decoded]
-    return np.stack(out).transpose(0, 3, 1, 2)  # (N, C, H, W)
-
-
-def _read_class_tree(directory: Path, classes: list[str], size: tuple[int, int] | None,
-                     ) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+def _class_tree(directory: Path, classes: list[str]) -> tuple[FolderSource, np.ndarray]:
+    """The image files under `directory`/<class>/ (not decoded) and their labels."""
     files: list[Path] = []
     labels: list[int] = []
     for label, name in enumerate(classes):
@@ -331,11 +331,11 @@ def _read_class_tree(directory: Path, classes: list[str], size: tuple[int, int] 
         labels += [label] * len(found)
     if not files:
         raise DataError(f"no images found under {directory} (extensions: {', '.join(sorted(IMAGE_EXTENSIONS))})")
-    x = _load_images(files, size)
-    return x, np.asarray(labels, dtype=np.int64), (x.shape[2], x.shape[3])
+    return FolderSource(files), np.asarray(labels, dtype=np.int64)
 
 
-def _read_folder(directory: Path, *, size: tuple[int, int] | None) -> RawData:
+def _read_folder(directory: Path) -> RawData:
+    """List an image folder; files are decoded only when a batch needs them (`FolderSource`)."""
     if not directory.is_dir():
         raise DataError(f"image folder not found: {directory} (expected one sub-folder per class)")
     train_dir, test_dir = directory / "train", directory / "test"
@@ -344,16 +344,13 @@ def _read_folder(directory: Path, *, size: tuple[int, int] | None) -> RawData:
     classes = [p.name for p in _class_dirs(root)]
     if not classes:
         raise DataError(f"{root} has no class sub-folders: expected one sub-folder of images per class")
-    x, y, size = _read_class_tree(root, classes, size)
+    x, y = _class_tree(root, classes)
     test = None
     if split_layout:
         extra = sorted({p.name for p in _class_dirs(test_dir)} - set(classes))
         if extra:
             raise DataError(f"{test_dir} has classes missing from {train_dir}: {', '.join(extra)}")
-        tx, ty, _ = _read_class_tree(test_dir, classes, size)
-        if tx.shape[1] != x.shape[1]:  # one split grey, the other colour: use colour for both
-            x, tx = (np.repeat(x, 3, axis=1), tx) if x.shape[1] == 1 else (x, np.repeat(tx, 3, axis=1))
-        test = (tx, ty)
+        test = _class_tree(test_dir, classes)
     return RawData(x=x, y=y, scale=255.0, test=test, class_names=tuple(classes))
 
 
@@ -363,6 +360,6 @@ def _read_folder(directory: Path, *, size: tuple[int, int] | None) -> RawData:
 def _make_random(count: int, *, channels: int, size: tuple[int, int], seed: int,
                  num_classes: int = 10) -> RawData:
     rng = np.random.default_rng(seed)
-    x = rng.normal(0.5, 0.25, size=(count, channels, *size)).clip(0.0, 1.0).astype(np.float32)
     y = rng.integers(0, num_classes, size=count).astype(np.int64)
-    return RawData(x=x, y=y, scale=1.0, class_names=tuple(str(i) for i in range(num_classes)))
+    return RawData(x=RandomSource(count, channels, size, seed), y=y, scale=1.0,
+                   class_names=tuple(str(i) for i in range(num_classes)))

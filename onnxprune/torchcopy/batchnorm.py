@@ -39,6 +39,7 @@ import torch
 from torch import fx, nn
 
 from onnxprune.torchcopy.convert import TorchCopy
+from onnxprune.torchcopy.device import to_device_batch
 
 if TYPE_CHECKING:
     from onnxprune.deps import Analysis
@@ -115,10 +116,6 @@ def eligible_layers(copy: TorchCopy, linear: bool = False) -> list[Layer]:
     return layers
 
 
-def _as_tensor(x: np.ndarray | torch.Tensor) -> torch.Tensor:
-    return x if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x))
-
-
 def _moments(out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Per-channel (sum, sum of squares, count) of a (N, C, ...) tensor, in float64."""
     flat = out.detach().transpose(0, 1).reshape(out.shape[1], -1).double()  # (C, N * spatial)
@@ -129,7 +126,6 @@ def layer_statistics(copy: TorchCopy, layers: list[Layer], x: np.ndarray | torch
                      batch_size: int = 128) -> dict[str, LayerStats]:
     """Per-channel mean and biased variance of each layer's output over `x` (eval mode, no grad),
     keyed by layer target. Layers whose output has no channel axis 1 are left out."""
-    xt = _as_tensor(x)
     sums: dict[str, list] = {}
     skipped: set[str] = set()
     handles = []
@@ -152,11 +148,11 @@ def layer_statistics(copy: TorchCopy, layers: list[Layer], x: np.ndarray | torch
     step = copy.fixed_batch or batch_size
     try:
         with torch.no_grad():
-            for start in range(0, len(xt), step):
-                xb = xt[start:start + step]
+            for start in range(0, len(x), step):
+                xb = x[start:start + step]  # x may be lazy: read one batch at a time
                 if copy.fixed_batch and len(xb) != step:
                     break
-                copy.logits(xb)
+                copy.logits(to_device_batch(xb, copy.device))
     finally:
         for h in handles:
             h.remove()
@@ -167,7 +163,7 @@ def layer_statistics(copy: TorchCopy, layers: list[Layer], x: np.ndarray | torch
             continue
         mean = s / n
         var = (sq / n - mean * mean).clamp_min(0.0)
-        stats[target] = LayerStats(mean.numpy(), var.numpy(), ndim)
+        stats[target] = LayerStats(mean.cpu().numpy(), var.cpu().numpy(), ndim)
     return stats
 
 
@@ -290,7 +286,6 @@ def reestimate(copy: TorchCopy, norms: Sequence[nn.Module], x: np.ndarray | torc
                batch_size: int = 128, channels_last: bool = False) -> None:
     """Re-estimate the running statistics of the BatchNorm modules `norms` on the first `batches`
     batches of `x` (cumulative average; every other module of `copy` in eval mode, no grad)."""
-    xt = _as_tensor(x)
     step = copy.fixed_batch or batch_size
     momenta = [bn.momentum for bn in norms]
     was_training = copy.module.training
@@ -301,13 +296,13 @@ def reestimate(copy: TorchCopy, norms: Sequence[nn.Module], x: np.ndarray | torc
             bn.momentum = None  # cumulative moving average over the batches seen
             bn.train()
         with torch.no_grad():
-            for k, start in enumerate(range(0, len(xt), step)):
-                xb = xt[start:start + step]
-                if k >= batches or len(xb) < 2 or (copy.fixed_batch and len(xb) != step):
+            for k, start in enumerate(range(0, len(x), step)):
+                if k >= batches:
                     break
-                if channels_last and xb.dim() == 4:
-                    xb = xb.contiguous(memory_format=torch.channels_last)
-                copy.logits(xb)
+                xb = x[start:start + step]  # x may be lazy: read one batch at a time
+                if len(xb) < 2 or (copy.fixed_batch and len(xb) != step):
+                    break
+                copy.logits(to_device_batch(xb, copy.device, channels_last))
     finally:
         for bn, momentum in zip(norms, momenta):
             bn.momentum = momentum

@@ -104,6 +104,13 @@ class TorchCopy:
         self.output_names = tuple(output_names)
         self.fixed_batch = fixed_batch
         self.check = check
+        self.device = torch.device("cpu")
+
+    def to(self, device: torch.device | str) -> "TorchCopy":
+        """Move the module to `device` (in place; inputs are moved there per call). Returns self."""
+        self.device = torch.device(device)
+        self.module.to(self.device)
+        return self
 
     # --- tensors -------------------------------------------------------------------------------
     def resolve(self, binding: Binding) -> torch.Tensor:
@@ -141,7 +148,7 @@ class TorchCopy:
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """The first output for the first input, flattened to (N, classes)."""
-        out = self.module(x)
+        out = self.module(x.to(self.device) if x.device != self.device else x)
         if isinstance(out, (tuple, list)):
             out = out[0]
         return out.reshape(out.shape[0], -1)
@@ -320,7 +327,7 @@ def torch_outputs(copy: TorchCopy, feeds: Mapping[str, np.ndarray]) -> list[np.n
     copy.module.eval()
     try:
         with torch.no_grad():
-            out = copy(*[torch.from_numpy(np.ascontiguousarray(feeds[n])) for n in copy.input_names])
+            out = copy(*[torch.from_numpy(np.ascontiguousarray(feeds[n])).to(copy.device) for n in copy.input_names])
     finally:
         copy.module.train(was_training)
     outs = list(out) if isinstance(out, (tuple, list)) else [out]
@@ -361,12 +368,13 @@ def _normalized(model: onnx.ModelProto | Analysis) -> tuple[onnx.ModelProto, dic
 
 
 def to_torch(model: onnx.ModelProto | Analysis, *, check: bool = True, seed: int = 0,
-             input_shapes: Mapping[str, Sequence[int]] | None = None) -> TorchCopy:
+             input_shapes: Mapping[str, Sequence[int]] | None = None,
+             device: torch.device | str | None = None) -> TorchCopy:
     """Convert an ONNX model (or an `Analysis`' normalized model) to a `TorchCopy`.
 
     The model is normalized first (`onnxprune.ir.load_model`), so that initializer names are the
     ones the analysis uses. With `check`, the copy is run against onnxruntime on two seeded random
-    inputs (`RTOL`, `ATOL`).
+    inputs (`RTOL`, `ATOL`), on the CPU; the copy then moves to `device` (None: stays on the CPU).
 
     Raises:
         UnsupportedModelError: onnx2torch cannot convert an op (the message names it), or the
@@ -408,6 +416,8 @@ def to_torch(model: onnx.ModelProto | Analysis, *, check: bool = True, seed: int
             raise UnsupportedModelError(
                 f"the torch copy fails to run ({type(exc).__name__}: {_first_line(exc)})"
             ) from None
+    if device is not None:
+        copy.to(device)
     return copy
 
 

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from onnxprune.data import Splits
+from onnxprune.data import Splits, loader, take
 from onnxprune.data import batches as iter_batches
 from onnxprune.errors import FinetuneDivergedError, InputError, VerificationError
 from onnxprune.ir import load_model
@@ -48,6 +48,7 @@ from onnxprune.numerics import compare_outputs, random_feeds, session
 from onnxprune.torchcopy.batchnorm import (ReinsertedBatchNorm, eligible_layers, kept_positions, layer_statistics,
                                            reestimate)
 from onnxprune.torchcopy.convert import ATOL, RTOL, TorchCopy, to_torch, torch_outputs
+from onnxprune.torchcopy.device import resolve_device, to_device_batch
 from onnxprune.torchcopy.masked import accuracy, batched_logits, torch_threads
 
 if TYPE_CHECKING:
@@ -71,6 +72,11 @@ class FinetuneConfig:
     `max_restarts`, `lr_drop`, `snapshot_steps`: divergence handling (module docstring).
     `reinsert_bn`: give layers whose BatchNorm the exporter folded a BatchNorm while training,
     initialised from statistics on `calib_images` training images.
+    `device` ("auto", "cpu", "cuda", "cuda:N"; None: cpu) holds the student and the teacher;
+    batches are streamed there one at a time. `amp` trains in float16 autocast with a gradient
+    scaler (CUDA only); `channels_last` (None: on CUDA only) uses that memory format. `max_val`
+    caps the validation images of model selection (a seeded subset; `--eval-images`).
+    `workers`: decoding processes (None: `onnxprune.data.default_workers`).
     """
 
     epochs: int = 5
@@ -94,6 +100,11 @@ class FinetuneConfig:
     snapshot_steps: int = 100
     reinsert_bn: bool = True
     calib_images: int = 512
+    device: str | None = None
+    amp: bool = False
+    channels_last: bool | None = None
+    max_val: int | None = None
+    workers: int | None = None
 
     def __post_init__(self) -> None:
         if self.epochs < 0:
@@ -274,34 +285,54 @@ def finetune(pruned: onnx.ModelProto, teacher: onnx.ModelProto | TorchCopy, spli
 
 def _finetune(pruned: onnx.ModelProto, teacher: onnx.ModelProto | TorchCopy, splits: Splits,
               cfg: FinetuneConfig, console: Console) -> FinetuneResult:
+    teacher_copy = teacher if isinstance(teacher, TorchCopy) else to_torch(teacher, seed=cfg.seed)
+    home = teacher_copy.device
+    try:
+        return _finetune_on(pruned, teacher_copy, splits, cfg, console)
+    finally:
+        teacher_copy.to(home)
+
+
+def _finetune_on(pruned: onnx.ModelProto, teacher_copy: TorchCopy, splits: Splits, cfg: FinetuneConfig,
+                 console: Console) -> FinetuneResult:
     start = time.perf_counter()
     torch.manual_seed(cfg.seed)
+    device = resolve_device(cfg.device or "cpu")
+    amp = cfg.amp and device.type == "cuda"
+    channels_last = device.type == "cuda" if cfg.channels_last is None else cfg.channels_last
     base = load_model(pruned).model
-    student = to_torch(base, seed=cfg.seed)
-    teacher_copy = teacher if isinstance(teacher, TorchCopy) else to_torch(teacher, seed=cfg.seed)
+    student = to_torch(base, seed=cfg.seed, device=device)
+    teacher_copy.to(device)
+    if channels_last:
+        student.module.to(memory_format=torch.channels_last)
     x_train, y_train = splits.train
     x_val, y_val = splits.val
     if len(x_train) == 0 or len(x_val) == 0:
         raise InputError("fine-tuning needs non-empty train and val splits")
+    if cfg.max_val is not None and len(x_val) > cfg.max_val:  # model selection on a seeded subset
+        sel = np.sort(np.random.default_rng(cfg.seed).permutation(len(x_val))[:cfg.max_val])
+        x_val, y_val = take(x_val, sel), y_val[sel]
     rng = np.random.default_rng(cfg.seed)
     bn = None
     if cfg.reinsert_bn and cfg.epochs > 0:
-        calib = x_train[np.sort(rng.choice(len(x_train), size=min(len(x_train), cfg.calib_images), replace=False))]
+        calib = take(x_train, np.sort(rng.choice(len(x_train), size=min(len(x_train), cfg.calib_images),
+                                                 replace=False)))
         bn = ReinsertedBatchNorm(student, calib)
         if not len(bn):
             bn = None
 
     # The teacher is fixed and the data is not augmented: its logits are computed once per
-    # image, when a batch first needs them (with --finetune-images only a subset is ever used).
+    # image, from the batch that first holds it (with --finetune-images only a subset is ever
+    # used), and kept on the CPU.
     teacher_copy.module.eval()
     teacher_cache: dict[int, torch.Tensor] = {}
 
-    def teacher_logits(idx: np.ndarray) -> torch.Tensor:
-        todo = [int(i) for i in idx if int(i) not in teacher_cache]
+    def teacher_logits(idx: np.ndarray, xb: np.ndarray) -> torch.Tensor:
+        todo = [k for k, i in enumerate(idx) if int(i) not in teacher_cache]
         if todo:
-            fresh = batched_logits(teacher_copy, x_train[np.asarray(todo)], cfg.eval_batch_size)
-            teacher_cache.update(zip(todo, fresh))
-        return torch.stack([teacher_cache[int(i)] for i in idx])
+            fresh = batched_logits(teacher_copy, xb[np.asarray(todo)], cfg.eval_batch_size).float().cpu()
+            teacher_cache.update(zip((int(idx[k]) for k in todo), fresh))
+        return torch.stack([teacher_cache[int(i)] for i in idx]).to(device)
 
     def set_train(mode: bool) -> None:
         student.module.train(mode)
@@ -310,7 +341,7 @@ def _finetune(pruned: onnx.ModelProto, teacher: onnx.ModelProto | TorchCopy, spl
 
     def val_top1() -> float:
         set_train(False)
-        return accuracy(batched_logits(student, x_val, cfg.eval_batch_size), y_val)[0]
+        return accuracy(batched_logits(student, x_val, cfg.eval_batch_size, channels_last), y_val)[0]
 
     def state() -> dict[str, dict[str, torch.Tensor]]:
         return {"student": _state(student), "bn": bn.state_dict() if bn is not None else {}}
@@ -339,6 +370,7 @@ def _finetune(pruned: onnx.ModelProto, teacher: onnx.ModelProto | TorchCopy, spl
     lr = cfg.learning_rate
     if cfg.epochs > 0 and steps_per_epoch > 0 and params:
         opt = _optimizer(params, cfg, lr)
+        scaler = torch.amp.GradScaler("cuda", enabled=amp)
         columns = [TextColumn("[bold]fine-tune[/] epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("loss {task.fields[loss]:.4f}  val top-1 {task.fields[val]:.4f}"), TimeElapsedColumn()]
         orders = [rng.permutation(len(x_train))[:n_train] for _ in range(cfg.epochs)]
@@ -361,23 +393,31 @@ def _finetune(pruned: onnx.ModelProto, teacher: onnx.ModelProto | TorchCopy, spl
                 window: list[float] = []
                 set_train(True)
                 bad: str | None = None
+                # the rest of the epoch's batches, read (and decoded by workers) as they are needed
+                stream = loader(x_train, y_train, step_size, workers=cfg.workers,
+                                order=np.concatenate(plan[pos:]) if pos < len(plan) else np.zeros(0, np.int64))
                 while pos < len(plan):
-                    tb_idx = plan[pos]
+                    tb_idx, xb, yb = next(stream)
                     for group in opt.param_groups:
                         group["lr"] = lr_at(step, total, warmup_steps, lr)
-                    xt = torch.from_numpy(np.ascontiguousarray(x_train[tb_idx]))
-                    yt = torch.from_numpy(y_train[tb_idx]).long()
-                    loss = distillation_loss(student.logits(xt), teacher_logits(tb_idx), yt, cfg.tau, cfg.temperature)
+                    xt = to_device_batch(xb, device, channels_last)
+                    yt = torch.from_numpy(yb).long().to(device)
+                    with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+                        s_logits = student.logits(xt)
+                    loss = distillation_loss(s_logits.float(), teacher_logits(tb_idx, xb), yt, cfg.tau,
+                                             cfg.temperature)
                     if not bool(torch.isfinite(loss)):
                         bad = f"loss {float(loss)}"
                         break
                     opt.zero_grad(set_to_none=True)
-                    loss.backward()
+                    scaler.scale(loss).backward()
+                    scaler.unscale_(opt)
                     norm = torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad_norm or float("inf"))
-                    if not bool(torch.isfinite(norm)):
+                    if not bool(torch.isfinite(norm)) and not amp:  # AMP: the scaler skips the step
                         bad = f"gradient norm {float(norm)}"
                         break
-                    opt.step()
+                    scaler.step(opt)
+                    scaler.update()
                     value = float(loss.detach())
                     first_loss = value if first_loss is None else first_loss
                     window.append(value)
@@ -422,6 +462,11 @@ def _finetune(pruned: onnx.ModelProto, teacher: onnx.ModelProto | TorchCopy, spl
                 start_snap = recent = _Snapshot(epoch, 0, step, 0.0, 0, state())
                 recent_used = False
     reinserted = len(bn) if bn is not None else 0
+    # folded, written back and verified on the CPU, in the plain memory format
+    student.to("cpu")
+    student.module.to(memory_format=torch.contiguous_format)
+    if bn is not None:
+        bn.norms.to("cpu")
     if best_epoch == 0:
         load(initial_state)
         if bn is not None:
@@ -443,8 +488,8 @@ def _finetune(pruned: onnx.ModelProto, teacher: onnx.ModelProto | TorchCopy, spl
 
 def recalibrate_batchnorm(model: onnx.ModelProto, x: np.ndarray, batches: int = 4, batch_size: int = 128,
                           seed: int = 0, threads: int | None = None, original: Analysis | None = None,
-                          keep: np.ndarray | None = None,
-                          original_copy: TorchCopy | None = None) -> tuple[onnx.ModelProto, int]:
+                          keep: np.ndarray | None = None, original_copy: TorchCopy | None = None,
+                          device: str | torch.device | None = None) -> tuple[onnx.ModelProto, int]:
     """`model` with the running statistics of its BatchNorm layers re-estimated on `batches`
     batches of `x` (a seeded sample), and how many were re-estimated.
 
@@ -455,16 +500,17 @@ def recalibrate_batchnorm(model: onnx.ModelProto, x: np.ndarray, batches: int = 
     BatchNorm whose affine parameters are the unpruned layer's output statistics at the kept
     channels, re-estimated, then folded back (`onnxprune.torchcopy.batchnorm`). Without them,
     such a model is returned unchanged (and 0). The written-back model is checked against the
-    torch copy.
+    torch copy. `x` may be lazy (read one batch at a time); the statistics are measured on
+    `device` (None: cpu), the write-back and its check run on the CPU.
     """
     folded_path = original is not None and keep is not None
     if not folded_path and not any(n.op_type == "BatchNormalization" for n in model.graph.node):
         return model, 0
     with torch_threads(threads):
         base = load_model(model).model
-        copy = to_torch(base, seed=seed)
+        copy = to_torch(base, seed=seed, device=resolve_device(device or "cpu"))
         rng = np.random.default_rng(seed)
-        sample = x[np.sort(rng.choice(len(x), size=min(len(x), batches * batch_size), replace=False))]
+        sample = take(x, np.sort(rng.choice(len(x), size=min(len(x), batches * batch_size), replace=False)))
         inserted = None
         if folded_path:
             ref_copy = original_copy if original_copy is not None else to_torch(original, check=False, seed=seed)
@@ -480,7 +526,9 @@ def recalibrate_batchnorm(model: onnx.ModelProto, x: np.ndarray, batches: int = 
         if not norms:
             return model, 0
         reestimate(copy, norms, sample, batches, batch_size)
+        copy.to("cpu")
         if inserted is not None:
+            inserted.norms.to("cpu")
             inserted.fold()
         out = write_back(base, copy)
         verify_write_back(out, copy, sample[:64], seed=seed)

@@ -39,6 +39,7 @@ from onnxprune.deps import Analysis
 from onnxprune.errors import UnsupportedModelError
 from onnxprune.torchcopy.batchnorm import ReinsertedBatchNorm, eligible_layers, reestimate
 from onnxprune.torchcopy.convert import TorchCopy
+from onnxprune.torchcopy.device import to_device_batch
 
 
 @dataclass(frozen=True, eq=False)
@@ -78,7 +79,8 @@ def consumer_weights(copy: TorchCopy, analysis: Analysis) -> tuple[ConsumerWeigh
                 )
             shape = [1] * tensor.dim()
             shape[axis] = rm.units.size
-            out.append(ConsumerWeight(tensor, torch.from_numpy(rm.units.astype(np.int64)), tuple(shape)))
+            units = torch.from_numpy(rm.units.astype(np.int64)).to(tensor.device)
+            out.append(ConsumerWeight(tensor, units, tuple(shape)))
     if unbound:
         raise UnsupportedModelError(
             f"torch copy: consumer weight(s) {', '.join(sorted(set(unbound))[:5])} are not torch tensors"
@@ -86,8 +88,8 @@ def consumer_weights(copy: TorchCopy, analysis: Analysis) -> tuple[ConsumerWeigh
     return tuple(out)
 
 
-def _keep_factor(keep: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.asarray(keep, dtype=np.float32))  # (num_units,)
+def _keep_factor(keep: np.ndarray, device: torch.device) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(keep, dtype=np.float32)).to(device)  # (num_units,)
 
 
 class MaskProjection:
@@ -96,10 +98,11 @@ class MaskProjection:
 
     def __init__(self, copy: TorchCopy, analysis: Analysis) -> None:
         self.num_units = analysis.groups.num_units
+        self.copy = copy
         self._weights = consumer_weights(copy, analysis)
 
     def apply(self, keep: np.ndarray) -> None:
-        factor = _keep_factor(keep)
+        factor = _keep_factor(keep, self.copy.device)
         with torch.no_grad():
             for w in self._weights:
                 w.tensor.data.mul_(w.factor(factor))
@@ -136,18 +139,17 @@ def batched_logits(copy: TorchCopy, x: np.ndarray | torch.Tensor, batch_size: in
                    channels_last: bool = False) -> torch.Tensor:
     """(N, classes) logits of the copy's first output, in batches (no grad; current train/eval
     mode). A graph with a fixed batch size runs in batches of that size, the last one padded.
-    `channels_last` hands 4-D batches over in that memory format."""
-    xt = _as_tensor(x)
-    channels_last = channels_last and xt.dim() == 4
+    `channels_last` hands 4-D batches over in that memory format. `x` may be lazy
+    (`onnxprune.data.LazyImages`): it is read one batch at a time. Logits stay on the copy's device."""
     step = copy.fixed_batch or batch_size
     outs = []
     with torch.no_grad():
-        for start in range(0, len(xt), step):
-            xb = xt[start:start + step]
+        for start in range(0, len(x), step):
+            xb = to_device_batch(x[start:start + step], copy.device)
             n = len(xb)
             if copy.fixed_batch and n != step:
                 xb = torch.cat([xb, xb.new_zeros((step - n,) + tuple(xb.shape[1:]))])
-            if channels_last:
+            if channels_last and xb.dim() == 4:
                 xb = xb.contiguous(memory_format=torch.channels_last)
             outs.append(copy.logits(xb)[:n])
     return torch.cat(outs) if outs else torch.zeros(0)
@@ -155,7 +157,8 @@ def batched_logits(copy: TorchCopy, x: np.ndarray | torch.Tensor, batch_size: in
 
 def accuracy(logits: torch.Tensor, y: np.ndarray | torch.Tensor) -> tuple[float, float]:
     """(top-1, mean cross-entropy) of (N, classes) logits against labels."""
-    yt = _as_tensor(y).long()
+    logits = logits.detach().cpu()
+    yt = _as_tensor(y).long().cpu()
     if logits.shape[1] <= int(yt.max()):
         raise ValueError(f"the model has {logits.shape[1]} outputs but the data has label {int(yt.max())}")
     top1 = float((logits.argmax(1) == yt).float().mean())
@@ -237,7 +240,7 @@ class MaskedModel:
         if keep.shape != (self.num_units,):
             raise ValueError(f"keep has shape {keep.shape}, expected ({self.num_units},)")
         self._restore_bn()
-        factor_of_unit = _keep_factor(keep)
+        factor_of_unit = _keep_factor(keep, self.copy.device)
         with torch.no_grad():
             for target in self._targets:
                 first, *rest = target.factors
@@ -271,15 +274,14 @@ class MaskedModel:
         folded BatchNorm, the first call re-inserts it (statistics of the unmasked model on the
         first `batches * batch_size` images of `x`; see the module docstring).
         """
-        xt = _as_tensor(x)
-        with torch_threads(self.threads):
+        with torch_threads(self.threads):  # x may be lazy: read one batch at a time
             if self.reinserted is None and self._reinsertable:
-                self._reinsert(xt[:batches * batch_size], batch_size)
+                self._reinsert(x[:batches * batch_size], batch_size)
             if not self._bn_stats:
                 return 0
             self._bn_dirty = True
             with self._active():
-                reestimate(self.copy, self._bn, xt, batches, batch_size, self.channels_last)
+                reestimate(self.copy, self._bn, x, batches, batch_size, self.channels_last)
             self.copy.module.eval()
         return len(self._bn_stats)
 

@@ -22,9 +22,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from onnxprune.criteria.normalize import mean_normalized
-from onnxprune.data import batches as iter_batches
+from onnxprune.data import loader
 from onnxprune.deps import Analysis
 from onnxprune.torchcopy.convert import TorchCopy
+from onnxprune.torchcopy.device import to_device_batch
 from onnxprune.torchcopy.masked import torch_threads
 
 _KINDS = ("out", "param", "in")
@@ -58,12 +59,13 @@ def _probes(copy: TorchCopy, analysis: Analysis) -> list[_Probe]:
             axis = binding.torch_axis(m.axis, tensor.dim())
             if tensor.shape[axis] != rm.units.size:
                 continue
-            probes.append(_Probe(rm.units, tensor, axis, torch.zeros(rm.units.size, dtype=torch.float64)))
+            probes.append(_Probe(rm.units, tensor, axis,
+                                 torch.zeros(rm.units.size, dtype=torch.float64, device=tensor.device)))
     return probes
 
 
 def _accumulate(copy: TorchCopy, probes: list[_Probe], x: np.ndarray, y: np.ndarray, batches: int,
-                step: int, seed: int) -> None:
+                step: int, seed: int, workers: int | None = None) -> None:
     """Add |sum g * w| per position to every probe, over `batches` batches (eval mode)."""
     tensors = {id(p.tensor): p.tensor for p in probes}
     flags = {k: t.requires_grad for k, t in tensors.items()}
@@ -73,13 +75,12 @@ def _accumulate(copy: TorchCopy, probes: list[_Probe], x: np.ndarray, y: np.ndar
     try:
         for t in tensors.values():
             t.requires_grad_(True)
-        for k, (xb, yb) in enumerate(iter_batches(x, y, step, shuffle=True, seed=seed, drop_last=len(x) >= step)):
-            if k >= batches:
-                break
+        for _, xb, yb in loader(x, y, step, shuffle=True, seed=seed, limit=batches * step,
+                                drop_last=len(x) >= step, workers=workers):
             for t in tensors.values():
                 t.grad = None
-            logits = copy.logits(torch.from_numpy(np.ascontiguousarray(xb)))
-            loss = F.cross_entropy(logits, torch.from_numpy(yb).long())
+            logits = copy.logits(to_device_batch(xb, copy.device))
+            loss = F.cross_entropy(logits, torch.from_numpy(yb).long().to(logits.device))
             loss.backward()
             with torch.no_grad():
                 for p in probes:
@@ -97,7 +98,7 @@ def _accumulate(copy: TorchCopy, probes: list[_Probe], x: np.ndarray, y: np.ndar
 
 def taylor_scores(copy: TorchCopy, analysis: Analysis, x: np.ndarray, y: np.ndarray, batches: int = 8,
                   batch_size: int = 64, seed: int = 0, threads: int | None = None,
-                  normalize: bool = True) -> np.ndarray:
+                  normalize: bool = True, images: int | None = None, workers: int | None = None) -> np.ndarray:
     """Importance of every unit (float64 (num_units,); higher = more important; frozen: +inf).
 
     Args:
@@ -108,16 +109,25 @@ def taylor_scores(copy: TorchCopy, analysis: Analysis, x: np.ndarray, y: np.ndar
         normalize: divide each member's estimates by their mean (the criterion, for ranking
             inside groups). False: the raw estimates (summed |g . w| over the batches, averaged
             over the members), comparable across groups as estimates of the loss change.
+        images: calibration images to read (`--calib-images`); replaces `batches` by
+            ceil(images / batch_size) when given.
+        workers: decoding processes (None: `onnxprune.data.default_workers`).
+
+    The copy may live on any device (`TorchCopy.to`); batches are moved there one at a time.
     """
     n = analysis.groups.num_units
     probes = _probes(copy, analysis)
+    step = copy.fixed_batch or batch_size
+    if images is not None:
+        batches = max(1, -(-images // step))
     with torch_threads(threads):
-        _accumulate(copy, probes, x, y, batches, copy.fixed_batch or batch_size, seed)
+        _accumulate(copy, probes, x, y, batches, step, seed, workers)
 
     total = np.zeros(n)
     count = np.zeros(n)
     for p in probes:
-        est = mean_normalized(p.total.numpy()) if normalize else p.total.numpy()
+        est = p.total.cpu().numpy()
+        est = mean_normalized(est) if normalize else est
         per_unit = np.zeros(n)
         hits = np.zeros(n)
         np.add.at(per_unit, p.units, est)

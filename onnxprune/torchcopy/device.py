@@ -1,0 +1,106 @@
+"""Where the PyTorch side runs (`--device auto|cpu|cuda|cuda:N`) and batch sizes that fit memory.
+
+    >>> dev = resolve_device("auto")          # cuda when torch sees a GPU, else cpu
+    >>> copy = to_torch(analysis, device=dev)  # the copy lives there; batches are moved per step
+
+Batch sizes: a 224x224 ResNet-50 holds ~100 MB of activations per image during a backward pass,
+so the batch sizes that suit 28x28 images would need tens of GB. `fit_batch_size` caps a default
+batch size with an estimate of activation memory per image from the analysed graph's shapes.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import numpy as np
+import torch
+
+from onnxprune.errors import InputError
+
+DEVICE_CHOICES = "auto, cpu, cuda or cuda:N"
+# Activation memory a batch may take (bytes): training keeps every activation for the backward
+# pass; inference frees them layer by layer. On GPU the device's own memory bounds it instead.
+TRAIN_BUDGET = 1 << 30
+INFER_BUDGET = 1 << 30
+
+
+def cuda_available() -> bool:
+    """Whether torch sees a CUDA GPU (a separate function so tests can pretend either way)."""
+    return torch.cuda.is_available()
+
+
+def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
+    """The torch device named by `spec` ("auto", "cpu", "cuda", "cuda:N"; None: "auto").
+
+    Raises:
+        InputError: an unknown name, or a CUDA device that torch does not see.
+    """
+    if isinstance(spec, torch.device):
+        spec = str(spec)
+    text = (spec or "auto").strip().lower()
+    if text == "auto":
+        return torch.device("cuda") if cuda_available() else torch.device("cpu")
+    if text == "cpu":
+        return torch.device("cpu")
+    match = re.fullmatch(r"cuda(?::(\d+))?", text)
+    if match is None:
+        raise InputError(f"--device {spec!r}: expected {DEVICE_CHOICES}")
+    if not cuda_available():
+        raise InputError(f"--device {text}: torch sees no CUDA GPU on this machine "
+                         "(torch.cuda.is_available() is False); use --device cpu or --device auto")
+    if match.group(1) is not None:
+        index, count = int(match.group(1)), torch.cuda.device_count()
+        if index >= count:
+            raise InputError(f"--device {text}: torch sees {count} GPU(s) (cuda:0 to cuda:{count - 1})")
+        return torch.device("cuda", index)
+    return torch.device("cuda")
+
+
+def activation_bytes(analysis: Any) -> int:
+    """Bytes of float32 activations one image produces in the analysed graph (sum of the
+    outputs of every node, batch dimension excluded)."""
+    graph = analysis.graph
+    total = 0
+    for node in graph.nodes:
+        for out in node.outputs:
+            shape = graph.shapes.get(out) if out else None
+            if not shape or len(shape) < 2:
+                continue
+            dims = [int(d) for d in shape[1:] if isinstance(d, (int, np.integer)) and int(d) > 0]
+            if len(dims) == len(shape) - 1:
+                total += int(np.prod(dims)) * 4
+    return total
+
+
+def fit_batch_size(analysis: Any, default: int, training: bool, device: torch.device | None = None,
+                   budget: int | None = None) -> int:
+    """`default` reduced so that one batch's activations stay within `budget` bytes
+    (`TRAIN_BUDGET` / `INFER_BUDGET` on CPU; on GPU a quarter of the device's memory), at least 2.
+
+    Training keeps all activations plus their gradients (about 2x the forward sum); inference
+    keeps a few live tensors (about 1/4 of the sum, measured on ResNet and MobileNet exports).
+    """
+    per_image = activation_bytes(analysis)
+    if per_image <= 0:
+        return default
+    if budget is None:
+        if device is not None and device.type == "cuda":
+            budget = torch.cuda.get_device_properties(device).total_memory // 4
+        else:
+            budget = TRAIN_BUDGET if training else INFER_BUDGET
+    need = per_image * (2.0 if training else 0.25)
+    return int(max(2, min(default, budget // max(need, 1))))
+
+
+def to_device_batch(x: np.ndarray | torch.Tensor, device: torch.device, channels_last: bool = False,
+                    ) -> torch.Tensor:
+    """A numpy or torch batch as a tensor on `device` (pinned and non-blocking for CUDA)."""
+    t = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x))
+    if device.type == "cuda" and not t.is_cuda:
+        t = t.pin_memory().to(device, non_blocking=True)
+    elif t.device != device:
+        t = t.to(device)
+    if channels_last and t.dim() == 4:
+        t = t.contiguous(memory_format=torch.channels_last)
+    return t
