@@ -6,12 +6,12 @@ from onnxprune.search.base import (Checkpoint, SearchConfig, SearchContext, Sear
                                    Trajectory, parse_options, progress_bar, search_fn)
 from onnxprune.search.budget import (BUDGET_KINDS, Budget, BudgetMeter, fill_budget, make_feasible, mask_key,
                                      removal_order)
-from onnxprune.search.evaluator import EvalConfig, Evaluator, LocalEvaluator
+from onnxprune.search.evaluator import EvalConfig, Evaluator, LocalEvaluator, RayEvaluator, make_evaluator
 from onnxprune.search.runner import run_search
 
 __all__ = [
     "BUDGET_KINDS", "AllocationConfig", "Budget", "BudgetMeter", "Checkpoint", "EvalConfig",
-    "Evaluator", "LocalEvaluator", "SearchConfig", "SearchContext", "SearchResult", "Trajectory", "allocate", "fill_budget",
+    "Evaluator", "LocalEvaluator", "RayEvaluator", "make_evaluator", "SearchConfig", "SearchContext", "SearchResult", "Trajectory", "allocate", "fill_budget",
     "global_keep", "make_feasible", "mask_key", "parse_options", "progress_bar", "removal_order", "run_search", "search_fn",
     "uniform_keep",
 ]

@@ -11,7 +11,7 @@ from onnxprune.deps import Analysis
 from onnxprune.methods import L1, TAYLOR
 from onnxprune.search.base import SearchConfig, SearchContext, SearchResult, search_fn
 from onnxprune.search.budget import BudgetMeter
-from onnxprune.search.evaluator import Evaluator, LocalEvaluator
+from onnxprune.search.evaluator import Evaluator, make_evaluator
 
 
 def run_search(method: str, analysis: Analysis, copy: Any, splits: Any, cfg: SearchConfig,
@@ -22,7 +22,7 @@ def run_search(method: str, analysis: Analysis, copy: Any, splits: Any, cfg: Sea
     """Run search `method` on `analysis` with the torch copy `copy` and data `splits`.
 
     `copy` is masked in place during the search and restored afterwards (it stays usable as the
-    teacher). `evaluator` replaces the default `LocalEvaluator` (e.g. a distributed one).
+    teacher). `evaluator` replaces the one `cfg.eval` describes (`make_evaluator`: local or Ray).
     `materialize(keep)` (pruned ONNX of a mask), `latency(keep)` (seconds, for latency budgets)
     and `score_model(model)` (validation top-1 of an ONNX model) come from the API: search
     neither rewrites nor benchmarks models itself.
@@ -32,7 +32,7 @@ def run_search(method: str, analysis: Analysis, copy: Any, splits: Any, cfg: Sea
     say("scoring channels (L1, Taylor)")
     scores = {c.name: c.load()(analysis, seed=cfg.seed, copy=copy, splits=splits) for c in (L1, TAYLOR)}
     own = evaluator is None
-    ev = evaluator if evaluator is not None else LocalEvaluator(analysis, copy, splits, cfg.eval)
+    ev = evaluator if evaluator is not None else make_evaluator(analysis, copy, splits, cfg.eval)
     try:
         ctx = SearchContext(method, analysis, ev, BudgetMeter(analysis, cfg.budget, latency), scores, cfg, copy,
                             splits, say, materialize, score_model)

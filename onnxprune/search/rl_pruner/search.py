@@ -13,7 +13,7 @@ target^(k/steps) of the budget's kind:
   3. post-training (KD from the current teacher) on the full-size student with the mask
      enforced; if the student beats the teacher on validation it becomes the teacher; Taylor
      scores are recomputed on the trained student and later candidates are scored with its
-     weights (a new `LocalEvaluator`).
+     weights (a new evaluator, `make_evaluator`).
 Latency budgets: masks are planned with MACs as the proxy; each step's MACs target is read off
 PD's mask landed on the latency target (measured), and the result is made feasible at the end.
 """
@@ -31,7 +31,7 @@ import torch
 from onnxprune.errors import InputError, UnsupportedModelError
 from onnxprune.search.base import SearchContext, SearchResult, progress_bar
 from onnxprune.search.budget import make_feasible
-from onnxprune.search.evaluator import Evaluator, LocalEvaluator
+from onnxprune.search.evaluator import Evaluator, make_evaluator
 from onnxprune.search.rl_pruner.masks import Pruner, step_targets
 from onnxprune.search.rl_pruner.policy import (METHOD, ReplayBuffer, ReplayEntry, RLPrunerConfig,
                                                constant_reward_terms, epsilon_at, initial_policy, options,
@@ -275,7 +275,7 @@ class RLPruner:
         self.scores = taylor_scores(self.student, ctx.analysis, x, y, batches=batches,
                                     batch_size=-(-cfg.calibration // batches), seed=seed)
         self._pruner = None
-        self.ev = LocalEvaluator(ctx.analysis, self.student, ctx.splits, ctx.cfg.eval)
+        self.ev = make_evaluator(ctx.analysis, self.student, ctx.splits, ctx.cfg.eval)
         seconds = time.perf_counter() - t0
         self.counters["post_train_seconds"] += seconds
         ctx.say(f"{METHOD}: step {self.step + 1} post-trained in {seconds:.1f}s, val top-1 {acc:.4f}"
@@ -343,4 +343,4 @@ class RLPruner:
         self.ctx.trajectory.records = list(s["records"])
         if self.student_state is not None:
             self._ensure_copies()
-            self.ev = LocalEvaluator(self.ctx.analysis, self.student, self.ctx.splits, self.ctx.cfg.eval)
+            self.ev = make_evaluator(self.ctx.analysis, self.student, self.ctx.splits, self.ctx.cfg.eval)
