@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
@@ -40,8 +40,15 @@ class PruneConfig:
     # search methods only (gat-ppo, rl-pruner, sacp)
     target_params: float | None = None  # fraction of the params kept (at most)
     target_latency: float | None = None  # fraction of the measured onnxruntime latency (at most)
-    workers: int = 1  # local evaluation processes
-    eval_images: int | None = 1000  # validation images per cheap candidate evaluation
+    workers: int = 1  # evaluation processes (local) or actors (Ray)
+    eval_images: int | None = 1000  # validation images per candidate evaluation and for fine-tuning's selection
+    # the PyTorch side (Taylor, masked evaluation, BatchNorm re-estimation, fine-tuning)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: bool = False  # float16 autocast when fine-tuning on CUDA
+    calib_images: int = 512  # Taylor scores and BatchNorm re-estimation
+    data_workers: int | None = None  # decoding processes (None: 2 for image folders, else 0)
+    evaluator: str = "local"  # local | ray
+    ray_address: str | None = None  # a Ray cluster (None: a local Ray instance)
     checkpoint: str | None = None
     resume: bool = False
     trajectory: str | None = None  # JSON trajectory output
@@ -69,7 +76,9 @@ class PruneConfig:
         from onnxprune.search import EvalConfig, SearchConfig
 
         return SearchConfig(budget=self.budget(), seed=self.seed,
-                            eval=EvalConfig(images=self.eval_images, workers=self.workers, seed=self.seed),
+                            eval=EvalConfig(images=self.eval_images or None, workers=self.workers, seed=self.seed,
+                                            bn_batches=max(1, -(-self.calib_images // 128)),
+                                            backend=self.evaluator, ray_address=self.ray_address),
                             checkpoint=self.checkpoint, resume=self.resume, trajectory=self.trajectory,
                             plot=self.plot, progress=self.search_progress, options=dict(self.options))
 
@@ -114,6 +123,14 @@ def prune(src: str | os.PathLike[str] | onnx.ModelProto, cfg: PruneConfig,
         raise InputError(f"{why} needs data: pass --data SPEC (e.g. fashion-mnist, digits, folder:DIR)")
     if cfg.finetune_epochs < 0:
         raise InputError(f"--finetune-epochs must be >= 0, got {cfg.finetune_epochs}")
+    if cfg.calib_images < 1:
+        raise InputError(f"--calib-images must be >= 1, got {cfg.calib_images}")
+    if cfg.eval_images is not None and cfg.eval_images < 0:
+        raise InputError(f"--eval-images must be >= 0 (0: the whole split), got {cfg.eval_images}")
+    if cfg.finetune_images is not None and cfg.finetune_images < 1:
+        raise InputError(f"--finetune-images must be >= 1, got {cfg.finetune_images}")
+    torch_side = bool(cfg.data) and (chosen.needs_data or cfg.finetune_epochs > 0)
+    device = _device(cfg.device, torch_side)
     searching = chosen.searches
     if searching:
         if cfg.round_to > 1 or cfg.global_ranking:
@@ -147,15 +164,21 @@ def prune(src: str | os.PathLike[str] | onnx.ModelProto, cfg: PruneConfig,
         from onnxprune.search import run_search
         from onnxprune.torchcopy import to_torch
 
-        copy = to_torch(analysis, seed=cfg.seed)
+        copy = to_torch(analysis, seed=cfg.seed, device=device)
+        search_cfg = _fit_search(search_cfg, analysis, device, cfg.calib_images)
         searched = run_search(cfg.method, analysis, copy, splits, search_cfg, say, **search_callables(analysis, splits))
         keep = searched.keep
     else:
+        calib: dict[str, Any] = {}
         if chosen.needs_data:
             from onnxprune.torchcopy import to_torch
+            from onnxprune.torchcopy.device import fit_batch_size
 
-            copy = to_torch(analysis, seed=cfg.seed)
-        scores = chosen.load()(analysis, seed=cfg.seed, copy=copy, splits=splits)
+            copy = to_torch(analysis, seed=cfg.seed, device=device)
+            # data-driven criteria take the calibration settings (`--calib-images`)
+            calib = {"images": cfg.calib_images, "workers": cfg.data_workers,
+                     "batch_size": fit_batch_size(analysis, 64, training=True, device=device)}
+        scores = chosen.load()(analysis, seed=cfg.seed, copy=copy, splits=splits, **calib)
     if not searching:
         keep = allocate(analysis, scores, alloc)
     times["select"] = time.perf_counter() - t0
@@ -169,24 +192,60 @@ def prune(src: str | os.PathLike[str] | onnx.ModelProto, cfg: PruneConfig,
 
         t0 = time.perf_counter()
         say("re-estimating BatchNorm statistics")
-        bn = {} if searched is None else {"batches": search_cfg.eval.bn_batches,
-                                          "batch_size": search_cfg.eval.bn_batch_size}
+        if searched is None:
+            from onnxprune.torchcopy.device import fit_batch_size
+
+            step = min(fit_batch_size(analysis, 128, training=False, device=device), cfg.calib_images)
+            bn = {"batches": max(1, -(-cfg.calib_images // step)), "batch_size": step}
+        else:
+            bn = {"batches": search_cfg.eval.bn_batches, "batch_size": search_cfg.eval.bn_batch_size}
         model, _ = recalibrate_batchnorm(model, splits.train[0], seed=cfg.seed, original=analysis, keep=keep,
-                                         original_copy=copy if searched is None else None, **bn)
+                                         original_copy=copy if searched is None else None, device=device, **bn)
         times["bn_recalibration"] = time.perf_counter() - t0
     tuned = None
     if cfg.finetune_epochs > 0:
         from onnxprune.torchcopy import FinetuneConfig, finetune, to_torch
+        from onnxprune.torchcopy.device import fit_batch_size
 
         t0 = time.perf_counter()
         say("fine-tuning with knowledge distillation")
         teacher = copy if copy is not None else to_torch(analysis, seed=cfg.seed)
         tuned = finetune(model, teacher, splits,  # type: ignore[arg-type]
                          FinetuneConfig(epochs=cfg.finetune_epochs, seed=cfg.seed, max_train=cfg.finetune_images,
-                                        lr=cfg.finetune_lr))
+                                        lr=cfg.finetune_lr, calib_images=cfg.calib_images,
+                                        max_val=cfg.eval_images or None, device=str(device), amp=cfg.amp,
+                                        workers=cfg.data_workers,
+                                        batch_size=fit_batch_size(analysis, 64, training=True, device=device),
+                                        eval_batch_size=fit_batch_size(analysis, 512, training=False, device=device)))
         model = tuned.model
         times["finetune"] = time.perf_counter() - t0
     return PruneResult(analysis, keep, model, verified, times, tuned, searched)
+
+
+def _device(spec: str, needed: bool) -> Any:
+    """The torch device of `--device` (checked even when no step needs torch, so that an absent
+    GPU is reported); None when nothing needs torch and the device is not CUDA."""
+    if not needed and not spec.lower().startswith("cuda"):
+        if spec.lower() not in ("auto", "cpu"):
+            raise InputError(f"--device {spec!r}: expected auto, cpu, cuda or cuda:N")
+        return None
+    from onnxprune.torchcopy.device import resolve_device
+
+    return resolve_device(spec)
+
+
+def _fit_search(search_cfg: Any, analysis: Analysis, device: Any, calib_images: int) -> Any:
+    """`search_cfg` with its evaluation batch sizes fitted to the model and device, the
+    calibration images spread over BatchNorm batches, and the device set."""
+    from onnxprune.torchcopy.device import fit_batch_size
+
+    ev = search_cfg.eval
+    bn_step = min(fit_batch_size(analysis, ev.bn_batch_size, training=False, device=device), calib_images)
+    fitted = replace(ev, bn_batch_size=bn_step, bn_batches=max(1, -(-calib_images // bn_step)),
+                     batch_size=fit_batch_size(analysis, ev.batch_size, training=False, device=device),
+                     taylor_batch_size=fit_batch_size(analysis, ev.taylor_batch_size, training=True, device=device),
+                     device=str(device))
+    return replace(search_cfg, eval=fitted)
 
 
 def search_callables(analysis: Analysis, splits: Any) -> dict[str, Callable[..., Any]]:

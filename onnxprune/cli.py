@@ -57,6 +57,20 @@ def _data_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--std", type=_floats, metavar="S[,S,S]", help="per-channel std after scaling to [0, 1]")
 
 
+def _torch_options(parser: argparse.ArgumentParser, calib: bool = True) -> None:
+    """Where the PyTorch side runs and how much data each use of it streams."""
+    g = parser.add_argument_group("device and data streaming (Taylor, BatchNorm re-estimation, masked "
+                                  "evaluation, fine-tuning)")
+    g.add_argument("--device", default="auto", metavar="auto|cpu|cuda|cuda:N",
+                   help="where the PyTorch side runs (auto: the GPU when torch sees one)")
+    g.add_argument("--amp", action="store_true", help="mixed precision (float16) when fine-tuning on a GPU")
+    if calib:
+        g.add_argument("--calib-images", type=int, default=512, metavar="N",
+                       help="training images for Taylor scores and BatchNorm re-estimation (default: 512)")
+    g.add_argument("--data-workers", type=int, default=None, metavar="N",
+                   help="processes decoding images (default: 2 for folder:DIR, 0 for in-memory data)")
+
+
 def _option(text: str) -> tuple[str, str]:
     key, sep, value = text.partition("=")
     if not sep or not key:
@@ -85,9 +99,14 @@ def _search_options(parser: argparse.ArgumentParser) -> None:
                            metavar="N" if flag.kind is int else "NAME")
     g.add_argument("--option", action="append", type=_option, default=[], metavar="KEY=VALUE",
                    help="any other setting of the method (repeatable; see the README)")
-    g.add_argument("--workers", type=int, default=1, help="local processes evaluating candidates")
+    g.add_argument("--workers", type=int, default=1, help="processes (local) or Ray actors evaluating candidates")
+    g.add_argument("--evaluator", choices=["local", "ray"], default="local",
+                   help="where candidates are scored: local processes, or Ray actors (pip install 'onnxprune[ray]')")
+    g.add_argument("--ray-address", metavar="ADDR", default=None,
+                   help="join this Ray cluster (default: start a local Ray instance)")
     g.add_argument("--eval-images", type=int, default=1000,
-                   help="validation images per candidate evaluation (0: the whole split)")
+                   help="validation images per candidate evaluation and for fine-tuning's model selection "
+                        "(0: the whole split)")
     g.add_argument("--checkpoint", metavar="PATH", help="save the search state here (and --resume from it)")
     g.add_argument("--resume", action="store_true", help="continue the search saved in --checkpoint")
     g.add_argument("--trajectory", metavar="OUT.json", help="write the search trajectory as JSON")
@@ -152,6 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--finetune-lr", type=float, default=None, metavar="LR",
                     help="fine-tuning learning rate (default: 0.01, SGD)")
     _data_options(pr)
+    _torch_options(pr)
     _search_options(pr)
 
     ft = sub.add_parser("finetune", help="fine-tune a pruned model with knowledge distillation")
@@ -166,7 +186,10 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--temperature", type=float, default=4.0)
     ft.add_argument("--images", type=int, default=None, help="training images per epoch (default: all)")
     ft.add_argument("--seed", type=int, default=0)
+    ft.add_argument("--eval-images", type=int, default=1000,
+                    help="validation images for model selection (0: the whole split)")
     _data_options(ft)
+    _torch_options(ft, calib=False)
 
     b = sub.add_parser("bench", help="onnxruntime latency of one or more models")
     b.add_argument("models", nargs="+")
@@ -265,6 +288,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
         data_options=data_kwargs(args), target_params=args.target_params, target_latency=args.target_latency,
         workers=args.workers, eval_images=args.eval_images, checkpoint=args.checkpoint, resume=args.resume,
         trajectory=args.trajectory, plot=args.plot, options=search_options(args),
+        device=args.device, amp=args.amp, calib_images=args.calib_images, data_workers=args.data_workers,
+        evaluator=args.evaluator, ray_address=args.ray_address,
     )
     out, err = _console(args.report == STDOUT)
     if args.finetune_epochs or method(args.method).searches:  # progress bars need the terminal to themselves
@@ -330,7 +355,12 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     from onnxprune.data import load_dataset
     from onnxprune.ir import build_graph, load_model
     from onnxprune.torchcopy import FinetuneConfig, finetune
+    from onnxprune.errors import InputError
+    from onnxprune.torchcopy.device import fit_batch_size, resolve_device
 
+    device = resolve_device(args.device)  # an absent GPU is reported before anything is loaded
+    if args.eval_images < 0:
+        raise InputError(f"--eval-images must be >= 0 (0: the whole split), got {args.eval_images}")
     check_outputs({"-o": args.output}, _inputs(args.model, args.teacher) + _data_files(args.data))
     student = load_model(args.model)
     teacher = load_model(args.teacher).model
@@ -338,7 +368,10 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     splits = load_dataset(args.data, input_shape=graph.shapes[graph.inputs[0].name], seed=args.seed,
                           **data_kwargs(args))
     cfg = FinetuneConfig(epochs=args.epochs, optimizer=args.optimizer, lr=args.lr, tau=args.tau,
-                         temperature=args.temperature, seed=args.seed, max_train=args.images)
+                         temperature=args.temperature, seed=args.seed, max_train=args.images,
+                         max_val=args.eval_images or None, device=str(device), amp=args.amp,
+                         workers=args.data_workers, batch_size=fit_batch_size(graph, 64, training=True, device=device),
+                         eval_batch_size=fit_batch_size(graph, 512, training=False, device=device))
     result = finetune(student.model, teacher, splits, cfg)
     save_model(result.model, args.output)
     out, err = _console()

@@ -44,7 +44,9 @@ class EvalConfig:
 
     `images`: validation images per cheap evaluation (None: the whole validation split).
     `recalibrate_bn`: re-estimate BatchNorm statistics under each mask on `bn_batches` batches
-    of training images (makes masked accuracy track post-fine-tune accuracy much better).
+    of training images (makes masked accuracy track post-fine-tune accuracy much better);
+    `bn_batches * bn_batch_size` are the calibration images (`--calib-images`), which the
+    search's Taylor scores use too, in batches of `taylor_batch_size`.
     `workers`: local processes (1: in this process) or Ray actors. `threads`: torch threads per
     evaluator. `device`: where the masked copy runs ("cpu", "cuda", "cuda:N"; None: the copy's
     own device). `backend`: "local" or "ray"; `ray_address`: a Ray cluster to join (None: start
@@ -56,6 +58,7 @@ class EvalConfig:
     bn_batches: int = 4
     bn_batch_size: int = 128
     batch_size: int = 256
+    taylor_batch_size: int = 64
     workers: int = 1
     threads: int = 1
     seed: int = 0

@@ -30,7 +30,9 @@ def run_search(method: str, analysis: Analysis, copy: Any, splits: Any, cfg: Sea
     say = say or (lambda _msg: None)
     run = search_fn(method)
     say("scoring channels (L1, Taylor)")
-    scores = {c.name: c.load()(analysis, seed=cfg.seed, copy=copy, splits=splits) for c in (L1, TAYLOR)}
+    calib = {"images": cfg.eval.bn_batches * cfg.eval.bn_batch_size, "batch_size": cfg.eval.taylor_batch_size}
+    scores = {L1.name: L1.load()(analysis, seed=cfg.seed),
+              TAYLOR.name: TAYLOR.load()(analysis, seed=cfg.seed, copy=copy, splits=splits, **calib)}
     own = evaluator is None
     ev = evaluator if evaluator is not None else make_evaluator(analysis, copy, splits, cfg.eval)
     try:

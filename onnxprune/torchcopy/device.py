@@ -58,9 +58,9 @@ def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
 
 
 def activation_bytes(analysis: Any) -> int:
-    """Bytes of float32 activations one image produces in the analysed graph (sum of the
-    outputs of every node, batch dimension excluded)."""
-    graph = analysis.graph
+    """Bytes of float32 activations one image produces in the analysed graph (an `Analysis` or
+    a `LayerGraph`; sum of the outputs of every node, batch dimension excluded)."""
+    graph = getattr(analysis, "graph", analysis)
     total = 0
     for node in graph.nodes:
         for out in node.outputs:

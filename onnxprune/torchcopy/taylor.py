@@ -118,7 +118,8 @@ def taylor_scores(copy: TorchCopy, analysis: Analysis, x: np.ndarray, y: np.ndar
     n = analysis.groups.num_units
     probes = _probes(copy, analysis)
     step = copy.fixed_batch or batch_size
-    if images is not None:
+    if images is not None:  # read exactly `images` images (fewer per batch when they are few)
+        step = copy.fixed_batch or max(1, min(step, images))
         batches = max(1, -(-images // step))
     with torch_threads(threads):
         _accumulate(copy, probes, x, y, batches, step, seed, workers)
@@ -143,9 +144,12 @@ def taylor_scores(copy: TorchCopy, analysis: Analysis, x: np.ndarray, y: np.ndar
 
 
 def taylor_criterion(analysis: Analysis, *, seed: int = 0, copy: TorchCopy | None = None,
-                     splits: Any = None) -> np.ndarray:
-    """The registry's `taylor` criterion: `taylor_scores` on the training split of `splits`."""
+                     splits: Any = None, images: int | None = None, batch_size: int = 64,
+                     workers: int | None = None) -> np.ndarray:
+    """The registry's `taylor` criterion: `taylor_scores` on the training split of `splits`,
+    over `images` calibration images (`--calib-images`; None: 8 batches) in batches of
+    `batch_size`, read by `workers` decoding processes."""
     if copy is None or splits is None:
         raise ValueError("taylor needs the torch copy and the data splits")
     x, y = splits.train
-    return taylor_scores(copy, analysis, x, y, seed=seed)
+    return taylor_scores(copy, analysis, x, y, seed=seed, batch_size=batch_size, images=images, workers=workers)
