@@ -143,7 +143,8 @@ def main() -> None:
     out = Path(args.out)
     data: dict[str, Any] = json.loads(out.read_text()) if out.exists() else {"records": []}
     data.update(method=args.method, model=args.model, data=args.data, budget={"kind": budget[0], "target": budget[1]},
-                eval_images=args.eval_images, bn_batches=args.bn_batches, seeds=args.seeds,
+                eval_images=args.eval_images, bn_batches=args.bn_batches,
+                seeds=sorted(set(data.get("seeds", [])) | set(args.seeds)),
                 variants={n: o for n, o in variants}, note=args.note,
                 machine=f"{platform.machine()}, {torch.get_num_threads()} torch thread, shared 2-core machine",
                 command="python -m benchmarks.ablations " + " ".join(
