@@ -142,7 +142,8 @@ def test_contrastive_training_separates_l1_from_random_masks(tiny, batch_negativ
 @pytest.mark.parametrize("budget", [Budget("macs", 0.5), Budget("channels", 0.6)])
 def test_search_returns_a_feasible_mask_near_the_budget(tiny, budget: Budget) -> None:
     _, analysis = tiny
-    result = _search(tiny, budget)
+    # masked scores pick the top k here (light fine-tune: test_light_finetune_ranks_the_top_m)
+    result = _search(tiny, budget, options={"light_images": 0})
     ratio = result.summary["budget_ratio"]
     assert budget.target - 0.1 < ratio <= budget.target + 1e-9
     assert not result.summary.get("made_feasible")
@@ -169,13 +170,23 @@ def test_search_returns_a_feasible_mask_near_the_budget(tiny, budget: Budget) ->
     assert len(proxy) == 1 and 2 <= proxy[0]["masks"] <= FAST["proxy_configs"]
     assert result.evaluations == proxy[0]["masks"] + FAST["top_m"] + FAST["probe"] + FAST["top_k"]
     assert result.summary["picked"] in ("uniform_l1", "ranked_l1")
-    # the light fine-tune ranks the top m: its score is what the top k are chosen by
+    assert not any(r["light_finetuned"] for r in light) and result.summary["light_evaluations"] == 0
+
+
+def test_light_finetune_ranks_the_top_m(tiny) -> None:
+    result = _search(tiny)  # light_images 192
+    records = result.trajectory.records
+    light = [r for r in records if r.get("stage") == "light"]
+    full = [r for r in records if r.get("stage") == "full"]
+    assert len(light) == FAST["top_m"] and len(full) == FAST["top_k"]
+    # the light fine-tune's score is what the top k are chosen by; the masked score is kept beside it
     assert all(r["light_finetuned"] and 0 <= r["masked_val_top1"] <= 1 for r in light)
     assert any(r["val_top1"] != r["masked_val_top1"] for r in light)
     assert result.summary["light_evaluations"] == FAST["top_m"] + FAST["probe"]
     assert result.summary["total_evaluations"] == result.evaluations + FAST["top_m"] + FAST["probe"]
     chosen = sorted(light, key=lambda r: (-r["val_top1"], r["rank"]))[:FAST["top_k"]]
     assert sorted(r["rank"] for r in full) == sorted(r["rank"] for r in chosen)
+    assert -1.0 <= result.summary["masked_vs_light_spearman"] <= 1.0
 
 
 def test_same_seed_same_mask(tiny) -> None:
