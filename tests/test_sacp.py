@@ -119,7 +119,7 @@ def test_contrastive_training_separates_l1_from_random_masks(tiny, batch_negativ
     encoder, losses = sacp.train_encoder(graph, tables, full, cfg, np.random.default_rng(0), seed=0)
     assert len(losses) == cfg.epochs
     if batch_negatives:  # chance is log(1 + 64 * 4) = 5.55; random masks at rates near 1 are nearly
-        # the anchor itself, which no encoder can push away: measured 1.35-1.74 at the end
+        # the anchor itself, which no encoder can push away: the loss stays well above 0
         assert np.mean(losses[-3:]) < 0.4 * np.log(1 + cfg.batch_size * cfg.negatives)
     else:
         assert np.mean(losses[-3:]) < 0.3 * losses[0]  # log(1 + negatives) = 1.61 is chance
@@ -290,4 +290,4 @@ def test_proxy_pairs_teach_what_equal_cost_masks_differ_in(tiny) -> None:
                           batch_size=32, temperature=0.2, margin=0.01, rng=rng)
     assert losses[-1] < 0.5 * losses[0]
     after = sacp.spearman(sacp.similarity(encoder, graph, keeps[96:], full), proxy[96:])  # held-out masks
-    assert after > 0.4 and after > before + 0.3  # measured 0.61
+    assert after > 0.4 and after > before + 0.3
