@@ -142,7 +142,8 @@ def _single_op_model(op_type: str, opset: int, x_shape: list[int | str], inits: 
     graph = helper.make_graph([node], "one_op", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
                               [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outs],
                               initializer=inits)
-    return helper.make_model(graph, ir_version=10, opset_imports=[helper.make_opsetid("", opset)])
+    model = helper.make_model(graph, ir_version=10, opset_imports=[helper.make_opsetid("", opset)])
+    return onnx.shape_inference.infer_shapes(model)  # graph outputs typed with a shape, as exporters write them
 
 
 def _i64(name: str, values: list[int]) -> TensorProto:
