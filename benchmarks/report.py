@@ -16,6 +16,8 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from onnxprune import plotstyle
+
 from benchmarks import run as bench
 
 ROOT = bench.ROOT
@@ -142,7 +144,10 @@ def plots(originals: dict[tuple[str, str], dict[str, Any]], cells: dict[Cell, li
             order.append(target)
         fig.legend([handles[m] for m in order], order, loc="lower center", ncol=5, fontsize=8,
                    title="mean ± standard error over seeds", title_fontsize=8)
-        fig.tight_layout(rect=(0, 0.1, 1, 1))
+        runs = [r for rs in cells.values() for r in rs]
+        plotstyle.caption(fig, "Markers: o macs-0.5, s macs-0.25, ^ latency-0.5. Points: mean over seeds "
+                               f"(seeds {_seeds({r['seed'] for r in runs})}), bars: standard error (none for one seed); "
+                               "dashed: the original. " + " ".join(_protocol_lines(runs)).replace("- ", ""))
         name = f"accuracy_{form}.png"
         fig.savefig(RESULTS / name, dpi=100)
         plt.close(fig)
@@ -176,8 +181,9 @@ def plots(originals: dict[tuple[str, str], dict[str, Any]], cells: dict[Cell, li
             ax.set_xlabel("evaluated candidates")
             ax.grid(alpha=0.3)
         axes[0][0].set_ylabel("best feasible proxy so far")
-        fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=4, fontsize=8)
-        fig.tight_layout(rect=(0, 0.1, 1, 1))
+        plotstyle.one_legend(fig, handles, METHOD_ORDER)
+        plotstyle.caption(fig, "Running best proxy (masked validation top-1 on the search's evaluation images) of "
+                               "the feasible candidates, one line per seed; shared y axis.")
         name = f"learning_curves_{form}.png"
         fig.savefig(RESULTS / name, dpi=100)
         plt.close(fig)

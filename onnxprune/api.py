@@ -12,14 +12,18 @@ from typing import Any, Callable, Iterable, Mapping
 import numpy as np
 import onnx
 
-from onnxprune.deps import Analysis, analyze
-from onnxprune.errors import InputError, VerificationError
+from onnxprune.deps import Analysis, analyze, analyze_graph
+from onnxprune.errors import InputError, VerificationError, option
 from onnxprune.fileio import STDOUT, atomic_write, check_outputs, model_files
-from onnxprune.ir import Shape, with_initializers
+from onnxprune.ir import LoadedModel, Shape, build_graph, load_model, with_initializers
+from onnxprune.ir.simplify import SimplifyInfo, check_mode
+from onnxprune.ir.simplify import simplify as simplify_model
 from onnxprune.ir.validate import check_runtime
 from onnxprune.methods import L1, method, names_of
 from onnxprune.rewrite import VerifyResult, apply_keep, check_runs, verify
+from onnxprune.schema import stamped
 from onnxprune.search import AllocationConfig, allocate
+from onnxprune.search.rounding import RoundTo
 
 @dataclass(frozen=True)
 class PruneConfig:
@@ -27,10 +31,12 @@ class PruneConfig:
     sparsity: float | None = None
     target_flops: float | None = None
     global_ranking: bool = False
-    round_to: int = 1
+    round_to: RoundTo = "auto"  # width multiple per group: "auto" (from `runtime`), K, or 1 (off)
+    runtime: str = "cpu"  # what the pruned model will run on: cpu | cuda | tensorrt (picks auto widths)
     seed: int = 0
     exclude: tuple[str, ...] = ()
     verify: bool = True
+    simplify: str = "auto"  # onnxsim before the analysis: auto (on; as given if it fails) | on | off
     input_shapes: Mapping[str, Shape] = field(default_factory=dict)
     data: str | None = None  # dataset spec (onnxprune.data), needed by taylor and fine-tuning
     finetune_epochs: int = 0
@@ -58,7 +64,7 @@ class PruneConfig:
 
     def allocation(self) -> AllocationConfig:
         return AllocationConfig(sparsity=self.sparsity, target_flops=self.target_flops,
-                                global_ranking=self.global_ranking, round_to=self.round_to)
+                                global_ranking=self.global_ranking, round_to=self.round_to, runtime=self.runtime)
 
     def budget(self) -> Any:
         """The search budget (`onnxprune.search.Budget`) from whichever target was given."""
@@ -68,7 +74,7 @@ class PruneConfig:
                    "channels": None if self.sparsity is None else 1.0 - self.sparsity}
         given = [(k, v) for k, v in targets.items() if v is not None]
         if len(given) != 1:
-            raise InputError("give exactly one of --target-flops, --target-params, --target-latency, --sparsity")
+            raise InputError("give exactly one of " + ", ".join(option(n) for n in ("target_flops", "target_params", "target_latency", "sparsity")))
         return Budget(*given[0])
 
     def search(self) -> Any:
@@ -80,7 +86,8 @@ class PruneConfig:
                                             bn_batches=max(1, -(-self.calib_images // 128)),
                                             backend=self.evaluator, ray_address=self.ray_address),
                             checkpoint=self.checkpoint, resume=self.resume, trajectory=self.trajectory,
-                            plot=self.plot, progress=self.search_progress, options=dict(self.options))
+                            plot=self.plot, progress=self.search_progress, options=dict(self.options),
+                            round_to=self.round_to, runtime=self.runtime)
 
 
 @dataclass(frozen=True, eq=False)
@@ -92,6 +99,7 @@ class PruneResult:
     seconds: dict[str, float]
     finetuned: Any = None  # onnxprune.torchcopy.FinetuneResult when fine-tuned
     searched: Any = None  # onnxprune.search.SearchResult for the search methods
+    simplified: SimplifyInfo | None = None  # what --simplify did
 
     @property
     def macs(self) -> tuple[int, int]:
@@ -103,6 +111,8 @@ class PruneResult:
 
     def report(self) -> dict[str, Any]:
         data = self.analysis.to_json(self.keep)
+        if self.simplified is not None:
+            data["simplify"] = self.simplified.to_json()
         if self.verified is not None:
             data["verify"] = self.verified.to_json()
         if self.finetuned is not None:
@@ -119,31 +129,31 @@ def prune(src: str | os.PathLike[str] | onnx.ModelProto, cfg: PruneConfig,
     say = progress or (lambda _msg: None)
     chosen = method(cfg.method)
     if (chosen.needs_data or cfg.finetune_epochs > 0) and not cfg.data:
-        why = f"--method {cfg.method}" if chosen.needs_data else "--finetune-epochs"
-        raise InputError(f"{why} needs data: pass --data SPEC (e.g. fashion-mnist, digits, folder:DIR)")
+        why = option("method", cfg.method) if chosen.needs_data else option("finetune_epochs")
+        raise InputError(f"{why} needs data: pass {option('data')} (a spec such as fashion-mnist, digits, folder:DIR)")
     if cfg.finetune_epochs < 0:
-        raise InputError(f"--finetune-epochs must be >= 0, got {cfg.finetune_epochs}")
+        raise InputError(f"{option('finetune_epochs')} must be >= 0, got {cfg.finetune_epochs}")
     if cfg.calib_images < 1:
-        raise InputError(f"--calib-images must be >= 1, got {cfg.calib_images}")
+        raise InputError(f"{option('calib_images')} must be >= 1, got {cfg.calib_images}")
     if cfg.eval_images is not None and cfg.eval_images < 0:
-        raise InputError(f"--eval-images must be >= 0 (0: the whole split), got {cfg.eval_images}")
+        raise InputError(f"{option('eval_images')} must be >= 0 (0: the whole split), got {cfg.eval_images}")
     if cfg.finetune_images is not None and cfg.finetune_images < 1:
-        raise InputError(f"--finetune-images must be >= 1, got {cfg.finetune_images}")
+        raise InputError(f"{option('finetune_images')} must be >= 1, got {cfg.finetune_images}")
     torch_side = bool(cfg.data) and (chosen.needs_data or cfg.finetune_epochs > 0)
     device = _device(cfg.device, torch_side)
     searching = chosen.searches
     if searching:
-        if cfg.round_to > 1 or cfg.global_ranking:
-            raise InputError(f"--round-to and --global apply to score-based methods, not to --method {cfg.method}")
+        if cfg.global_ranking:
+            raise InputError(f"{option('global_ranking')} applies to score-based methods, not to {option('method', cfg.method)}")
         search_cfg = cfg.search()
     else:
         if cfg.target_params is not None or cfg.target_latency is not None:
-            raise InputError(f"--target-params and --target-latency need a search method ({', '.join(names_of('search'))})")
+            raise InputError(f"{option('target_params')} and {option('target_latency')} need a search method ({', '.join(names_of('search'))})")
         alloc = cfg.allocation()
     times: dict[str, float] = {}
     t0 = time.perf_counter()
     say("analysing")
-    analysis = analyze(src, cfg.input_shapes, cfg.exclude)
+    analysis, original, simplified = analyze_simplified(src, cfg.input_shapes, cfg.exclude, cfg.simplify)
     if not analysis.graph.runtime_checked:  # custom-domain operators: prune must run it
         check_runtime(analysis.graph.model, analysis.graph.source)
     times["analyze"] = time.perf_counter() - t0
@@ -185,7 +195,8 @@ def prune(src: str | os.PathLike[str] | onnx.ModelProto, cfg: PruneConfig,
     t0 = time.perf_counter()
     say("rewriting")
     model, verified = rewrite_and_verify(analysis, keep, searched, cfg.verify, cfg.seed, cfg.input_shapes, cfg.exclude,
-                                         data=_verify_data(cfg, splits, analysis))
+                                         data=_verify_data(cfg, splits, analysis),
+                                         original=original.model if simplified.applied else None)
     times["rewrite"] = time.perf_counter() - t0
     if splits is not None and (searched is None or not searched.trained):
         from onnxprune.torchcopy import recalibrate_batchnorm
@@ -219,7 +230,28 @@ def prune(src: str | os.PathLike[str] | onnx.ModelProto, cfg: PruneConfig,
                                         eval_batch_size=fit_batch_size(analysis, 512, training=False, device=device)))
         model = tuned.model
         times["finetune"] = time.perf_counter() - t0
-    return PruneResult(analysis, keep, model, verified, times, tuned, searched)
+    return PruneResult(analysis, keep, model, verified, times, tuned, searched, simplified)
+
+
+def analyze_simplified(src: str | os.PathLike[str] | onnx.ModelProto, input_shapes: Mapping[str, Shape] | None = None,
+                       exclude: Iterable[str] = (), simplify: str = "auto") -> tuple[Analysis, LoadedModel, SimplifyInfo]:
+    """Load and normalize `src`, simplify it with onnxsim (`simplify` mode), analyse the result.
+
+    Returns the analysis, the normalized model as given (what verification compares with) and
+    what simplification did. Node names are the same with and without simplification.
+    """
+    check_mode(simplify)
+    original = load_model(src)
+    loaded, info = simplify_model(original, simplify)
+    graph = build_graph(loaded, input_shapes)
+    exclude = tuple(exclude)
+    if info.applied:
+        kept = {n.name for n in loaded.model.graph.node}
+        gone = sorted(n for n in set(exclude) - kept if n in {m.name for m in original.model.graph.node})
+        if gone:
+            raise InputError(f"{option('exclude')}: node(s) {', '.join(gone)} were folded away by onnxsim; "
+                             f"pass {option('simplify', 'off')} to exclude them")
+    return analyze_graph(graph, exclude), original, info
 
 
 def _device(spec: str, needed: bool) -> Any:
@@ -269,7 +301,8 @@ def search_callables(analysis: Analysis, splits: Any) -> dict[str, Callable[...,
 
 def rewrite_and_verify(analysis: Analysis, keep: np.ndarray, searched: Any = None, check: bool = True, seed: int = 0,
                        input_shapes: Mapping[str, Shape] | None = None, exclude: Iterable[str] = (),
-                       data: Any = None) -> tuple[onnx.ModelProto, VerifyResult | None]:
+                       data: Any = None, original: onnx.ModelProto | None = None,
+                       ) -> tuple[onnx.ModelProto, VerifyResult | None]:
     """The pruned model of `keep` and, when `check`, its verification.
 
     With a search result that trained weights (`onnxprune.search.SearchResult`): `weights` (the
@@ -278,6 +311,8 @@ def rewrite_and_verify(analysis: Analysis, keep: np.ndarray, searched: Any = Non
     after the rewrite itself was verified, and the result must still pass the checker and run.
     `data`: images for verification when the outputs are too small on random ones (`verify`).
     Without `check`, the rewrite must still load in onnxruntime.
+    `original`: the user's model when the analysed one was simplified: without trained weights,
+    the rewrite is verified against it, masked.
     """
     weights = getattr(searched, "weights", None)
     pruned_weights = getattr(searched, "pruned_weights", None)
@@ -288,7 +323,8 @@ def rewrite_and_verify(analysis: Analysis, keep: np.ndarray, searched: Any = Non
             raise VerificationError("the trained weights changed the channel analysis")
     model = apply_keep(source, keep)
     if check:
-        verified = verify(source, keep, model, seed=seed, data=data)
+        verified = verify(source, keep, model, seed=seed, data=data,
+                          original=original if weights is None else None)
     else:
         verified = None
         check_loads(model, "the pruned model")  # --no-verify still never returns a model that does not load
@@ -333,8 +369,9 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike[str]) -> None:
 
 
 def save_json(data: Mapping[str, Any], path: str | os.PathLike[str]) -> None:
-    """Write JSON atomically; the path `-` writes to standard output."""
-    payload = (json.dumps(data, indent=2) + "\n").encode()
+    """Write JSON atomically, with `schema_version` and the tool version added; the path `-`
+    writes to standard output."""
+    payload = (json.dumps(stamped(data), indent=2) + "\n").encode()
     atomic_write(STDOUT if str(path) == STDOUT else Path(path), payload)
 
 

@@ -15,7 +15,7 @@ import sys
 from typing import Sequence
 
 from onnxprune import __version__
-from onnxprune.errors import Interrupted, OnnxPruneError
+from onnxprune.errors import Interrupted, OnnxPruneError, cli_style
 from onnxprune.fileio import STDOUT, check_outputs, install_signal_handlers, model_files, remove_temps, transaction
 from onnxprune.methods import L1, METHODS, TAYLOR, method, names_of, search_flags
 
@@ -128,97 +128,201 @@ def data_kwargs(args: argparse.Namespace) -> dict:
     return {"layout": args.layout, "resize": args.resize, "mean": args.mean, "std": args.std}
 
 
+DATA_HELP = ("dataset: digits | fashion-mnist[:DIR] | idx:DIR | folder:DIR (one sub-folder per class) | "
+             "npz:FILE (arrays x, y) | random")
+SHAPE_HELP = "static shape of an input whose dimensions are dynamic, e.g. input:1x3x224x224 (repeatable)"
+
+
+def _epilog(*lines: str) -> str:
+    return "examples:\n" + "\n".join(f"  {line}" for line in lines)
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Wraps the description to the terminal, keeps the examples of the epilog as written."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if text.startswith("examples:"):
+            return super()._fill_text(text, width, indent)
+        return argparse.HelpFormatter._fill_text(self, text, width, indent)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="onnxprune", description="Structured channel pruning of CNNs given as ONNX files.")
+    p = _Parser(prog="onnxprune", formatter_class=_Formatter,
+                description="Structured channel pruning of CNNs given only as ONNX files: find the channels that "
+                            "must go together, remove the least important ones, write a smaller ONNX model "
+                            "verified equal to the original with those channels masked, and time it.",
+                epilog=_epilog("onnxprune analyze model.onnx",
+                               "onnxprune prune model.onnx -o pruned.onnx --target-flops 0.5",
+                               "onnxprune bench model.onnx pruned.onnx",
+                               "onnxprune demo", "", "Run `onnxprune COMMAND --help` for a command's options."))
     p.add_argument("--version", action="version", version=f"onnxprune {__version__}")
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND")
+    kw = {"formatter_class": _Formatter}
 
-    a = sub.add_parser("analyze", help="channel groups, MACs and params of a model")
-    a.add_argument("model")
-    a.add_argument("--json", metavar="OUT.json", help="write the analysis as JSON (`-`: standard output)")
-    a.add_argument("--input-shape", action="append", metavar="NAME:1x3x224x224",
-                   help="static shape for an input with dynamic dimensions (repeatable)")
+    a = sub.add_parser("analyze", help="channel groups, MACs and params of a model", **kw,
+                       description="Find the model's channel groups (channels that must be removed together), "
+                                   "which are prunable and why not, and its MACs and params.",
+                       epilog=_epilog("onnxprune analyze model.onnx",
+                                      "onnxprune analyze model.onnx --json analysis.json --simplify off"))
+    a.add_argument("model", metavar="MODEL.onnx", help="the ONNX model to analyse (never modified)")
+    a.add_argument("--json", metavar="OUT.json", help="also write the analysis as JSON (`-`: standard output)")
+    a.add_argument("--input-shape", action="append", metavar="NAME:1x3x224x224", help=SHAPE_HELP)
+    _simplify_option(a)
 
-    pr = sub.add_parser("prune", help="prune channels and write a smaller, verified ONNX model")
-    pr.add_argument("model")
-    pr.add_argument("-o", "--output", required=True, metavar="OUT.onnx")
+    pr = sub.add_parser("prune", help="prune channels and write a smaller, verified ONNX model", **kw,
+                        description="Score channels, choose which to remove under a budget, rewrite a structurally "
+                                    "smaller ONNX model and verify it equals the original with those channels "
+                                    "masked. Widths are rounded to multiples that suit the runtime (--round-to "
+                                    "auto), so the smaller model is also faster.",
+                        epilog=_epilog(
+                            "onnxprune prune model.onnx -o pruned.onnx --target-flops 0.5",
+                            "onnxprune prune model.onnx -o pruned.onnx --sparsity 0.3 --method l2 --global",
+                            "onnxprune prune model.onnx -o pruned.onnx --target-flops 0.5 --method taylor \\",
+                            "    --data fashion-mnist --finetune-epochs 1 --report report.json",
+                            "onnxprune prune model.onnx -o pruned.onnx --target-flops 0.5 --method gat-ppo \\",
+                            "    --data fashion-mnist --trajectory t.json --plot t.png"))
+    pr.add_argument("model", metavar="MODEL.onnx", help="the ONNX model to prune (never modified)")
+    pr.add_argument("-o", "--output", required=True, metavar="OUT.onnx",
+                    help="where to write the pruned model (written only once complete and verified)")
     pr.add_argument("--method", default=L1.name, choices=names_of(), help=_method_help())
     target = pr.add_mutually_exclusive_group(required=True)
     target.add_argument("--target-flops", type=_fraction, metavar="F",
-                        help="keep at most F (0 < F <= 1) of the original MACs")
+                        help="keep at most F (0 < F <= 1) of the original MACs (multiply-accumulates of "
+                             "Conv/Gemm/MatMul, what pruning papers call FLOPs)")
     target.add_argument("--sparsity", type=_fraction, metavar="S",
                         help="remove a fraction S of the channels of every prunable group "
-                             "(search methods: of all prunable channels)")
+                             "(with --global or a search method: of all prunable channels)")
     target.add_argument("--target-params", type=_fraction, metavar="F",
                         help="search methods: keep at most F of the parameters")
     target.add_argument("--target-latency", type=_fraction, metavar="F",
                         help="search methods: keep at most F of the onnxruntime CPU latency (batch 1, measured)")
     pr.add_argument("--global", dest="global_ranking", action="store_true",
-                    help="rank all channels together instead of the same fraction per group")
-    pr.add_argument("--round-to", type=int, default=1, metavar="K", help="kept channel counts multiple of K")
-    pr.add_argument("--exclude", nargs="+", default=[], metavar="NODE", help="node names never pruned")
-    pr.add_argument("--seed", type=int, default=0)
-    pr.add_argument("--report", metavar="OUT.json", help="write groups, kept channels, MACs before/after")
+                    help="rank all channels together (scores normalized per group) instead of removing the "
+                         "same fraction from every group")
+    pr.add_argument("--round-to", type=_round_to, default="auto", metavar="auto|K",
+                    help="kept widths are multiples of K (1: any width). auto (default): per group, the multiple "
+                         "that suits --runtime (8 for groups of 32+ channels on CPU, 16+ on CUDA/TensorRT); "
+                         "odd widths can make a pruned model slower than the original")
+    pr.add_argument("--runtime", choices=["cpu", "cuda", "tensorrt"], default="cpu",
+                    help="what the pruned model will run on; picks the --round-to auto widths (default: cpu)")
+    pr.add_argument("--exclude", nargs="+", default=[], metavar="NODE",
+                    help="node names whose channels are never pruned (names as `onnxprune analyze` shows them)")
+    pr.add_argument("--seed", type=int, default=0, metavar="N",
+                    help="seed of everything random (random scores, data order, verification inputs; default 0)")
+    pr.add_argument("--report", metavar="OUT.json",
+                    help="write a JSON report: groups, kept channels, MACs/params before and after, verification")
     pr.add_argument("--verify", dest="verify", action="store_true", default=True,
-                    help="check equivalence with the masked original (default: on)")
-    pr.add_argument("--no-verify", dest="verify", action="store_false")
-    pr.add_argument("--input-shape", action="append", metavar="NAME:1x3x224x224")
-    pr.add_argument("--data", metavar="SPEC", help="dataset (for data-driven methods)")
+                    help="check the result against the masked original with onnxruntime before writing "
+                         "(the default)")
+    pr.add_argument("--no-verify", dest="verify", action="store_false",
+                    help="skip the equivalence check (the ONNX checker still runs)")
+    pr.add_argument("--input-shape", action="append", metavar="NAME:1x3x224x224", help=SHAPE_HELP)
+    pr.add_argument("--data", metavar="SPEC", help=DATA_HELP + " (taylor, search methods, fine-tuning)")
     pr.add_argument("--finetune-epochs", type=int, default=0, metavar="N",
-                    help="fine-tune the pruned model with knowledge distillation from the original")
+                    help="fine-tune the pruned model for N epochs with knowledge distillation from the original "
+                         "(needs --data; default 0)")
     pr.add_argument("--finetune-images", type=int, default=None, metavar="N",
                     help="training images per fine-tuning epoch (default: all)")
     pr.add_argument("--finetune-lr", type=float, default=None, metavar="LR",
                     help="fine-tuning learning rate (default: 0.01, SGD)")
+    _simplify_option(pr)
     _data_options(pr)
     _torch_options(pr)
     _search_options(pr)
 
-    ft = sub.add_parser("finetune", help="fine-tune a pruned model with knowledge distillation")
-    ft.add_argument("model", metavar="PRUNED.onnx")
-    ft.add_argument("--teacher", required=True, metavar="ORIG.onnx")
-    ft.add_argument("--data", required=True, metavar="SPEC")
-    ft.add_argument("-o", "--output", required=True, metavar="OUT.onnx")
-    ft.add_argument("--epochs", type=int, default=5)
-    ft.add_argument("--optimizer", choices=["sgd", "adamw"], default="sgd")
-    ft.add_argument("--lr", type=float, default=None)
-    ft.add_argument("--tau", type=float, default=0.7, help="weight of distillation vs cross-entropy")
-    ft.add_argument("--temperature", type=float, default=4.0)
-    ft.add_argument("--images", type=int, default=None, help="training images per epoch (default: all)")
-    ft.add_argument("--seed", type=int, default=0)
+    ft = sub.add_parser("finetune", help="fine-tune a pruned model with knowledge distillation", **kw,
+                        description="Train a pruned model to imitate the original (knowledge distillation plus "
+                                    "cross-entropy) and write the trained weights back into the ONNX file.",
+                        epilog=_epilog("onnxprune finetune pruned.onnx --teacher model.onnx --data fashion-mnist "
+                                       "-o tuned.onnx --epochs 2"))
+    ft.add_argument("model", metavar="PRUNED.onnx", help="the pruned model to train (never modified)")
+    ft.add_argument("--teacher", required=True, metavar="ORIG.onnx", help="the original model it imitates")
+    ft.add_argument("--data", required=True, metavar="SPEC", help=DATA_HELP)
+    ft.add_argument("-o", "--output", required=True, metavar="OUT.onnx", help="where to write the fine-tuned model")
+    ft.add_argument("--epochs", type=int, default=5, metavar="N", help="training epochs (default 5)")
+    ft.add_argument("--optimizer", choices=["sgd", "adamw"], default="sgd", help="optimizer (default sgd)")
+    ft.add_argument("--lr", type=float, default=None, help="learning rate (default: the optimizer's own default)")
+    ft.add_argument("--tau", type=float, default=0.7,
+                    help="weight of the distillation loss; 1 - tau goes to cross-entropy (default 0.7)")
+    ft.add_argument("--temperature", type=float, default=4.0, help="distillation temperature (default 4)")
+    ft.add_argument("--images", type=int, default=None, metavar="N", help="training images per epoch (default: all)")
+    ft.add_argument("--seed", type=int, default=0, metavar="N", help="seed of data order and initialization")
     ft.add_argument("--eval-images", type=int, default=1000,
                     help="validation images for model selection (0: the whole split)")
     _data_options(ft)
     _torch_options(ft, calib=False)
 
-    b = sub.add_parser("bench", help="onnxruntime latency of one or more models")
-    b.add_argument("models", nargs="+")
-    b.add_argument("--provider", choices=["cpu", "cuda", "tensorrt"], default="cpu")
-    b.add_argument("--batch", type=int, nargs="+", default=[1], metavar="B")
+    b = sub.add_parser("bench", help="onnxruntime latency of one or more models", **kw,
+                       description="Time models with onnxruntime (all graph optimizations, seeded random inputs); "
+                                   "the first model is the baseline of the speed-up column.",
+                       epilog=_epilog("onnxprune bench model.onnx pruned.onnx --batch 1 32",
+                                      "onnxprune bench pruned.onnx --provider cuda --json bench.json"))
+    b.add_argument("models", nargs="+", metavar="MODEL.onnx", help="models to time, the first is the baseline")
+    b.add_argument("--provider", choices=["cpu", "cuda", "tensorrt"], default="cpu",
+                   help="onnxruntime execution provider (default cpu; without a GPU, cuda/tensorrt fall back to "
+                        "cpu and the output says so)")
+    b.add_argument("--batch", type=int, nargs="+", default=[1], metavar="B", help="batch sizes (default 1)")
     b.add_argument("--threads", type=int, default=0, help="intra-op threads (0: onnxruntime default)")
-    b.add_argument("--warmup", type=int, default=5)
-    b.add_argument("--runs", type=int, default=30)
-    b.add_argument("--input-shape", action="append", metavar="NAME:1x3x224x224")
-    b.add_argument("--json", metavar="OUT.json", help="write the results as JSON (`-`: standard output)")
-    e = sub.add_parser("eval", help="top-1 accuracy of a model on a dataset (onnxruntime)")
-    e.add_argument("model")
-    e.add_argument("--data", required=True, metavar="SPEC",
-                   help="digits | fashion-mnist[:DIR] | idx:DIR | folder:DIR | npz:FILE | random")
-    e.add_argument("--split", default="test", choices=["train", "val", "test"])
-    e.add_argument("--batch-size", type=int, default=256)
-    e.add_argument("--input-shape", action="append", metavar="NAME:1x3x224x224")
-    e.add_argument("--json", metavar="OUT.json", help="write the result as JSON (`-`: standard output)")
+    b.add_argument("--warmup", type=int, default=5, metavar="N", help="untimed runs first (default 5)")
+    b.add_argument("--runs", type=int, default=30, metavar="N", help="timed runs per model and batch (default 30)")
+    b.add_argument("--input-shape", action="append", metavar="NAME:1x3x224x224", help=SHAPE_HELP)
+    b.add_argument("--json", metavar="OUT.json",
+                   help="write the results as JSON, with onnxruntime version, provider, CPU/GPU model "
+                        "(`-`: standard output)")
+
+    e = sub.add_parser("eval", help="top-1 accuracy of a model on a dataset (onnxruntime)", **kw,
+                       description="Top-1 accuracy and cross-entropy of a classifier on a dataset split, "
+                                   "run with onnxruntime.",
+                       epilog=_epilog("onnxprune eval pruned.onnx --data fashion-mnist",
+                                      "onnxprune eval model.onnx --data folder:images/ --resize 224x224 "
+                                      "--mean 0.485,0.456,0.406 --std 0.229,0.224,0.225"))
+    e.add_argument("model", metavar="MODEL.onnx", help="the model to evaluate")
+    e.add_argument("--data", required=True, metavar="SPEC", help=DATA_HELP)
+    e.add_argument("--split", default="test", choices=["train", "val", "test"], help="which split (default test)")
+    e.add_argument("--batch-size", type=int, default=256, metavar="N", help="images per onnxruntime run (default 256)")
+    e.add_argument("--input-shape", action="append", metavar="NAME:1x3x224x224", help=SHAPE_HELP)
+    e.add_argument("--json", metavar="OUT.json", help="write top-1, loss and image count as JSON (`-`: standard output)")
     _data_options(e)
 
-    d = sub.add_parser("demo", help="train a small CNN, prune it to 50%% MACs, compare before/after")
-    d.add_argument("--epochs", type=int, default=2)
-    d.add_argument("--train-images", type=int, default=8000)
-    d.add_argument("--target-flops", type=_fraction, default=0.5)
-    d.add_argument("--method", choices=names_of("criterion"), default=TAYLOR.name)
-    d.add_argument("--finetune-epochs", type=int, default=1)
-    d.add_argument("--finetune-images", type=int, default=3000)
-    d.add_argument("--json", metavar="OUT.json", help="write the summary as JSON (`-`: standard output)")
+    d = sub.add_parser("demo", help="prune a trained ResNet-20 to 50%% MACs and compare before/after", **kw,
+                       description="The whole flow on the ResNet-20 shipped with onnxprune (trained on "
+                                   "Fashion-MNIST, BatchNorm folded, as users export it): prune with Taylor scores, "
+                                   "verify, fine-tune with distillation, compare accuracy, MACs, params and latency. "
+                                   "Without Fashion-MNIST it falls back to scikit-learn's digits.",
+                       epilog=_epilog("onnxprune demo", "onnxprune demo --target-flops 0.3 --json demo.json"))
+    d.add_argument("--data", choices=["fashion-mnist", "digits"], default=None,
+                   help="dataset (default: fashion-mnist, installed with apt when run as root; digits when "
+                        "it is missing)")
+    d.add_argument("--no-install", dest="install", action="store_false",
+                   help="never run apt-get to install Fashion-MNIST")
+    d.add_argument("--target-flops", type=_fraction, default=0.5, metavar="F",
+                   help="keep at most F of the MACs (default 0.5)")
+    d.add_argument("--method", choices=names_of("criterion"), default=TAYLOR.name,
+                   help="channel scores (default taylor)")
+    d.add_argument("--finetune-epochs", type=int, default=1, metavar="N", help="distillation epochs (default 1)")
+    d.add_argument("--finetune-images", type=int, default=8000, metavar="N",
+                   help="training images per fine-tuning epoch (default 8000)")
+    d.add_argument("--json", metavar="OUT.json", help="write the comparison as JSON (`-`: standard output)")
     return p
+
+
+def _round_to(text: str) -> str | int:
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected auto or a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected auto or a positive integer, got {text!r}")
+    return value
+
+
+def _simplify_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--simplify", choices=["auto", "on", "off"], default="auto",
+                        help="run onnxsim (constant folding, shape computations) before the analysis, keeping "
+                             "node names; it unfreezes groups behind computed shapes. auto (default): on, and "
+                             "the model as given when onnxsim fails; on: its failure is an error; off: never")
 
 
 def _console(json_to_stdout: bool = False):
@@ -247,17 +351,19 @@ def _inputs(*models: str | None) -> list:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from onnxprune.api import save_json
-    from onnxprune.deps import analyze
+    from onnxprune.api import analyze_simplified, save_json
     from onnxprune.ir import parse_input_shapes
     from onnxprune.report import analysis_table
 
     check_outputs({"--json": args.json}, _inputs(args.model))
-    analysis = analyze(args.model, parse_input_shapes(args.input_shape))
-    out, _ = _console(args.json == STDOUT)
+    analysis, _, simplified = analyze_simplified(args.model, parse_input_shapes(args.input_shape),
+                                                 simplify=args.simplify)
+    out, err = _console(args.json == STDOUT)
     out.print(analysis_table(analysis))
+    if simplified.note and simplified.mode != "off":
+        err.print(f"note: {simplified.note}")
     if args.json:
-        save_json(analysis.to_json(), args.json)
+        save_json({**analysis.to_json(), "simplify": simplified.to_json()}, args.json)
         if args.json != STDOUT:
             out.print(f"wrote {args.json}")
     return 0
@@ -281,7 +387,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
         check_file(args.checkpoint, "--resume")
     cfg = PruneConfig(
         method=args.method, sparsity=args.sparsity, target_flops=args.target_flops,
-        global_ranking=args.global_ranking, round_to=args.round_to, seed=args.seed,
+        global_ranking=args.global_ranking, round_to=args.round_to, runtime=args.runtime, simplify=args.simplify,
+        seed=args.seed,
         exclude=tuple(args.exclude), verify=args.verify, input_shapes=parse_input_shapes(args.input_shape),
         data=args.data, finetune_epochs=args.finetune_epochs, finetune_images=args.finetune_images,
         finetune_lr=args.finetune_lr,
@@ -390,8 +497,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from onnxprune.demo import DemoConfig, run_demo
 
     check_outputs({"--json": args.json}, [])
-    summary = run_demo(DemoConfig(epochs=args.epochs, train_images=args.train_images, method=args.method,
-                                  target_flops=args.target_flops, finetune_epochs=args.finetune_epochs,
+    summary = run_demo(DemoConfig(method=args.method, target_flops=args.target_flops, data=args.data,
+                                  install=args.install, finetune_epochs=args.finetune_epochs,
                                   finetune_images=args.finetune_images))
     if args.json:
         save_json(summary, args.json)
@@ -435,15 +542,26 @@ def _quiet_libraries() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code (0 ok, 2 bad input, 1 onnxprune's failure)."""
     args = build_parser().parse_args(argv)
     install_signal_handlers()
     _quiet_libraries()
     debug = bool(os.environ.get("ONNXPRUNE_DEBUG"))
     try:
-        if args.command in _TRANSACTIONAL:
-            with transaction():
-                return COMMANDS[args.command](args)
-        return COMMANDS[args.command](args)
+        with cli_style():
+            if args.command in _TRANSACTIONAL:
+                with transaction():
+                    return COMMANDS[args.command](args)
+            return COMMANDS[args.command](args)
+    except ModuleNotFoundError as exc:  # an optional dependency, or a bug
+        if exc.name in MISSING_HINTS and not debug:
+            print(f"onnxprune: error: {exc.name} is not installed: {MISSING_HINTS[exc.name]}", file=sys.stderr)
+            return 2
+        if debug:
+            raise
+        print(f"onnxprune: internal error: {type(exc).__name__}: {one_line(str(exc), 300)} "
+              "(set ONNXPRUNE_DEBUG=1 for a traceback and please report it)", file=sys.stderr)
+        return 1
     except OnnxPruneError as exc:
         if debug:
             raise
@@ -468,6 +586,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     finally:
         remove_temps()
+
+
+# Optional dependencies: what to install when one is missing.
+MISSING_HINTS = {
+    "onnxruntime": "pip install 'onnxprune[gpu]' (onnxruntime-gpu, also runs on CPU) or 'onnxprune[cpu]' "
+                   "(plain onnxruntime)",
+    "sklearn": "pip install 'onnxprune[demo]' (scikit-learn, for the digits dataset)",
+    "matplotlib": "pip install 'onnxprune[plot]' (matplotlib, for --plot)",
+}
 
 
 def _signal_name(signum: int) -> str:

@@ -15,6 +15,10 @@ error: the CLI removes its temporary files and exits with 128 + the signal numbe
 
 from __future__ import annotations
 
+import contextlib
+from contextvars import ContextVar
+from typing import Iterator
+
 
 class OnnxPruneError(Exception):
     """Base class of every error onnxprune raises on purpose."""
@@ -63,3 +67,33 @@ class Interrupted(BaseException):
     def __init__(self, signum: int) -> None:
         super().__init__(signum)
         self.signum = signum
+
+
+# -- naming settings in messages ---------------------------------------------------------------
+# The same check serves the Python API and the command line. Messages name a setting through
+# `option("target_flops")`: `target_flops` when called from Python, `--target-flops` when the CLI
+# runs (it sets the style with `cli_style()`).
+
+_CLI_STYLE: ContextVar[bool] = ContextVar("onnxprune_cli_style", default=False)
+# Parameters whose command-line flag is not simply `--` + the name with dashes.
+_CLI_FLAGS = {"global_ranking": "--global", "input_shapes": "--input-shape", "provider": "--provider",
+              "batch_sizes": "--batch", "models": "MODEL.onnx", "model": "MODEL.onnx"}
+
+
+def option(name: str, value: object = None) -> str:
+    """How a message names the setting `name` (a Python parameter name): the parameter in Python,
+    the flag on the command line. With `value`, `name=value` or `--flag value`."""
+    if _CLI_STYLE.get():
+        text = _CLI_FLAGS.get(name, "--" + name.replace("_", "-"))
+        return text if value is None else f"{text} {value}"
+    return name if value is None else f"{name}={value!r}"
+
+
+@contextlib.contextmanager
+def cli_style() -> Iterator[None]:
+    """Inside this block, `option()` names command-line flags."""
+    token = _CLI_STYLE.set(True)
+    try:
+        yield
+    finally:
+        _CLI_STYLE.reset(token)

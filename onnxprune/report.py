@@ -67,4 +67,10 @@ def prune_summary(result: "PruneResult", output: str) -> Table:
         table.caption = f"verified: {result.verified.describe()}"
     else:
         table.caption = "not verified (--no-verify)"
+    simplified = getattr(result, "simplified", None)
+    if simplified is not None and simplified.applied:
+        table.caption += (f"\nanalysed after onnxsim ({simplified.nodes_before} -> {simplified.nodes_after} nodes; "
+                          "--simplify off to skip)")
+    elif simplified is not None and simplified.note and simplified.mode != "off":
+        table.caption += f"\n{simplified.note}"
     return table

@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 VENV=.venv
 STAMP="$VENV/.onnxprune-installed"
-want=$(sha256sum pyproject.toml | cut -c1-16)
+want=$(cat pyproject.toml constraints.txt | sha256sum | cut -c1-16)
 
 install() {
   if [ ! -x "$VENV/bin/python" ]; then
@@ -21,7 +21,7 @@ install() {
   if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$want" ]; then
     echo "installing onnxprune and its dependencies into $VENV (first run takes a few minutes)" >&2
     "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
-    "$VENV/bin/python" -m pip install -q -e ".[test,ray]"
+    "$VENV/bin/python" -m pip install -q -c constraints.txt -e ".[gpu,demo,plot,test,ray]"
     echo "$want" > "$STAMP"
   fi
 }

@@ -86,7 +86,11 @@ def test_bytes_input_and_json(tmp_path: Path) -> None:
     doc = results_to_json(results)
 
     assert len(results) == 1 and results[0].model == "<bytes>"
-    assert json.loads(json.dumps(doc)) == {"results": [results[0].to_dict()]}
+    doc = json.loads(json.dumps(doc))
+    assert doc["results"] == [results[0].to_dict()]
+    assert doc["schema_version"] == 1 and doc["tool"]["name"] == "onnxprune"
+    assert doc["onnxruntime"]["version"] and doc["onnxruntime"]["providers_used"] == ["CPUExecutionProvider"]
+    assert doc["machine"]["cpu"] and isinstance(doc["machine"]["gpus"], list)
 
 
 def test_dynamic_batch_is_honoured(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -183,7 +183,7 @@ def test_data_methods_need_data(model_file: Path, tmp_path: Path) -> None:
     assert_one_line_error(run("prune", str(model_file), "-o", str(out), "--target-params", "0.5"),
                           "search method")
     assert_one_line_error(run("prune", str(model_file), "-o", str(out), "--target-flops", "0.5", "--method", "sacp",
-                              "--data", "digits", "--round-to", "8"), "--round-to")
+                              "--data", "digits", "--global"), "--global")
     assert not out.exists()
 
 

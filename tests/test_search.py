@@ -146,7 +146,7 @@ def test_checkpoint_round_trip_and_refusals(tiny, tmp_path: Path) -> None:
     path.write_bytes(b"not a pickle")
     with pytest.raises(InputError, match="not an onnxprune checkpoint"):
         again.checkpoint.load()
-    with pytest.raises(InputError, match="--resume needs"):
+    with pytest.raises(InputError, match="resume needs checkpoint"):  # the API names parameters
         SearchConfig(resume=True)
 
 

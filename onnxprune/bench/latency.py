@@ -211,8 +211,12 @@ def _baseline_medians(results: Sequence[BenchResult]) -> dict[int, float]:
 
 
 def results_to_json(results: Sequence[BenchResult]) -> dict[str, Any]:
-    """`{"results": [result.to_dict(), ...]}` for `bench --json`."""
-    return {"results": [r.to_dict() for r in results]}
+    """`bench --json`: the results, the onnxruntime version and providers used, and the machine."""
+    from onnxprune.schema import machine, stamped
+
+    return stamped({"onnxruntime": {"version": ort.__version__, "available_providers": ort.get_available_providers(),
+                                    "providers_used": sorted({r.provider_used for r in results})},
+                    "machine": machine(), "results": [r.to_dict() for r in results]})
 
 
 def _label(path_or_bytes: ModelSource) -> str:

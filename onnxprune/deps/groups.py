@@ -124,9 +124,9 @@ class _Engine:
         excluded = set(exclude)
         unknown = excluded - set(self.graph.by_name)
         if unknown:
-            from onnxprune.errors import InputError
+            from onnxprune.errors import InputError, option
 
-            raise InputError(f"--exclude names no node: {', '.join(sorted(unknown))}")
+            raise InputError(f"{option('exclude')} names no node: {', '.join(sorted(unknown))}")
         producers = {src.node for src in self.sources}
         for src in self.sources:
             if src.node in excluded:

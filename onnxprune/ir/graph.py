@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper, shape_inference
 
-from onnxprune.errors import InputError, UnsupportedModelError
+from onnxprune.errors import InputError, UnsupportedModelError, option
 from onnxprune.ir.model import LoadedModel
 from onnxprune.numerics import session
 
@@ -70,7 +70,7 @@ def parse_input_shapes(specs: list[str] | None) -> dict[str, Shape]:
                 raise ValueError
             shapes[name] = tuple(int(d) for d in dims.lower().split("x"))
         except ValueError:
-            raise InputError(f"--input-shape {spec!r}: expected NAME:1x3x224x224") from None
+            raise InputError(f"{option('input_shapes')} {spec!r}: expected NAME:1x3x224x224") from None
     return shapes
 
 
@@ -176,7 +176,7 @@ def build_graph(loaded: LoadedModel, input_shapes: Mapping[str, Shape] | None = 
             shape = input_shapes.pop(vi.name)
             if len(shape) != len(dims):
                 raise InputError(
-                    f"--input-shape {vi.name}: {len(shape)} dims given, the model's input has {len(dims)}"
+                    f"{option('input_shapes')} {vi.name}: {len(shape)} dims given, the model's input has {len(dims)}"
                 )
             for pos, (given, declared) in enumerate(zip(shape, dims)):
                 if given < 1:
@@ -199,11 +199,11 @@ def build_graph(loaded: LoadedModel, input_shapes: Mapping[str, Shape] | None = 
                                    for p, x in enumerate(dims))
                 raise InputError(
                     f"input {vi.name!r} has a dynamic dimension {d or '?'!r} at position {pos}: "
-                    f"pass --input-shape {vi.name}:{example}"
+                    f"pass {option('input_shapes')} {vi.name}:{example}"
                 )
         fixed[vi.name] = tuple(resolved)
     if input_shapes:
-        raise InputError(f"--input-shape names no graph input: {', '.join(sorted(input_shapes))}")
+        raise InputError(f"{option('input_shapes')} names no graph input: {', '.join(sorted(input_shapes))}")
 
     if loaded.runtime_checked:  # validated input: it must also run at the shapes analysed
         from onnxprune.ir.validate import check_run

@@ -11,7 +11,7 @@ import onnx
 from onnx import helper, numpy_helper, shape_inference
 
 from onnxprune.deps import Analysis
-from onnxprune.errors import VerificationError
+from onnxprune.errors import VerificationError, option
 from onnxprune.ir import with_initializers
 from onnxprune.numerics import compare_outputs, random_arrays, session
 
@@ -35,24 +35,40 @@ class VerifyResult:
     output_scale: float = 0.0  # the smallest max |masked output| among the outputs checked
     inputs: str = "random N(0, 1)"  # what was fed
     note: str | None = None  # why the inputs are not the default ones, or what could not be told
+    # what the pruned model was compared with: "original" (the model as given, masked), or, when
+    # the analysed model was simplified and its weights do not map back by name,
+    # "simplified" (masked; the simplified model itself checked equal to the original)
+    reference: str = "original"
 
     def to_json(self) -> dict:
         return {"max_abs_diff": self.max_abs_diff, "max_rel_diff": self.max_rel_diff,
                 "output_scale": self.output_scale, "inputs_checked": self.inputs_checked,
-                "inputs": self.inputs, "note": self.note, "rtol": RTOL, "atol": ATOL, "scale_rtol": SCALE_RTOL}
+                "inputs": self.inputs, "note": self.note, "rtol": RTOL, "atol": ATOL, "scale_rtol": SCALE_RTOL,
+                "reference": self.reference}
 
     def describe(self) -> str:
-        text = (f"equal to the masked original on {self.inputs_checked} inputs ({self.inputs}), "
+        what = "the masked original" if self.reference == "original" else \
+            "the masked simplified model (itself checked equal to the original)"
+        text = (f"equal to {what} on {self.inputs_checked} inputs ({self.inputs}), "
                 f"max abs diff {self.max_abs_diff:.3g} (max |y| {self.output_scale:.3g})")
         return text + (f"; {self.note}" if self.note else "")
 
 
-def masked_reference(analysis: Analysis, keep: np.ndarray) -> onnx.ModelProto:
+class _NoMapping(Exception):
+    """The masked weights of the analysed model have no same-named, same-shaped initializer (or
+    their consumer no same-named node) in the original."""
+
+
+def masked_reference(analysis: Analysis, keep: np.ndarray, base: onnx.ModelProto | None = None) -> onnx.ModelProto:
     """The original model with the input weights of consumers zeroed for removed channels.
 
     A weight another node (or another input, or a subgraph) also reads is zeroed in a copy that
     only the consumer reads, so masking one consumer never changes another.
+    `base`: the model to mask instead of the analysed one (the user's model before `--simplify`):
+    its weights and consumers are found by name, and must have the same shapes.
     """
+    if base is not None:
+        return _masked_base(analysis, keep, base)
     g = analysis.graph
     zeroed: dict[tuple[str, str], np.ndarray] = {}  # (node, tensor) -> its masked copy
     for rm in analysis.groups.members:
@@ -86,6 +102,53 @@ def masked_reference(analysis: Analysis, keep: np.ndarray) -> onnx.ModelProto:
             if name == tensor:
                 proto.input[i] = private
     return model
+
+
+def _masked_base(analysis: Analysis, keep: np.ndarray, base: onnx.ModelProto) -> onnx.ModelProto:
+    """`masked_reference` on `base`: the same consumers (by node name) and weights (by name and
+    shape) as the analysed model, zeroed in `base`'s own values, each in a private copy."""
+    model = onnx.ModelProto()
+    model.CopyFrom(base)
+    inits = {t.name: t for t in model.graph.initializer}
+    protos = {n.name: n for n in model.graph.node}
+    zeroed: dict[tuple[str, str], np.ndarray] = {}
+    for rm in analysis.groups.members:
+        m = rm.member
+        if m.kind != "in" or keep[rm.units].all():
+            continue
+        arr = zeroed.get((m.node, m.tensor))
+        if arr is None:
+            init, proto = inits.get(m.tensor), protos.get(m.node)
+            if init is None or proto is None or m.tensor not in proto.input or \
+                    tuple(init.dims) != tuple(np.shape(analysis.graph.const(m.tensor))):
+                raise _NoMapping(m.tensor)
+            arr = np.array(numpy_helper.to_array(init))
+        index = [slice(None)] * arr.ndim
+        index[m.axis] = ~keep[rm.units]
+        arr[tuple(index)] = 0
+        zeroed[(m.node, m.tensor)] = arr
+    for (node, tensor), arr in zeroed.items():  # private copies: other readers keep the original values
+        private = f"{tensor}__masked_{node}"
+        model.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(arr), private))
+        proto = protos[node]
+        for i, name in enumerate(proto.input):
+            if name == tensor:
+                proto.input[i] = private
+    return model
+
+
+def _check_same(analysis: Analysis, original: onnx.ModelProto, trials: int, seed: int) -> None:
+    """The analysed (simplified) model computes what `original` computes."""
+    a, b = session(analysis.graph.model, log_level=4), session(original, log_level=4)
+    names = [o.name for o in b.get_outputs()]
+    for t in range(trials):
+        feeds = random_inputs(analysis, batch=2 if t % 2 else 1, seed=seed + t)
+        try:
+            compare_outputs(_outputs(a, names, feeds, "the simplified model"),
+                            _outputs(b, names, feeds, "the original"), names, "the simplified model", RTOL, ATOL,
+                            scaled=True, reference="the original")
+        except VerificationError as exc:
+            raise VerificationError(f"{exc}; pass {option('simplify', 'off')}") from None
 
 
 def _checker_error(model: onnx.ModelProto) -> str | None:
@@ -164,7 +227,8 @@ def _scale(arrays: list[np.ndarray]) -> float:
 
 
 def verify(analysis: Analysis, keep: np.ndarray, pruned: onnx.ModelProto, trials: int = 3,
-           seed: int = 0, data: np.ndarray | Callable[[], np.ndarray | None] | None = None) -> VerifyResult:
+           seed: int = 0, data: np.ndarray | Callable[[], np.ndarray | None] | None = None,
+           original: onnx.ModelProto | None = None) -> VerifyResult:
     """Checker, then outputs of `pruned` vs the masked original on `trials` inputs.
 
     Inputs are seeded N(0, 1) (batch 1 and 2); when the masked original's outputs are too small
@@ -172,10 +236,21 @@ def verify(analysis: Analysis, keep: np.ndarray, pruned: onnx.ModelProto, trials
     or random inputs scaled up until they are not. Every output must satisfy
     `allclose(rtol=RTOL, atol=ATOL)` and max |diff| <= SCALE_RTOL * max |y|. `data` (images
     shaped like the model's input, or a function returning them, called only when needed).
+    `original`: the model as the user gave it when the analysed one was simplified; the reference
+    is then the original masked (or, if its weights do not map back by name, the simplified model
+    masked, after checking that the simplified model equals the original).
     """
     check_model(pruned, lambda: analysis.graph.model)
+    reference = "original"
+    masked = None
+    if original is not None:
+        try:
+            masked = masked_reference(analysis, keep, base=original)
+        except _NoMapping:
+            _check_same(analysis, original, trials, seed)
+            reference = "simplified"
     try:
-        ref = session(masked_reference(analysis, keep), log_level=4)
+        ref = session(masked if masked is not None else masked_reference(analysis, keep), log_level=4)
     except Exception as exc:
         raise VerificationError(f"onnxruntime cannot load the masked original: {_first_line(exc)}") from None
     try:
@@ -234,7 +309,8 @@ def verify(analysis: Analysis, keep: np.ndarray, pruned: onnx.ModelProto, trials
                     f"diff {diff:.3g}, max |y| {scale:.3g}, allowed {SCALE_RTOL:g} of it; inputs: {inputs})"
                 )
     return VerifyResult(max_abs_diff=worst, inputs_checked=trials, max_rel_diff=worst_rel,
-                        output_scale=0.0 if out_scale == float("inf") else out_scale, inputs=inputs, note=note)
+                        output_scale=0.0 if out_scale == float("inf") else out_scale, inputs=inputs, note=note,
+                        reference=reference)
 
 
 def check_runs(analysis: Analysis, model: onnx.ModelProto, trials: int = 2, seed: int = 0) -> None:

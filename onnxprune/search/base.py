@@ -23,12 +23,15 @@ from typing import Any, Callable, Iterator, Mapping, TypeVar
 import numpy as np
 
 from onnxprune.deps import Analysis
-from onnxprune.errors import InputError
+from onnxprune.errors import InputError, option
 from onnxprune.fileio import atomic_write
 from onnxprune.methods import L1, TAYLOR, method
 from onnxprune.search import checkpoint as checkpoint_format
 from onnxprune.search.budget import Budget, BudgetMeter, make_feasible
 from onnxprune.search.evaluator import EvalConfig, Evaluator
+from onnxprune.schema import stamped
+from onnxprune.search.rounding import (RoundTo, check_runtime, fill_rounded, floor_rounded, is_rounded,
+                                       parse_round_to, width_multiples)
 
 
 @dataclass(frozen=True)
@@ -45,10 +48,14 @@ class SearchConfig:
     plot: str | None = None
     progress: bool = True
     options: Mapping[str, Any] = field(default_factory=dict)
+    round_to: RoundTo = "auto"  # width multiple of the result's groups (onnxprune.search.rounding)
+    runtime: str = "cpu"  # the runtime `round_to="auto"` picks widths for
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "round_to", parse_round_to(self.round_to))
+        check_runtime(self.runtime)
         if self.resume and not self.checkpoint:
-            raise InputError("--resume needs --checkpoint PATH")
+            raise InputError(f"{option('resume')} needs {option('checkpoint')}")
 
 
 class Trajectory:
@@ -65,7 +72,7 @@ class Trajectory:
         return clean
 
     def to_json(self) -> dict[str, Any]:
-        return {"method": self.method, "meta": self.meta, "records": self.records}
+        return stamped({"method": self.method, "meta": self.meta, "records": self.records})
 
     def write(self, path: str | os.PathLike[str]) -> None:
         atomic_write(Path(path), (json.dumps(self.to_json(), indent=1) + "\n").encode())
@@ -173,15 +180,42 @@ class SearchContext:
     def option(self, name: str, default: Any) -> Any:
         return self.cfg.options.get(name, default)
 
+    def round_result(self, keep: np.ndarray) -> np.ndarray:
+        """`keep` with every pruned group's width a multiple of its block (`cfg.round_to`), as
+        close to the budget as blocks allow: rounded down (costs fall), made feasible if a group
+        had to grow to one block, then the unused budget given back block by block (MACs,
+        params, channels; a latency budget is not refilled: each try would be a measurement).
+        Returns `keep` itself when it is already rounded."""
+        multiples = width_multiples(self.analysis, self.cfg.round_to, self.cfg.runtime)
+        keep = np.asarray(keep, dtype=bool)
+        if is_rounded(self.analysis, keep, multiples):
+            return keep
+        scores = self.importance
+        out = floor_rounded(self.analysis, keep, scores, multiples)
+        if not self.meter.feasible(out):
+            out = floor_rounded(self.analysis, make_feasible(self.meter, out, scores), scores, multiples)
+        if self.cfg.budget.kind != "latency" and self.meter.feasible(out):
+            out = fill_rounded(self.analysis, out, scores, multiples, self.meter.ratio, self.cfg.budget.target)
+        return out
+
     def finish(self, keep: np.ndarray, val_top1: float | None = None, weights: Mapping[str, np.ndarray] | None = None,
                pruned_weights: Mapping[str, np.ndarray] | None = None, **summary: Any) -> "SearchResult":
-        """The result, made feasible if needed; writes the trajectory (and plot) when asked.
+        """The result, rounded to the widths of `cfg.round_to` (`round_result`) and made feasible
+        if needed; writes the trajectory (and plot) when asked.
 
         `weights` / `pruned_weights`: trained weights for methods that train during the search
-        (see `SearchResult`); dropped if `keep` has to be changed.
+        (see `SearchResult`); `pruned_weights` are dropped if `keep` has to be changed (`weights`
+        are full size and fit any mask).
         `summary["picked"]`, when given, names where the returned mask came from (e.g. "best_q",
         "greedy", "filled"); "+made_feasible" is appended when the mask had to be changed.
         """
+        rounded = self.round_result(keep)
+        if rounded is not keep:
+            summary["rounded"] = True
+            if summary.get("picked"):
+                summary["picked"] = f"{summary['picked']}+rounded"
+            val_top1, pruned_weights = None, None
+            keep = rounded
         feasible = self.meter.feasible(keep)
         final = keep if feasible else make_feasible(self.meter, keep, self.importance)
         if not feasible:

@@ -32,7 +32,7 @@ from typing import Any, Protocol, Sequence
 import numpy as np
 
 from onnxprune.deps import Analysis
-from onnxprune.errors import InputError
+from onnxprune.errors import InputError, option
 from onnxprune.search.budget import mask_key
 
 BACKENDS = ("local", "ray")
@@ -70,7 +70,7 @@ class EvalConfig:
         if self.images is not None and self.images < 1:
             raise InputError(f"evaluation images must be >= 1, got {self.images}")
         if self.workers < 1:
-            raise InputError(f"--workers must be >= 1, got {self.workers}")
+            raise InputError(f"{option('workers')} must be >= 1, got {self.workers}")
         if self.threads < 1:
             raise InputError(f"evaluation threads must be >= 1, got {self.threads}")
         if self.backend not in BACKENDS:

@@ -9,6 +9,7 @@ import io
 import os
 from typing import Any, Mapping
 
+from onnxprune import plotstyle
 from onnxprune.fileio import atomic_write
 
 
@@ -47,7 +48,7 @@ def plot_trajectory(data: Mapping[str, Any], path: str | os.PathLike[str]) -> No
     ax_a.set_xlabel("record (episode / stage / candidate)")
     ax_a.set_ylabel("val top-1 (subset)")
     ax_a.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
+    plotstyle.caption(fig, _caption(data))
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
@@ -79,8 +80,18 @@ def _plot_learning_curve(data: Mapping[str, Any], records: list[dict[str, Any]],
     ax.set_xlabel("candidate (episode)")
     ax.set_ylabel("proxy (val top-1, subset)")
     ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
+    plotstyle.caption(fig, _caption(data))
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
     atomic_write(path, buf.getvalue())
+
+
+def _caption(data: Mapping[str, Any]) -> str:
+    """The protocol of a trajectory: model, method, budget, seed, options."""
+    meta = data.get("meta", {})
+    budget = meta.get("budget", {})
+    opts = ", ".join(f"{k}={v}" for k, v in sorted(meta.get("options", {}).items())) or "defaults"
+    return (f"{data.get('method', 'search')} on {meta.get('model', '?')}; budget: {budget.get('kind', '?')} <= "
+            f"{budget.get('target', '?')} of the original; seed {meta.get('seed', '?')}; options: {opts}. "
+            "Proxy/val top-1: masked validation accuracy on the evaluation subset, before fine-tuning.")

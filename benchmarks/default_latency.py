@@ -1,0 +1,92 @@
+"""Is the default `prune --target-flops 0.5` faster? torchvision MobileNetV2 and ResNet-50
+(TorchScript exports, random weights) pruned with every default (`--method l1`, `--round-to
+auto`, `--simplify auto`), timed side by side with the original in one run.
+
+    flock /work/wt/cpu.lock python -m benchmarks.default_latency \
+        [--models mobilenet_v2 resnet50] [--batch 1] [--runs 50] [--rounds 5] [--round-to-1]
+
+onnxruntime CPU provider, all graph optimizations, default threads. Original and pruned models
+are timed alternately, `--rounds` times, each round the median of `--runs` runs after warm-up;
+the reported latency of each model is the minimum over rounds of those medians (the least
+disturbed round). `--round-to-1` adds the pruned model without width rounding (the earlier
+default) for comparison. Writes `benchmarks/results/default_latency.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import onnxruntime as ort
+
+import onnxprune
+from benchmarks.common import cached_export
+from onnxprune.bench import BenchConfig, benchmark_model
+from onnxprune.schema import machine, stamped
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", nargs="+", default=["mobilenet_v2", "resnet50"])
+    ap.add_argument("--target", type=float, default=0.5)
+    ap.add_argument("--batch", nargs="+", type=int, default=[1])
+    ap.add_argument("--runs", type=int, default=50)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--round-to-1", action="store_true", help="also time the pruned model without rounding")
+    ap.add_argument("--note", default="", help="what else ran on the machine (recorded)")
+    ap.add_argument("--json", type=Path, default=RESULTS / "default_latency.json")
+    args = ap.parse_args(argv)
+    cfg = BenchConfig(batch_sizes=tuple(args.batch), warmup=5, runs=args.runs)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.models:
+            path = cached_export(name, "torchscript")
+            variants: dict[str, Path] = {"original": path}
+            pruned: dict[str, dict[str, object]] = {}
+            settings = {"default": {}}
+            if args.round_to_1:
+                settings["round_to=1"] = {"round_to": 1}
+            for label, extra in settings.items():
+                t0 = time.perf_counter()
+                out = Path(tmp) / f"{name}-{label}.onnx"
+                result = onnxprune.prune(path, out, target_flops=args.target, **extra)  # type: ignore[arg-type]
+                m0, m1 = result.macs
+                pruned[label] = {"prune_seconds": round(time.perf_counter() - t0, 2), "macs": [m0, m1],
+                                 "macs_kept": round(m1 / m0, 4), "params": list(result.params),
+                                 "settings": {"method": "l1", "target_flops": args.target, **extra}}
+                variants[label] = out
+            times: dict[str, dict[int, list[float]]] = {k: {b: [] for b in args.batch} for k in variants}
+            for _ in range(args.rounds):
+                for label, model in variants.items():
+                    for r in benchmark_model(model, cfg):
+                        times[label][r.batch].append(r.median_ms)
+            best = {k: {b: min(v) for b, v in per.items()} for k, per in times.items()}
+            row = {"model": name, "export": "torchscript (opset 17), random weights", "pruned": pruned,
+                   "latency_ms": {k: {str(b): round(v, 4) for b, v in per.items()} for k, per in best.items()},
+                   "round_medians_ms": {k: {str(b): [round(x, 4) for x in v] for b, v in per.items()}
+                                        for k, per in times.items()},
+                   "speedup": {k: {str(b): round(best["original"][b] / v, 3) for b, v in per.items()}
+                               for k, per in best.items() if k != "original"}}
+            rows.append(row)
+            print(json.dumps({"model": name, "speedup": row["speedup"], "latency_ms": row["latency_ms"],
+                              "macs_kept": {k: v["macs_kept"] for k, v in pruned.items()}}), flush=True)
+    doc = stamped({"command": "python -m benchmarks.default_latency " + " ".join(argv or sys.argv[1:]),
+                   "protocol": {"provider": "CPUExecutionProvider", "graph_optimizations": "all",
+                                "threads": "onnxruntime default", "batch": args.batch, "runs": args.runs,
+                                "rounds": args.rounds, "statistic": "min over rounds of the per-round median",
+                                "order": "original and pruned alternately in every round"},
+                   "onnxruntime": ort.__version__, "machine": machine(), "note": args.note, "rows": rows})
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(doc, indent=1) + "\n")
+    print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""`--round-to auto` (the default): widths multiple of what suits the runtime, MACs target met
+within 2%, in every method (search methods round their result in `SearchContext.finish`)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from onnxprune.api import PruneConfig, prune
+from onnxprune.criteria import weight_scores
+from onnxprune.deps import Analysis, analyze
+from onnxprune.errors import InputError
+from onnxprune.search import AllocationConfig, Budget, BudgetMeter, allocate
+from onnxprune.search.rounding import (RUNTIME_WIDTHS, channel_multiples, fill_rounded, floor_rounded,
+                                       group_multiple, is_rounded, parse_round_to, width_multiples)
+from tests import graphs, zoo
+from tests.test_zoo import FAST
+
+TOLERANCE = 0.02  # of the original MACs
+
+
+def _kept(analysis: Analysis, keep: np.ndarray) -> dict[int, int]:
+    return {g.id: int(keep[g.unit_slice].sum()) for g in analysis.prunable()}
+
+
+def assert_rounded(analysis: Analysis, keep: np.ndarray, multiples: dict[int, int]) -> None:
+    for g in analysis.prunable():
+        k = int(keep[g.unit_slice].sum())
+        m = multiples[g.id]
+        assert k == g.units or k % m == 0, f"group {g.id}: {k} of {g.units} units kept, not a multiple of {m}"
+
+
+def test_auto_multiples_follow_the_runtime() -> None:
+    analysis = analyze(graphs.concat_channels())  # groups of a few channels: below every threshold
+    assert set(width_multiples(analysis, "auto", "cpu").values()) == {1}
+    wide = analyze(zoo.export("resnet18", "torchscript"))
+    cpu = width_multiples(wide, "auto", "cpu")
+    rule = RUNTIME_WIDTHS["cpu"]
+    for g in wide.prunable():
+        assert cpu[g.id] == (rule.multiple if g.channels >= rule.min_channels else 1)
+    assert width_multiples(wide, 16, "cpu") == {g.id: 16 for g in wide.prunable()}
+    assert set(width_multiples(wide, 1, "cpu").values()) == {1}
+
+
+def test_grouped_conv_units_round_channels() -> None:
+    """A unit of a grouped Conv covers one channel per conv group: 8 channels = 4 units of 2."""
+    analysis = analyze(graphs.grouped_conv(groups=2))
+    for g in analysis.prunable():
+        per_unit = g.channels // g.units
+        m = group_multiple(g, 8)
+        assert (m * per_unit) % 8 == 0 or m == 1
+    assert all(v >= 1 for v in channel_multiples(analysis, 8).values())
+
+
+def test_round_to_values() -> None:
+    assert parse_round_to("auto") == "auto" and parse_round_to("8") == 8 and parse_round_to(1) == 1
+    for bad in (0, -8, "x", "1.5", True):
+        with pytest.raises(InputError, match="round_to"):
+            parse_round_to(bad)  # type: ignore[arg-type]
+    with pytest.raises(InputError, match="runtime"):
+        AllocationConfig(target_flops=0.5, runtime="tpu")
+
+
+@pytest.mark.parametrize("round_to", [8, 16])
+def test_fill_gives_back_what_bisection_left(round_to: int) -> None:
+    """Bisection alone jumps far below the target when every group rounds at once; the fill lands
+    just under it, only adding whole blocks."""
+    analysis = analyze(zoo.export("resnet18", "torchscript"))
+    scores = weight_scores(analysis, "l1")
+    multiples = width_multiples(analysis, round_to)
+    target = 0.5 * analysis.macs
+    low = floor_rounded(analysis, analysis.full_keep() & (np.random.default_rng(0).random(scores.size) < 0.3),
+                        scores, multiples)
+    low = analysis.repair(low, scores)
+    assert_rounded(analysis, low, multiples)
+    assert analysis.cost.macs(low) < 0.4 * analysis.macs
+    filled = fill_rounded(analysis, low, scores, multiples, lambda k: analysis.cost.macs(k), target)
+    assert_rounded(analysis, filled, multiples)
+    assert (filled | low).sum() == filled.sum()  # only added
+    assert target * (1 - TOLERANCE / 0.5) <= analysis.cost.macs(filled) <= target
+
+
+@pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
+@pytest.mark.parametrize("name", FAST)
+@pytest.mark.parametrize("global_ranking", [False, True], ids=["uniform", "global"])
+def test_auto_rounding_meets_target_on_zoo(name: str, exporter: str, global_ranking: bool) -> None:
+    """The default (`round_to="auto"`) gives multiples of the chosen widths and lands within 2%
+    of the target."""
+    analysis = analyze(zoo.export(name, exporter))
+    scores = weight_scores(analysis, "l1")
+    for target in (0.5, 0.3):
+        keep = allocate(analysis, scores, AllocationConfig(target_flops=target, global_ranking=global_ranking))
+        assert_rounded(analysis, keep, width_multiples(analysis, "auto", "cpu"))
+        ratio = analysis.cost.macs(keep) / analysis.macs
+        assert target - TOLERANCE <= ratio <= target, (name, target, ratio)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v3_small"])
+def test_default_prune_is_rounded_and_verified(name: str) -> None:
+    path = zoo.export(name, "torchscript")
+    result = prune(path, PruneConfig(target_flops=0.5))
+    analysis = result.analysis
+    assert_rounded(analysis, result.keep, width_multiples(analysis, "auto", "cpu"))
+    m0, m1 = result.macs
+    assert 0.5 - TOLERANCE <= m1 / m0 <= 0.5
+    assert result.verified is not None
+    # kept widths in the written model: every pruned Conv's output channels are multiples of 8
+    # or untouched (groups under 32 channels are not rounded)
+    assert any(m > 1 for m in width_multiples(analysis, "auto", "cpu").values())
+
+
+def test_search_result_is_rounded() -> None:
+    """`SearchContext.finish` rounds what a search returns (here a deliberately ragged mask)."""
+    from onnxprune.search.base import SearchConfig, SearchContext
+    from onnxprune.search.evaluator import Evaluator
+
+    class NoEval(Evaluator):
+        evaluations = 0
+        seconds = 0.0
+
+        def evaluate(self, masks, images=None):  # type: ignore[no-untyped-def]
+            return [0.5 for _ in masks]
+
+        def close(self) -> None:
+            pass
+
+    analysis = analyze(zoo.export("resnet18", "torchscript"))
+    scores = weight_scores(analysis, "l1")
+    budget = Budget("macs", 0.5)
+    cfg = SearchConfig(budget=budget, progress=False)
+    ctx = SearchContext("test", analysis, NoEval(), BudgetMeter(analysis, budget), {"l1": scores}, cfg)
+    ragged = allocate(analysis, scores, AllocationConfig(target_flops=0.5, round_to=1))
+    multiples = width_multiples(analysis, "auto", "cpu")
+    assert not is_rounded(analysis, ragged, multiples)
+    result = ctx.finish(ragged)
+    assert_rounded(analysis, result.keep, multiples)
+    ratio = analysis.cost.macs(result.keep) / analysis.macs
+    assert 0.5 - TOLERANCE <= ratio <= 0.5
+    assert result.summary.get("rounded") is True
+    off = SearchContext("test", analysis, NoEval(), BudgetMeter(analysis, budget),
+                        {"l1": scores}, SearchConfig(budget=budget, progress=False, round_to=1))
+    assert off.finish(ragged).keep.tolist() == ragged.tolist()
