@@ -87,9 +87,6 @@ def run_demo(cfg: DemoConfig = DemoConfig(), console: Console | None = None) -> 
     started = time.perf_counter()
     data = choose_data(cfg, console)
     model_path = DEMO_MODEL if data.startswith("fashion-mnist") else DIGITS_MODEL
-    if not model_path.exists() and DIGITS_MODEL.exists():
-        console.print(f"[yellow]{model_path.name} is not part of this build; using the digits model[/yellow]")
-        data, model_path = "digits", DIGITS_MODEL
     if not model_path.exists():
         raise DataError(f"{model_path}: the demo model is missing from this installation (reinstall onnxprune)")
     info = model_info(model_path)

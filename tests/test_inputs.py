@@ -51,7 +51,8 @@ def shared_constants() -> onnx.ModelProto:
 
 @pytest.mark.parametrize("sparsity", [0.25, 0.5])
 def test_shared_constants_prune_exactly(sparsity: float) -> None:
-    result = prune(shared_constants(), PruneConfig(method="l1", sparsity=sparsity))
+    # simplify off: onnxsim would fold the identity BatchNormalizations, the structure under test
+    result = prune(shared_constants(), PruneConfig(method="l1", sparsity=sparsity, simplify="off"))
     assert result.verified is not None and result.verified.max_abs_diff <= 1e-4
     nodes = {n.name: n for n in result.model.graph.node}
     bn0 = nodes["bn0"]

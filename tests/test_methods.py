@@ -49,5 +49,5 @@ def test_unknown_method_is_one_line_input_error() -> None:
 
 @pytest.mark.parametrize("name", methods.names_of(needs_data=True))
 def test_data_methods_need_data(name: str) -> None:
-    with pytest.raises(InputError, match=f"--method {name} needs data"):
+    with pytest.raises(InputError, match=f"method='{name}' needs data"):  # the API names its parameters
         prune(graphs.conv_bn_relu_conv(), PruneConfig(method=name, target_flops=0.5))
