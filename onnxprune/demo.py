@@ -135,8 +135,9 @@ def run_demo(cfg: DemoConfig = DemoConfig(), console: Console | None = None) -> 
     table.add_row("MACs", f"{m0:,}", f"{m1:,}", f"x{m1 / m0:.3f}")
     table.add_row("params", f"{p0:,}", f"{p1:,}", f"x{p1 / p0:.3f}")
     for b in (1, 32):
+        speedup = best0[b] / best1[b]
         table.add_row(f"latency batch {b} (ms, median)", f"{best0[b]:.3f}", f"{best1[b]:.3f}",
-                      f"{best0[b] / best1[b]:.2f}x faster")
+                      f"{speedup:.2f}x faster" if speedup >= 1 else f"{1 / speedup:.2f}x slower")
     verified = result.verified
     lines = [f"pruned and fine-tuned in {prune_s:.0f} s; whole demo {time.perf_counter() - started:.0f} s"]
     if verified is not None:
