@@ -159,6 +159,7 @@ FAST = {"steps": 2, "stages": 2, "samples": 3, "post_images": 256, "calibration"
 def _search(tiny, kind: str = "macs", target: float = 0.5, **extra: Any) -> Any:
     splits, analysis = tiny
     options_ = {**FAST, **extra.pop("options", {})}
+    extra.setdefault("round_to", 1)  # exact widths, as the checks of the post-trained winner assume
     cfg = SearchConfig(budget=Budget(kind, target), seed=extra.pop("seed", 0), progress=False,
                        eval=EvalConfig(images=150, bn_batches=1, bn_batch_size=64), options=options_, **extra)
     return run_search("rl-pruner", analysis, to_torch(analysis), splits, cfg)
@@ -184,7 +185,10 @@ def test_search_returns_a_feasible_post_trained_mask(tiny, kind: str, target: fl
     assert len(first) == FAST["steps"] * FAST["stages"] * FAST["samples"]
     assert len(samples) - len(first) == (FAST["steps"] - 1) * FAST["stages"] * FAST["samples"]
     assert {r["step"] for r in samples} == {1, 2} and {r["step"] for r in samples if r["depth"]} == {1}
-    assert result.summary["picked"] in ("best_q", "pd_landed")
+    picked, *marks = result.summary["picked"].split("+")  # the framework appends +rounded / +made_feasible
+    assert picked in ("best_q", "pd_landed")
+    assert ("rounded" in marks) == bool(result.summary.get("rounded"))
+    assert ("made_feasible" in marks) == bool(result.summary.get("made_feasible"))
     assert all(r["feasible"] for r in samples if r["step"] == 2)  # the last step lands within budget
     stages = [r for r in records if r["kind"] == "stage"]
     assert all(sum(r["pd"]) == pytest.approx(1.0, abs=1e-5) for r in stages)
