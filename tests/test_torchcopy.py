@@ -486,7 +486,14 @@ def test_cli_taylor_prune_finetune_eval(digits_teacher, tmp_path: Path) -> None:
     proc = subprocess.run(cli + ["finetune", str(pruned), "--teacher", str(orig), "--data", "digits",
                                  "--epochs", "1", "-o", str(again)], **env_run)
     assert proc.returncode == 0, proc.stderr
-    assert again.exists() and "validation top-1" in proc.stdout
+    assert again.exists()
+    # a second epoch on 1,000 digits may not beat the start: then the CLI says so (issue 12) and
+    # writes the starting weights; either way it reports the validation top-1 it measured
+    if "wrote the starting weights unchanged" in proc.stdout:
+        assert "did not improve" in proc.stderr and "validation top-1" in proc.stderr
+        assert onnx.load(str(again)).graph.initializer == onnx.load(str(pruned)).graph.initializer
+    else:
+        assert "validation top-1" in proc.stdout
 
 
 def test_recalibrate_batchnorm_restores_accuracy_after_pruning(digits_teacher) -> None:

@@ -180,15 +180,20 @@ class ReinsertedBatchNorm:
     `stats` (layer target -> `LayerStats`, e.g. an unpruned model's statistics at the kept
     channels) sets the affine parameters instead of the statistics measured on `x`; the running
     statistics are then measured on `x` (re-estimated). `enabled` switches the hooks off
-    without removing them (`active()` switches them on inside a block).
+    without removing them (`active()` switches them on inside a block). `measure=False` with
+    `stats` skips the pass over `x`: the running statistics start from `stats`, for a caller that
+    re-estimates them right away (`recalibrate_batchnorm`).
     """
 
     def __init__(self, copy: TorchCopy, x: np.ndarray | torch.Tensor, *, linear: bool = False,
                  stats: Mapping[str, LayerStats] | None = None, batch_size: int = 128,
-                 layers: list[Layer] | None = None, enabled: bool = True) -> None:
+                 layers: list[Layer] | None = None, enabled: bool = True, measure: bool = True) -> None:
         self.copy = copy
         self.layers = eligible_layers(copy, linear) if layers is None else list(layers)
-        measured = layer_statistics(copy, self.layers, x, batch_size) if self.layers else {}
+        if not measure and stats is not None:  # the caller re-estimates at once: start from `stats`
+            measured = {lay.target: stats[lay.target] for lay in self.layers if lay.target in stats}
+        else:
+            measured = layer_statistics(copy, self.layers, x, batch_size) if self.layers else {}
         self.layers = [lay for lay in self.layers if lay.target in measured]
         self.norms = nn.ModuleDict()
         self._keys: dict[str, str] = {}

@@ -517,7 +517,7 @@ def recalibrate_batchnorm(model: onnx.ModelProto, x: np.ndarray, batches: int = 
             ref = layer_statistics(ref_copy, eligible_layers(ref_copy), sample, batch_size)
             kept = kept_positions(original, keep, ref_copy)
             stats = {t: (s.take(kept[t]) if t in kept else s) for t, s in ref.items()}
-            inserted = ReinsertedBatchNorm(copy, sample, stats=stats, batch_size=batch_size,
+            inserted = ReinsertedBatchNorm(copy, sample, stats=stats, batch_size=batch_size, measure=False,
                                            layers=[lay for lay in eligible_layers(copy) if lay.target in stats])
         norms = [m for m in copy.module.modules()
                  if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.running_mean is not None]  # noqa: SLF001
