@@ -91,17 +91,21 @@ def masked_reference(analysis: Analysis, keep: np.ndarray, base: onnx.ModelProto
             readers[name] = readers.get(name, 0) + 1
     own = {t: arr for (_, t), arr in zeroed.items() if readers.get(t, 0) == 1 and t not in g.outputs}
     model = with_initializers(g.model, own, copy=False)  # g.model is a copy already
+    _add_private_copies(model, {k: arr for k, arr in zeroed.items() if k[1] not in own})
+    return model
+
+
+def _add_private_copies(model: onnx.ModelProto, zeroed: dict[tuple[str, str], np.ndarray]) -> None:
+    """Give each (node, tensor) its zeroed values as a private initializer read by that node only,
+    so other readers of the tensor keep the original values."""
     protos = {n.name: n for n in model.graph.node}
     for (node, tensor), arr in zeroed.items():
-        if tensor in own:
-            continue
         private = f"{tensor}__masked_{node}"
         model.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(arr), private))
         proto = protos[node]
         for i, name in enumerate(proto.input):
             if name == tensor:
                 proto.input[i] = private
-    return model
 
 
 def _masked_base(analysis: Analysis, keep: np.ndarray, base: onnx.ModelProto) -> onnx.ModelProto:
@@ -127,13 +131,7 @@ def _masked_base(analysis: Analysis, keep: np.ndarray, base: onnx.ModelProto) ->
         index[m.axis] = ~keep[rm.units]
         arr[tuple(index)] = 0
         zeroed[(m.node, m.tensor)] = arr
-    for (node, tensor), arr in zeroed.items():  # private copies: other readers keep the original values
-        private = f"{tensor}__masked_{node}"
-        model.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(arr), private))
-        proto = protos[node]
-        for i, name in enumerate(proto.input):
-            if name == tensor:
-                proto.input[i] = private
+    _add_private_copies(model, zeroed)
     return model
 
 
