@@ -129,7 +129,8 @@ class GATEncoder(nn.Module):
 
             convs = []
             for i, ref in enumerate(reference):
-                conv = GATConv(dims[i], hidden, heads)
+                with torch.random.fork_rng():  # DGL's own init draws numbers: keep the seeded stream
+                    conv = GATConv(dims[i], hidden, heads)  # as the torch backend leaves it
                 conv.load_state_dict(ref.state_dict())
                 convs.append(conv)
             self.convs = nn.ModuleList(convs)
