@@ -49,10 +49,7 @@ def plot_trajectory(data: Mapping[str, Any], path: str | os.PathLike[str]) -> No
     ax_a.set_ylabel("val top-1 (subset)")
     ax_a.legend(loc="lower right", fontsize=8)
     plotstyle.caption(fig, _caption(data))
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write(path, buf.getvalue())
+    _save_png(fig, path)
 
 
 def _plot_learning_curve(data: Mapping[str, Any], records: list[dict[str, Any]], path: str | os.PathLike[str]) -> None:
@@ -81,6 +78,13 @@ def _plot_learning_curve(data: Mapping[str, Any], records: list[dict[str, Any]],
     ax.set_ylabel("proxy (val top-1, subset)")
     ax.legend(loc="lower right", fontsize=8)
     plotstyle.caption(fig, _caption(data))
+    _save_png(fig, path)
+
+
+def _save_png(fig: Any, path: str | os.PathLike[str]) -> None:
+    """Write `fig` as a PNG atomically and close it."""
+    import matplotlib.pyplot as plt
+
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
