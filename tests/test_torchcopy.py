@@ -235,6 +235,17 @@ def test_initializer_mapping_and_write_back(resnet20: tuple[nn.Module, dict[str,
     assert verify_write_back(out, copy) < 1e-3
 
 
+def test_learned_parameters_train_and_constants_do_not() -> None:
+    # x ─ conv0 3->8 (no bias) ─ bias Add (1,8,1,1) ─ mul Mul ─ prelu PRelu slope ─ inorm InstanceNorm ─ conv1 ─ y
+    copy = to_torch(graphs.per_channel_constants())
+    trained = ("conv0.weight", "bias.value", "prelu.slope", "inorm.scale", "inorm.bias", "conv1.weight", "conv1.bias")
+    assert all(copy.tensor(name).requires_grad for name in trained)
+    # x ─ conv0 ─ bn0 ─ relu0 ─ conv1 ─ y: gamma and beta train, the running statistics do not
+    copy = to_torch(graphs.conv_bn_relu_conv())
+    bn = next(n for n in copy.model.graph.node if n.op_type == "BatchNormalization")
+    assert [copy.tensor(x).requires_grad for x in bn.input[1:]] == [True, True, False, False]
+
+
 #   x (N, 6) --Gemm(W (6, 4), transB=0, alpha=0.5, beta=2)--> --Add(c)--> --Add(c)--> y
 #   (W is held transposed and scaled by nn.Linear; c, read twice, must be one tensor)
 def test_transposed_gemm_and_shared_initializer() -> None:

@@ -15,6 +15,7 @@ from onnxprune.deps import Analysis
 from onnxprune.criteria.normalize import mean_normalized
 from onnxprune.errors import InputError
 from onnxprune.methods import METHODS, names_of
+from onnxprune.ops import batchnorm_scale
 
 WEIGHT_CRITERIA = names_of("criterion", needs_data=False)
 
@@ -36,10 +37,8 @@ def _accumulate(analysis: Analysis, kinds: tuple[str, ...], p: int,
         m = rm.member
         if m.kind not in kinds or not m.tensor:
             continue
-        if only_bn_scale:
-            node = g.by_name[m.node]
-            if node.op_type != "BatchNormalization" or node.inputs[1] != m.tensor:
-                continue
+        if only_bn_scale and batchnorm_scale(g.by_name[m.node]) != m.tensor:
+            continue
         arr = g.const(m.tensor)
         if arr is None or arr.ndim == 0:
             continue

@@ -14,6 +14,7 @@ from onnxprune.deps.cost import CostModel, build_cost_model
 from onnxprune.deps.groups import ChannelGroup, GroupSet, TensorChannels, discover_groups
 from onnxprune.deps.layers import LayerNet, build_layer_net
 from onnxprune.ir import LayerGraph, Shape, build_graph, load_model
+from onnxprune.ops import LayerFacts, layer_facts
 
 Masks = Mapping[int, Sequence[int]]  # group id -> kept unit indices (local to the group)
 
@@ -58,6 +59,22 @@ class Analysis:
         """The layer network: layers with their output units and groups, data-flow edges
         (`onnxprune.deps.layers`)."""
         return build_layer_net(self.graph, self.groups)
+
+    def producers(self, group: ChannelGroup) -> tuple[LayerFacts, ...]:
+        """What kind of layer each producer of `group` is, with its geometry
+        (`onnxprune.ops.layer_facts`), in the group's producer order."""
+        return tuple(layer_facts(self.graph.by_name[p], self.graph) for p in group.producers)
+
+    @cached_property
+    def group_flow(self) -> tuple[tuple[int, int], ...]:
+        """Data flow between groups: `(a, b)` group ids, sorted, when a node that consumes a's
+        channels produces b's (a Conv reading a and writing b); `a == b` when a node reads and
+        writes one group (a residual block's Conv)."""
+        produced: dict[str, list[int]] = {}
+        for g in self.groups.groups:
+            for p in g.producers:
+                produced.setdefault(p, []).append(g.id)
+        return tuple(sorted({(g.id, b) for g in self.groups.groups for c in g.consumers for b in produced.get(c, ())}))
 
     def channels(self, tensor: str) -> TensorChannels | None:
         """The units along `tensor`'s channel axis, or None when it carries no tracked channels."""

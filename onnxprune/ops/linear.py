@@ -27,12 +27,25 @@ def _spatial(shape: tuple[int, ...] | None) -> int:
     return n
 
 
+def kernel_area(w_shape: tuple[int, ...]) -> int:
+    """Kernel area of a Conv / ConvTranspose weight shape: the product of its spatial dims."""
+    return int(np.prod(w_shape[2:])) if len(w_shape) > 2 else 1
+
+
 def _unit_union(ctx: RuleContext, ids: np.ndarray, groups: int) -> np.ndarray:
     """Tie channel j of every conv group together (grouped Conv keeps its groups balanced)."""
     per = ids.reshape(groups, -1)  # (groups, channels per group)
     for g in range(1, groups):
         ctx.union(per[0], per[g])
     return per[0]
+
+
+def _untracked_layer(node: NodeView, ctx: RuleContext, reason: str) -> None:
+    """A layer no rule can follow: freeze its inputs' channels and give its output frozen ones."""
+    freeze_inputs(node, ctx, reason)
+    out_shape = ctx.graph.shape(node.outputs[0])
+    if out_shape:
+        ctx.set_map(node.outputs[0], ChannelMap(1, ctx.frozen_channels(out_shape[1], f"output of {node.name}")))
 
 
 @register("Conv", kind="conv")
@@ -42,14 +55,12 @@ def conv(node: NodeView, ctx: RuleContext) -> None:
     w_shape = g.const_shape(w_name)
     out_shape = g.shape(node.outputs[0])
     if w_shape is None:
-        freeze_inputs(node, ctx, "Conv weights are computed at run time")
-        if out_shape:
-            ctx.set_map(node.outputs[0], ChannelMap(1, ctx.frozen_channels(out_shape[1], f"output of {node.name}")))
+        _untracked_layer(node, ctx, "Conv weights are computed at run time")
         return
     groups = int(node.attr("group", 1))
     c_out, c_in_g = w_shape[0], w_shape[1]
     c_in = c_in_g * groups
-    k = int(np.prod(w_shape[2:])) if len(w_shape) > 2 else 1
+    k = kernel_area(w_shape)
     bias = node.inputs[2] if len(node.inputs) > 2 and node.inputs[2] else ""
     in_ids = _input_channels(node, ctx, 1, c_in, "input")
     macs = c_out * c_in_g * k * _spatial(out_shape)
@@ -80,16 +91,13 @@ def conv_transpose(node: NodeView, ctx: RuleContext) -> None:
     g = ctx.graph
     w_name = node.inputs[1]
     w_shape = g.const_shape(w_name)
-    out_shape = g.shape(node.outputs[0])
     groups = int(node.attr("group", 1))
     if w_shape is None or groups != 1:
         why = "weights are computed at run time" if w_shape is None else f"group={groups} is not supported"
-        freeze_inputs(node, ctx, f"ConvTranspose {why}")
-        if out_shape:
-            ctx.set_map(node.outputs[0], ChannelMap(1, ctx.frozen_channels(out_shape[1], f"output of {node.name}")))
+        _untracked_layer(node, ctx, f"ConvTranspose {why}")
         return
     c_in, c_out = w_shape[0], w_shape[1]
-    k = int(np.prod(w_shape[2:])) if len(w_shape) > 2 else 1
+    k = kernel_area(w_shape)
     in_shape = g.shape(node.inputs[0])
     in_ids = _input_channels(node, ctx, 1, c_in, "input")
     out_ids = ctx.new_channels(node, c_out)
@@ -108,10 +116,7 @@ def gemm(node: NodeView, ctx: RuleContext) -> None:
     b_shape = g.const_shape(b)
     a_shape = g.shape(a)
     if b_shape is None or int(node.attr("transA", 0)) != 0 or a_shape is None or len(a_shape) != 2:
-        freeze_inputs(node, ctx, "Gemm with computed weights or transA is not supported")
-        out_shape = g.shape(node.outputs[0])
-        if out_shape:
-            ctx.set_map(node.outputs[0], ChannelMap(1, ctx.frozen_channels(out_shape[1], f"output of {node.name}")))
+        _untracked_layer(node, ctx, "Gemm with computed weights or transA is not supported")
         return
     trans_b = int(node.attr("transB", 0))
     k_axis, n_axis = (1, 0) if trans_b else (0, 1)

@@ -10,9 +10,10 @@ the transform recorded in the `Binding`. Copies of one initializer (onnx2torch m
 per use) are tied back into one tensor, so that training keeps them equal.
 
 Trainable: the parameters of the modules onnx2torch builds (`nn.Conv2d`, `nn.Linear`,
-`nn.BatchNorm2d`, `nn.LayerNorm`...) and the float initializers read by a weight-like op
-(`Conv`, `Gemm`, `MatMul`, `PRelu`, normalization scale / bias) or added to / multiplied with
-such an op's output (bias `Add`, per-channel `Mul`). Everything else (shapes, axes, clip bounds,
+`nn.BatchNorm2d`, `nn.LayerNorm`...) and the float initializers an op holds as learned
+parameters (`onnxprune.ops.param_inputs`: Conv / Gemm / MatMul weights, PRelu slopes,
+normalization scale and shift) or adds to / multiplies with such an op's output
+(`onnxprune.ops.is_affine`: bias `Add`, per-channel `Mul`). Everything else (shapes, axes, clip bounds,
 BatchNormalization running statistics, input normalization constants) stays a buffer.
 """
 
@@ -35,16 +36,12 @@ from onnxprune.deps import Analysis
 from onnxprune.errors import InputError, UnsupportedModelError, VerificationError
 from onnxprune.ir import load_model, with_initializers
 from onnxprune.numerics import compare_outputs, random_feeds, session, static_input_shapes
+from onnxprune.ops import has_params, is_affine, param_inputs
 from onnxprune.torchcopy.converters import register
 
 #: round-trip tolerance: |torch - onnxruntime| <= RTOL * |ort| + ATOL * max(1, max |ort|)
 RTOL = 1e-3
 ATOL = 1e-4
-
-_WEIGHT_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "PRelu", "LayerNormalization",
-               "InstanceNormalization", "GroupNormalization"}
-_AFFINE_OPS = {"Add", "Mul"}
-_NORM_AFFINE_INPUTS = {"BatchNormalization": (1, 2)}
 
 
 @dataclass(frozen=True)
@@ -296,14 +293,12 @@ def _promote(module: fx.GraphModule, model: onnx.ModelProto, bindings: dict[str,
 
     def is_weight(name: str) -> bool:
         for node, idx in consumers.get(name, []):
-            if node.op_type in _WEIGHT_OPS and idx >= 1:
+            if idx in param_inputs(node.op_type):
                 return True
-            if idx in _NORM_AFFINE_INPUTS.get(node.op_type, ()):
-                return True
-            if node.op_type in _AFFINE_OPS:
+            if is_affine(node.op_type):
                 other = [x for x in node.input if x != name]
                 src = producers.get(other[0]) if other else None
-                if src is not None and (src.op_type in _WEIGHT_OPS or src.op_type in _NORM_AFFINE_INPUTS):
+                if src is not None and has_params(src.op_type):
                     return True
         return False
 

@@ -45,6 +45,7 @@ from onnxprune.data import batches as iter_batches
 from onnxprune.errors import FinetuneDivergedError, InputError, VerificationError
 from onnxprune.ir import load_model
 from onnxprune.numerics import compare_outputs, random_feeds, session
+from onnxprune.ops import is_batchnorm
 from onnxprune.torchcopy.batchnorm import (ReinsertedBatchNorm, eligible_layers, kept_positions, layer_statistics,
                                            reestimate)
 from onnxprune.torchcopy.convert import ATOL, RTOL, TorchCopy, to_torch, torch_outputs
@@ -504,7 +505,7 @@ def recalibrate_batchnorm(model: onnx.ModelProto, x: np.ndarray, batches: int = 
     `device` (None: cpu), the write-back and its check run on the CPU.
     """
     folded_path = original is not None and keep is not None
-    if not folded_path and not any(n.op_type == "BatchNormalization" for n in model.graph.node):
+    if not folded_path and not any(is_batchnorm(n.op_type) for n in model.graph.node):
         return model, 0
     with torch_threads(threads):
         base = load_model(model).model

@@ -6,18 +6,20 @@ Conv outputs into one group), so the policy reads one embedding per group and ne
 from layers to groups. The layer structure enters through the edges and the per-group
 statistics of the group's producers.
 
-Edges follow the data flow of the layer graph: group A -> group B when a node that consumes A's
-channels produces B's (a Conv reading A and writing B). Every node also gets a self-loop, so
-that attention always includes the node itself (GATConv needs no zero in-degree).
+Edges follow the data flow between groups (`Analysis.group_flow`): group A -> group B when a
+node that consumes A's channels produces B's (a Conv reading A and writing B). Every node also
+gets a self-loop, so that attention always includes the node itself (GATConv needs no zero
+in-degree).
 
-Static features (do not change within a search; all float32, scaled to about [0, 1]):
-op type shares of the producers (Conv / depthwise Conv / ConvTranspose / Gemm-MatMul / other),
-log channels, kernel area, stride, log conv groups, MACs share (`Analysis.group_macs`), params
-share, MACs per channel (relative to the largest), depth (topological position), sensitivity
-(proxy drop when this group alone is thinned, relative to the largest drop; 0 when not
-measured), importance per unit of cost (the group's mean unnormalized Taylor estimate divided by
-its MACs per channel, relative to the largest; 0 without unnormalized scores), and the spread
-(coefficient of variation) of the group's L1 and Taylor scores.
+Static features (do not change within a search; all float32, scaled to about [0, 1]): layer
+kind shares of the producers (`Analysis.producers`: Conv / grouped Conv / ConvTranspose /
+Gemm-MatMul / other), log channels, kernel area, stride, log conv groups (means over the
+producers with a geometry), MACs share (`Analysis.group_macs`), params share, MACs per channel
+(relative to the largest), depth (topological position), sensitivity (proxy drop when this group
+alone is thinned, relative to the largest drop; 0 when not measured), importance per unit of
+cost (the group's mean unnormalized Taylor estimate divided by its MACs per channel, relative to
+the largest; 0 without unnormalized scores), and the spread (coefficient of variation) of the
+group's L1 and Taylor scores.
 
 Dynamic features (the episode's state; `DYNAMIC_NAMES`): the kept width of each group (its
 decided keep ratio, 1 while undecided), whether it is decided, whether it is being decided now,
@@ -34,8 +36,14 @@ from typing import Mapping
 import numpy as np
 
 from onnxprune.deps import Analysis
+from onnxprune.ops import LayerKind
 
 OP_KINDS = ("conv", "depthwise", "conv_transpose", "gemm", "other")
+# The producer's layer kind (`onnxprune.ops.LayerKind`) behind each op-kind feature (the feature
+# names predate the layer kinds: `op_depthwise` counts every Conv with group > 1, `op_gemm` Gemm
+# and MatMul).
+_OP_KIND: dict[LayerKind, str] = {"conv": "conv", "grouped_conv": "depthwise", "conv_transpose": "conv_transpose",
+                            "linear": "gemm", "other": "other"}
 STATIC_NAMES = (*(f"op_{k}" for k in OP_KINDS), "log_channels", "kernel", "stride", "log_groups",
                 "macs_share", "params_share", "macs_per_channel", "depth", "sensitivity", "impact_per_cost",
                 "l1_spread", "taylor_spread")
@@ -114,21 +122,13 @@ def build_state_graph(analysis: Analysis, l1: np.ndarray, taylor: np.ndarray,
     groups = analysis.prunable()
     graph = analysis.graph
     index = {g.id: i for i, g in enumerate(groups)}
-    produced_by: dict[str, list[int]] = {}
-    for g in groups:
-        for p in g.producers:
-            produced_by.setdefault(p, []).append(index[g.id])
     edges = {(i, i) for i in range(len(groups))}
-    for g in groups:
-        for c in g.consumers:
-            for j in produced_by.get(c, ()):
-                edges.add((index[g.id], j))
+    edges.update((index[a], index[b]) for a, b in analysis.group_flow if a in index and b in index)
     src, dst = (np.array(v, dtype=np.int64) for v in zip(*sorted(edges)))
 
     full = analysis.full_keep()
     total_macs, total_params = analysis.cost.cost(full)
     gmacs = analysis.group_macs()
-    position = {n.name: n.index for n in graph.nodes}
     n_nodes = max(len(graph.nodes) - 1, 1)
     max_units = max((g.units for g in groups), default=1)
     per_channel = np.array([gmacs[g.id] / max(g.units, 1) for g in groups], dtype=np.float64)
@@ -143,30 +143,18 @@ def build_state_graph(analysis: Analysis, l1: np.ndarray, taylor: np.ndarray,
     rows, depth = [], []
     for i, g in enumerate(groups):
         ops = np.zeros(len(OP_KINDS), dtype=np.float64)
-        kernels, strides, conv_groups = [], [], []
-        for p in g.producers:
-            node = graph.by_name.get(p)
-            op = node.op_type if node is not None else ""
-            if op in ("Conv", "ConvTranspose") and node is not None:
-                w = graph.shape(node.inputs[1]) or ()
-                kernels.append(int(np.prod(w[2:])) if len(w) > 2 else 1)
-                strides.append(float(np.mean(node.attr("strides", [1]))))
-                groups_attr = int(node.attr("group", 1))
-                conv_groups.append(groups_attr)
-                kind = "conv_transpose" if op == "ConvTranspose" else ("depthwise" if groups_attr > 1 else "conv")
-            elif op in ("Gemm", "MatMul"):
-                kernels.append(1)
-                strides.append(1.0)
-                conv_groups.append(1)
-                kind = "gemm"
-            else:
-                kind = "other"
-            ops[OP_KINDS.index(kind)] += 1
+        layers = analysis.producers(g)
+        shaped = [f for f in layers if f.kind != "other"]
+        kernels = [f.kernel for f in shaped]
+        strides = [f.stride for f in shaped]
+        conv_groups = [f.groups for f in shaped]
+        for f in layers:
+            ops[OP_KINDS.index(_OP_KIND[f.kind])] += 1
         ops /= max(ops.sum(), 1)
         empty = full.copy()
         empty[g.unit_slice] = False
         params_share = (total_params - analysis.cost.params(empty)) / max(total_params, 1)
-        d = float(np.mean([position[p] for p in g.producers if p in position] or [0])) / n_nodes
+        d = float(np.mean([f.index for f in layers] or [0])) / n_nodes
         depth.append(d)
         rows.append([
             *ops,
