@@ -233,6 +233,74 @@ def prune(src: str | os.PathLike[str] | onnx.ModelProto, cfg: PruneConfig,
     return PruneResult(analysis, keep, model, verified, times, tuned, searched, simplified)
 
 
+def _check_count(name: str, value: int | None, minimum: int, zero_means: str = "") -> None:
+    if value is not None and value < minimum:
+        extra = f" ({zero_means})" if zero_means else ""
+        raise InputError(f"{option(name)} must be >= {minimum}{extra}, got {value}")
+
+
+def _load_for(model: str | os.PathLike[str] | onnx.ModelProto, data: str, input_shapes: Mapping[str, Shape] | None,
+              data_options: Mapping[str, Any] | None, seed: int) -> tuple[LoadedModel, Any, Any]:
+    """The loaded model, its graph (shapes from `input_shapes`) and the dataset preprocessed for it."""
+    from onnxprune.data import load_dataset
+
+    loaded = load_model(model)
+    graph = build_graph(loaded, input_shapes)
+    splits = load_dataset(data, input_shape=graph.shapes[graph.inputs[0].name], seed=seed, **dict(data_options or {}))
+    return loaded, graph, splits
+
+
+def evaluate_model(model: str | os.PathLike[str] | onnx.ModelProto, data: str, *, split: str = "test",
+                   batch_size: int = 256, images: int | None = None, seed: int = 0,
+                   input_shapes: Mapping[str, Shape] | None = None,
+                   data_options: Mapping[str, Any] | None = None) -> tuple[Any, Any]:
+    """Top-1 and loss of `model` on a split (onnxruntime, CPU), on a seeded subset of `images`
+    images when given. Returns `(Accuracy, Splits)`. What `eval` and `onnxprune.evaluate` run."""
+    from onnxprune.bench import evaluate_onnx
+    from onnxprune.data import take
+
+    if split not in ("train", "val", "test"):
+        raise InputError(f"{option('split')} must be train, val or test, got {split!r}")
+    _check_count("batch_size", batch_size, 1)
+    _check_count("images", images, 1)
+    _, _, splits = _load_for(model, data, input_shapes, data_options, seed)
+    x, y = splits.split(split)
+    if images is not None and len(x) > images:  # a seeded subset, in the split's order
+        sel = np.sort(np.random.default_rng(seed).permutation(len(x))[:images])
+        x, y = take(x, sel), y[sel]
+    return evaluate_onnx(model, x, y, batch_size), splits
+
+
+def finetune_model(model: str | os.PathLike[str] | onnx.ModelProto, teacher: str | os.PathLike[str] | onnx.ModelProto,
+                   data: str, *, epochs: int = 5, optimizer: str = "sgd", lr: float | None = None, tau: float = 0.7,
+                   temperature: float = 4.0, images: int | None = None, eval_images: int | None = 1000,
+                   calib_images: int = 512, device: str = "auto", amp: bool = False, data_workers: int | None = None,
+                   seed: int = 0, input_shapes: Mapping[str, Shape] | None = None,
+                   data_options: Mapping[str, Any] | None = None) -> Any:
+    """Knowledge-distillation fine-tune of a pruned `model` from `teacher`, with the same caps
+    and device handling as `prune --finetune-epochs` (batch sizes fitted to the model and
+    device). Returns `onnxprune.torchcopy.FinetuneResult`. What `finetune` and
+    `onnxprune.finetune` run."""
+    from onnxprune.torchcopy import FinetuneConfig, finetune
+    from onnxprune.torchcopy.device import fit_batch_size, resolve_device
+
+    if optimizer not in ("sgd", "adamw"):
+        raise InputError(f"{option('optimizer')} must be sgd or adamw, got {optimizer!r}")
+    _check_count("epochs", epochs, 1)
+    _check_count("images", images, 1)
+    _check_count("eval_images", eval_images, 0, "0: the whole split")
+    _check_count("calib_images", calib_images, 1)
+    _check_count("data_workers", data_workers, 0)
+    dev = resolve_device(device)  # an absent GPU is reported before anything is loaded
+    student, graph, splits = _load_for(model, data, input_shapes, data_options, seed)
+    cfg = FinetuneConfig(epochs=epochs, optimizer=optimizer, lr=lr, tau=tau,  # type: ignore[arg-type]
+                         temperature=temperature, seed=seed, max_train=images, max_val=eval_images or None,
+                         calib_images=calib_images, device=str(dev), amp=amp, workers=data_workers,
+                         batch_size=fit_batch_size(graph, 64, training=True, device=dev),
+                         eval_batch_size=fit_batch_size(graph, 512, training=False, device=dev))
+    return finetune(student.model, load_model(teacher).model, splits, cfg)
+
+
 def analyze_simplified(src: str | os.PathLike[str] | onnx.ModelProto, input_shapes: Mapping[str, Shape] | None = None,
                        exclude: Iterable[str] = (), simplify: str = "auto") -> tuple[Analysis, LoadedModel, SimplifyInfo]:
     """Load and normalize `src`, simplify it with onnxsim (`simplify` mode), analyse the result.
@@ -259,7 +327,7 @@ def _device(spec: str, needed: bool) -> Any:
     GPU is reported); None when nothing needs torch and the device is not CUDA."""
     if not needed and not spec.lower().startswith("cuda"):
         if spec.lower() not in ("auto", "cpu"):
-            raise InputError(f"--device {spec!r}: expected auto, cpu, cuda or cuda:N")
+            raise InputError(f"{option('device', spec)}: expected auto, cpu, cuda or cuda:N")
         return None
     from onnxprune.torchcopy.device import resolve_device
 

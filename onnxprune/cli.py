@@ -66,7 +66,7 @@ def _torch_options(parser: argparse.ArgumentParser, calib: bool = True) -> None:
     g.add_argument("--amp", action="store_true", help="mixed precision (float16) when fine-tuning on a GPU")
     if calib:
         g.add_argument("--calib-images", type=int, default=512, metavar="N",
-                       help="training images for Taylor scores and BatchNorm re-estimation (default: 512)")
+                       help="training images for Taylor scores and BatchNorm statistics (default: 512)")
     g.add_argument("--data-workers", type=int, default=None, metavar="N",
                    help="processes decoding images (default: 2 for folder:DIR, 0 for in-memory data)")
 
@@ -247,10 +247,11 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--temperature", type=float, default=4.0, help="distillation temperature (default 4)")
     ft.add_argument("--images", type=int, default=None, metavar="N", help="training images per epoch (default: all)")
     ft.add_argument("--seed", type=int, default=0, metavar="N", help="seed of data order and initialization")
-    ft.add_argument("--eval-images", type=int, default=1000,
-                    help="validation images for model selection (0: the whole split)")
+    ft.add_argument("--eval-images", type=int, default=1000, metavar="N",
+                    help="validation images for model selection (0: the whole split; default 1000)")
+    ft.add_argument("--input-shape", action="append", metavar="NAME:1x3x224x224", help=SHAPE_HELP)
     _data_options(ft)
-    _torch_options(ft, calib=False)
+    _torch_options(ft)
 
     b = sub.add_parser("bench", help="onnxruntime latency of one or more models", **kw,
                        description="Time models with onnxruntime (all graph optimizations, seeded random inputs); "
@@ -280,6 +281,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data", required=True, metavar="SPEC", help=DATA_HELP)
     e.add_argument("--split", default="test", choices=["train", "val", "test"], help="which split (default test)")
     e.add_argument("--batch-size", type=int, default=256, metavar="N", help="images per onnxruntime run (default 256)")
+    e.add_argument("--images", type=int, default=None, metavar="N",
+                   help="evaluate a seeded subset of N images of the split (default: all)")
+    e.add_argument("--seed", type=int, default=0, metavar="N", help="seed of the --images subset (default 0)")
     e.add_argument("--input-shape", action="append", metavar="NAME:1x3x224x224", help=SHAPE_HELP)
     e.add_argument("--json", metavar="OUT.json", help="write top-1, loss and image count as JSON (`-`: standard output)")
     _data_options(e)
@@ -439,47 +443,31 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from onnxprune.api import save_json
-    from onnxprune.bench import evaluate_onnx
-    from onnxprune.data import load_dataset
-    from onnxprune.ir import build_graph, load_model, parse_input_shapes
+    from onnxprune.api import evaluate_model, save_json
+    from onnxprune.ir import parse_input_shapes
 
     check_outputs({"--json": args.json}, _inputs(args.model) + _data_files(args.data))
-    graph = build_graph(load_model(args.model), parse_input_shapes(args.input_shape))
-    splits = load_dataset(args.data, input_shape=graph.shapes[graph.inputs[0].name], **data_kwargs(args))
-    x, y = splits.split(args.split)
     out, err = _console(args.json == STDOUT)
-    with err.status(f"evaluating on {len(x)} images ({args.split} split)"):
-        acc = evaluate_onnx(args.model, x, y, args.batch_size)
+    with err.status(f"evaluating ({args.split} split)"):
+        acc, splits = evaluate_model(args.model, args.data, split=args.split, batch_size=args.batch_size,
+                                     images=args.images, seed=args.seed,
+                                     input_shapes=parse_input_shapes(args.input_shape), data_options=data_kwargs(args))
     out.print(f"top-1 {acc.top1:.4f}   loss {acc.loss:.4f}   n {acc.n}   ({splits.spec}, {args.split} split)")
     if args.json:
-        save_json({"top1": acc.top1, "n": acc.n, "loss": acc.loss}, args.json)
+        save_json({"top1": acc.top1, "n": acc.n, "loss": acc.loss, "split": args.split, "data": args.data}, args.json)
     return 0
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
-    from onnxprune.api import save_model
-    from onnxprune.data import load_dataset
-    from onnxprune.ir import build_graph, load_model
-    from onnxprune.torchcopy import FinetuneConfig, finetune
-    from onnxprune.errors import InputError
-    from onnxprune.torchcopy.device import fit_batch_size, resolve_device
+    from onnxprune.api import finetune_model, save_model
+    from onnxprune.ir import parse_input_shapes
 
-    device = resolve_device(args.device)  # an absent GPU is reported before anything is loaded
-    if args.eval_images < 0:
-        raise InputError(f"--eval-images must be >= 0 (0: the whole split), got {args.eval_images}")
     check_outputs({"-o": args.output}, _inputs(args.model, args.teacher) + _data_files(args.data))
-    student = load_model(args.model)
-    teacher = load_model(args.teacher).model
-    graph = build_graph(student)
-    splits = load_dataset(args.data, input_shape=graph.shapes[graph.inputs[0].name], seed=args.seed,
-                          **data_kwargs(args))
-    cfg = FinetuneConfig(epochs=args.epochs, optimizer=args.optimizer, lr=args.lr, tau=args.tau,
-                         temperature=args.temperature, seed=args.seed, max_train=args.images,
-                         max_val=args.eval_images or None, device=str(device), amp=args.amp,
-                         workers=args.data_workers, batch_size=fit_batch_size(graph, 64, training=True, device=device),
-                         eval_batch_size=fit_batch_size(graph, 512, training=False, device=device))
-    result = finetune(student.model, teacher, splits, cfg)
+    result = finetune_model(args.model, args.teacher, args.data, epochs=args.epochs, optimizer=args.optimizer,
+                            lr=args.lr, tau=args.tau, temperature=args.temperature, images=args.images,
+                            eval_images=args.eval_images, calib_images=args.calib_images, device=args.device,
+                            amp=args.amp, data_workers=args.data_workers, seed=args.seed,
+                            input_shapes=parse_input_shapes(args.input_shape), data_options=data_kwargs(args))
     save_model(result.model, args.output)
     out, err = _console()
     if result.message():  # not a success: say so, and what was written

@@ -150,6 +150,9 @@ def run_demo(cfg: DemoConfig = DemoConfig(), console: Console | None = None) -> 
             "seconds": time.perf_counter() - started, "top1": [acc0.top1, acc1.top1], "test_images": acc0.n,
             "macs": [m0, m1], "params": [p0, p1],
             "latency_ms": {str(b): [best0[b], best1[b]] for b in (1, 32)},
+            "finetune": result.finetuned.summary() if result.finetuned is not None else None,
+            "widths": [[g.channels, int(result.keep[g.unit_slice].sum() * g.channels // max(g.units, 1))]
+                       for g in result.analysis.prunable()],
             "settings": {"method": cfg.method, "target_flops": cfg.target_flops, "global_ranking": cfg.global_ranking,
                          "finetune_epochs": cfg.finetune_epochs, "finetune_images": cfg.finetune_images,
                          "seed": cfg.seed}}

@@ -163,68 +163,86 @@ def benchmark(models: PathArg | Sequence[PathArg], *, provider: str = "cpu", bat
     return results
 
 
-def evaluate(model: ModelArg, data: str, *, split: str = "test", batch_size: int = 256,
-             input_shapes: InputShapes | None = None, layout: str = "auto", resize: tuple[int, int] | None = None,
-             mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> "Accuracy":
-    """Top-1 accuracy and cross-entropy of a classifier on a dataset split (onnxruntime, CPU).
+def _data_options(layout: str, resize: tuple[int, int] | None, mean: Sequence[float] | None,
+                  std: Sequence[float] | None) -> dict[str, Any]:
+    return {"layout": layout, "resize": resize, "mean": mean, "std": std}
+
+
+def evaluate(model: ModelArg, data: str, *, split: str = "test", batch_size: int = 256, images: int | None = None,
+             seed: int = 0, input_shapes: InputShapes | None = None, layout: str = "auto",
+             resize: tuple[int, int] | None = None, mean: Sequence[float] | None = None,
+             std: Sequence[float] | None = None, json: PathArg | None = None) -> "Accuracy":
+    """Top-1 accuracy and cross-entropy of a classifier on a dataset split.
+
+    Runs in onnxruntime on the CPU (the runtime the pruned model is deployed with; there is no
+    PyTorch side, hence no `device`). Images are read and preprocessed one batch at a time.
 
     Args:
         model: path of an ONNX file, or a `ModelProto`.
         data: dataset spec: "digits", "fashion-mnist[:DIR]", "idx:DIR", "folder:DIR", "npz:FILE", "random".
         split: "train", "val" or "test".
         batch_size: images per onnxruntime run.
+        images: evaluate a seeded subset of this many images of the split (None: all of it).
+        seed: seed of the subset (and of the train/val split of datasets that have none).
         input_shapes: static shapes for inputs with dynamic dimensions.
         layout, resize, mean, std: preprocessing (defaults follow the model's input shape).
+        json: also write `{"top1", "loss", "n", "split", "data"}` as JSON there.
 
     Returns:
         `onnxprune.bench.Accuracy` (`top1`, `loss`, `n`).
     """
-    from onnxprune.bench import evaluate_onnx
-    from onnxprune.data import load_dataset
-    from onnxprune.ir import build_graph, load_model
+    from onnxprune.api import evaluate_model, save_json
 
-    if split not in ("train", "val", "test"):
-        raise InputError(f"split must be train, val or test, got {split!r}")
-    graph = build_graph(load_model(model), _shapes(input_shapes))
-    splits = load_dataset(data, input_shape=graph.shapes[graph.inputs[0].name], layout=layout, resize=resize,
-                          mean=mean, std=std)
-    x, y = splits.split(split)
-    return evaluate_onnx(model, x, y, batch_size)
+    _check_outputs(model, [json])
+    acc, _ = evaluate_model(model, data, split=split, batch_size=batch_size, images=images, seed=seed,
+                            input_shapes=_shapes(input_shapes), data_options=_data_options(layout, resize, mean, std))
+    if json is not None:
+        save_json({"top1": acc.top1, "n": acc.n, "loss": acc.loss, "split": split, "data": data}, json)
+    return acc
 
 
 def finetune(model: ModelArg, teacher: ModelArg, data: str, output: PathArg | None = None, *, epochs: int = 5,
              optimizer: str = "sgd", lr: float | None = None, tau: float = 0.7, temperature: float = 4.0,
-             images: int | None = None, seed: int = 0, layout: str = "auto", resize: tuple[int, int] | None = None,
+             images: int | None = None, eval_images: int | None = 1000, calib_images: int = 512,
+             device: str = "auto", amp: bool = False, data_workers: int | None = None, seed: int = 0,
+             input_shapes: InputShapes | None = None, layout: str = "auto", resize: tuple[int, int] | None = None,
              mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> "FinetuneResult":
     """Fine-tune a pruned `model` with knowledge distillation from `teacher` (the original).
+
+    The same training as `prune(..., finetune_epochs=N)`: batches streamed to `device`, batch
+    sizes fitted to the model's activations and the device, the best epoch on the validation
+    split kept, the weights written back into the ONNX graph and verified.
 
     Args:
         model: the pruned model (path or `ModelProto`); never modified.
         teacher: the original model it imitates.
         data: dataset spec (see `evaluate`).
         output: where to write the fine-tuned model; None: not written.
-        epochs, optimizer ("sgd" | "adamw"), lr (None: the optimizer's default), tau (weight of
-            distillation vs cross-entropy), temperature, images (training images per epoch), seed.
+        epochs: training epochs (>= 1).
+        optimizer: "sgd" or "adamw"; lr: its learning rate (None: the optimizer's default).
+        tau: weight of the distillation loss (1 - tau goes to cross-entropy); temperature: its softening.
+        images: training images per epoch (a seeded subset; None: all).
+        eval_images: validation images for choosing the best epoch (None or 0: the whole split).
+        calib_images: training images for the statistics of re-inserted BatchNorm layers.
+        device: where PyTorch trains: "auto" (the GPU when torch sees one), "cpu", "cuda", "cuda:N".
+        amp: float16 mixed precision (CUDA only).
+        data_workers: image-decoding processes (None: 2 for folder:DIR, 0 for in-memory data).
+        seed: seed of data order, subsets and initialization.
+        input_shapes: static shapes for inputs with dynamic dimensions.
         layout, resize, mean, std: preprocessing (defaults follow the model's input shape).
 
     Returns:
-        `onnxprune.torchcopy.FinetuneResult` (`.model`, `.initial_val_top1`, `.best_val_top1`, ...).
+        `onnxprune.torchcopy.FinetuneResult` (`.model`, `.initial_val_top1`, `.best_val_top1`,
+        `.message()` when training did not improve or diverged).
     """
-    from onnxprune.api import save_model
-    from onnxprune.data import load_dataset
-    from onnxprune.ir import build_graph, load_model
-    from onnxprune.torchcopy import FinetuneConfig
-    from onnxprune.torchcopy import finetune as run_finetune
+    from onnxprune.api import finetune_model, save_model
 
     _check_outputs(model, [output])
     _check_outputs(teacher, [output])
-    student = load_model(model)
-    graph = build_graph(student)
-    splits = load_dataset(data, input_shape=graph.shapes[graph.inputs[0].name], seed=seed, layout=layout,
-                          resize=resize, mean=mean, std=std)
-    cfg = FinetuneConfig(epochs=epochs, optimizer=optimizer, lr=lr, tau=tau,  # type: ignore[arg-type]
-                         temperature=temperature, seed=seed, max_train=images)
-    result = run_finetune(student.model, load_model(teacher).model, splits, cfg)
+    result = finetune_model(model, teacher, data, epochs=epochs, optimizer=optimizer, lr=lr, tau=tau,
+                            temperature=temperature, images=images, eval_images=eval_images,
+                            calib_images=calib_images, device=device, amp=amp, data_workers=data_workers, seed=seed,
+                            input_shapes=_shapes(input_shapes), data_options=_data_options(layout, resize, mean, std))
     if output is not None:
         save_model(result.model, output)
     return result

@@ -146,3 +146,85 @@ def test_cli_json_outputs_are_stamped(model_file: Path, tmp_path: Path) -> None:
     bench = json.loads((tmp_path / "bench.json").read_text())
     assert bench["onnxruntime"]["version"] and bench["onnxruntime"]["providers_used"]
     assert bench["machine"]["cpu"]
+
+
+def _cli_dests(command: str) -> set[str]:
+    parser = _parsers()[f"onnxprune {command}"]
+    return {a.dest for a in parser._actions if not isinstance(a, argparse._HelpAction)}
+
+
+def test_finetune_and_evaluate_take_the_cli_settings() -> None:
+    """Every setting of `onnxprune finetune` / `eval` is a parameter of the API function
+    (`-o` is `output`, `--input-shape` is `input_shapes`, `--teacher` the second argument)."""
+    import inspect
+
+    rename = {"input_shape": "input_shapes"}
+    for command, fn in (("finetune", onnxprune.finetune), ("eval", onnxprune.evaluate)):
+        params = set(inspect.signature(fn).parameters)
+        missing = {rename.get(d, d) for d in _cli_dests(command)} - params
+        assert not missing, f"onnxprune.{fn.__name__} lacks {sorted(missing)} of `onnxprune {command}`"
+    params = inspect.signature(onnxprune.finetune).parameters
+    for name in ("device", "amp", "calib_images", "eval_images", "images", "data_workers"):
+        assert name in params and params[name].kind is inspect.Parameter.KEYWORD_ONLY, name
+
+
+def test_finetune_and_evaluate_with_caps(model_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from onnxprune.api import PruneConfig
+    import onnxprune.torchcopy as torchcopy
+    from onnxprune.torchcopy import device as dev
+
+    pruned = tmp_path / "pruned.onnx"
+    onnxprune.prune(model_file, pruned, sparsity=0.5)
+    seen = {}
+    real = torchcopy.finetune
+
+    def spy(pruned_model, teacher, splits, cfg):  # the settings that reach the trainer
+        seen["cfg"] = cfg
+        return real(pruned_model, teacher, splits, cfg)
+
+    monkeypatch.setattr(torchcopy, "finetune", spy)
+    out = tmp_path / "tuned.onnx"
+    before = pruned.read_bytes()
+    result = onnxprune.finetune(pruned, model_file, "random", out, epochs=1, images=64, eval_images=32,
+                                calib_images=16, device="cpu", data_workers=0, seed=3)
+    cfg = seen["cfg"]
+    assert (cfg.max_train, cfg.max_val, cfg.calib_images, cfg.device, cfg.workers, cfg.seed) == (64, 32, 16, "cpu", 0, 3)
+    assert out.exists() and pruned.read_bytes() == before and result.model is not None
+    assert PruneConfig().calib_images == inspect_default(onnxprune.finetune, "calib_images")
+
+    acc = onnxprune.evaluate(out, "random", split="test", images=10, json=tmp_path / "e.json")
+    assert acc.n == 10
+    assert json.loads((tmp_path / "e.json").read_text())["n"] == 10
+    assert onnxprune.evaluate(out, "random", split="test").n > 10
+
+    for kwargs, name in (({"images": 0}, "images"), ({"calib_images": 0}, "calib_images"),
+                         ({"eval_images": -1}, "eval_images"), ({"optimizer": "adam"}, "optimizer"),
+                         ({"epochs": 0}, "epochs")):
+        with pytest.raises(InputError) as err:
+            onnxprune.finetune(pruned, model_file, "random", **kwargs)
+        assert name in str(err.value) and "--" not in str(err.value), kwargs
+    monkeypatch.setattr(dev, "cuda_available", lambda: False)
+    with pytest.raises(InputError) as err:
+        onnxprune.finetune(pruned, model_file, "random", device="cuda")
+    assert "device='cuda'" in str(err.value) and "--" not in str(err.value)
+    with pytest.raises(InputError, match="images"):
+        onnxprune.evaluate(out, "random", images=0)
+
+
+def inspect_default(fn, name: str):  # noqa: ANN001, ANN201 - a test helper
+    import inspect
+
+    return inspect.signature(fn).parameters[name].default
+
+
+def test_cli_eval_and_finetune_caps(model_file: Path, tmp_path: Path) -> None:
+    pruned, tuned = tmp_path / "pruned.onnx", tmp_path / "tuned.onnx"
+    onnxprune.prune(model_file, pruned, sparsity=0.5)
+    proc = subprocess.run(EXE + ["eval", str(pruned), "--data", "random", "--images", "7", "--json", "-"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["n"] == 7
+    proc = subprocess.run(EXE + ["finetune", str(pruned), "--teacher", str(model_file), "--data", "random",
+                                 "-o", str(tuned), "--epochs", "1", "--images", "32", "--calib-images", "0"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "--calib-images" in proc.stderr and not tuned.exists()

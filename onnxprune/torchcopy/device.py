@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from onnxprune.errors import InputError
+from onnxprune.errors import InputError, option
 
 DEVICE_CHOICES = "auto, cpu, cuda or cuda:N"
 # Activation memory a batch may take (bytes): training keeps every activation for the backward
@@ -45,14 +45,15 @@ def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
         return torch.device("cpu")
     match = re.fullmatch(r"cuda(?::(\d+))?", text)
     if match is None:
-        raise InputError(f"--device {spec!r}: expected {DEVICE_CHOICES}")
+        raise InputError(f"{option('device', spec)}: expected {DEVICE_CHOICES}")
     if not cuda_available():
-        raise InputError(f"--device {text}: torch sees no CUDA GPU on this machine "
-                         "(torch.cuda.is_available() is False); use --device cpu or --device auto")
+        raise InputError(f"{option('device', text)}: torch sees no CUDA GPU on this machine "
+                         f"(torch.cuda.is_available() is False); use {option('device', 'cpu')} or "
+                         f"{option('device', 'auto')}")
     if match.group(1) is not None:
         index, count = int(match.group(1)), torch.cuda.device_count()
         if index >= count:
-            raise InputError(f"--device {text}: torch sees {count} GPU(s) (cuda:0 to cuda:{count - 1})")
+            raise InputError(f"{option('device', text)}: torch sees {count} GPU(s) (cuda:0 to cuda:{count - 1})")
         return torch.device("cuda", index)
     return torch.device("cuda")
 

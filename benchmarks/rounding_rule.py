@@ -1,0 +1,148 @@
+"""Which width rule makes `--round-to auto` fastest on onnxruntime CPU? Threshold and multiple
+compared on the models the defaults are judged by.
+
+    /work/wt/cpuq python -m benchmarks.rounding_rule \
+        [--models mobilenet_v2 resnet20] [--rules 1 8/32 8/16 8/8 16/32 16/16] [--batch 1]
+        [--runs 50] [--rounds 7] [--threads 0] [--note TEXT] [--json OUT]
+
+A rule `M/T` rounds the kept width of every group of at least `T` channels to a multiple of `M`
+channels (what `RUNTIME_WIDTHS["cpu"]` holds; the current default is one of them); rule `1`
+keeps any width. Each rule prunes the model with the same settings (`--target-flops 0.5`,
+`--method l1` uniform for the torchvision models; for `resnet20`, the shipped demo model, also
+the demo's Taylor + global ranking on Fashion-MNIST, labelled `resnet20-demo`), every file is
+verified, and the original and all pruned files are then timed alternately (CPU provider, all
+graph optimizations, `--threads` intra-op threads, 0 = onnxruntime's default), `--rounds`
+times, each round the median of `--runs` runs after warm-up; a model's latency is the minimum
+over rounds of its round medians. Writes `benchmarks/results/rounding_rule.json` with the kept
+width of every group, the MACs kept and the speed-ups.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import onnxruntime as ort
+
+import onnxprune
+from onnxprune.bench import BenchConfig, benchmark_model
+from onnxprune.schema import machine, stamped
+from onnxprune.search import rounding
+
+RESULTS = Path(__file__).resolve().parent / "results"
+TORCHVISION = ("mobilenet_v2", "resnet50", "resnet18", "mobilenet_v3_large", "efficientnet_b0")
+
+
+def parse_rule(text: str) -> tuple[int, int]:
+    """`"1"` -> (1, 0); `"8/32"` -> (8, 32): multiple of 8 for groups of 32+ channels."""
+    if text == "1":
+        return 1, 0
+    m, _, t = text.partition("/")
+    return int(m), int(t or m)
+
+
+@contextlib.contextmanager
+def cpu_rule(multiple: int, min_channels: int) -> Iterator[str]:
+    """A temporary runtime entry holding the rule (removed afterwards); yields its name."""
+    name = f"bench-{multiple}-{min_channels}"
+    rounding.RUNTIME_WIDTHS[name] = rounding.RuntimeWidth(multiple, min_channels, "benchmark rule")
+    try:
+        yield name
+    finally:
+        del rounding.RUNTIME_WIDTHS[name]
+
+
+def settings_for(model: str) -> list[tuple[str, Path, dict[str, Any]]]:
+    """(label, path, prune settings) for a model name."""
+    if model in TORCHVISION:
+        from benchmarks.common import cached_export
+
+        return [(model, cached_export(model, "torchscript"), {"method": "l1"})]
+    if model == "resnet20":
+        path = onnxprune.demo_model()
+        return [("resnet20", path, {"method": "l1"}),
+                ("resnet20-demo", path, {"method": "taylor", "global_ranking": True, "data": "fashion-mnist",
+                                         "calib_images": 512})]
+    raise SystemExit(f"unknown model {model!r} (torchvision names or resnet20)")
+
+
+def prune_with(path: Path, out: Path, rule: tuple[int, int], target: float, extra: dict[str, Any]) -> dict[str, Any]:
+    multiple, threshold = rule
+    t0 = time.perf_counter()
+    if multiple == 1:
+        result = onnxprune.prune(path, out, target_flops=target, round_to=1, **extra)
+    else:
+        with cpu_rule(multiple, threshold) as runtime:
+            result = onnxprune.prune(path, out, target_flops=target, runtime=runtime, **extra)
+    report = result.report()
+    widths = [[g["channels"], len(g["kept"])] for g in report["groups"] if g["prunable"]]
+    m0, m1 = result.macs
+    return {"prune_seconds": round(time.perf_counter() - t0, 2), "macs_kept": round(m1 / m0, 4),
+            "params": list(result.params), "widths": widths,
+            "odd_widths": sorted({k for n, k in widths if k != n and k % 8}),
+            "max_abs_diff": result.verified.max_abs_diff if result.verified else None}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", nargs="+", default=["mobilenet_v2", "resnet20"])
+    ap.add_argument("--rules", nargs="+", default=["1", "8/32", "8/16", "8/8", "16/32", "16/16"],
+                    help="M/T: multiple M for groups of T+ channels; 1: no rounding")
+    ap.add_argument("--target", type=float, default=0.5)
+    ap.add_argument("--batch", nargs="+", type=int, default=[1])
+    ap.add_argument("--runs", type=int, default=50)
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--threads", type=int, default=0, help="intra-op threads (0: onnxruntime default)")
+    ap.add_argument("--note", default="", help="what else ran on the machine (recorded)")
+    ap.add_argument("--json", type=Path, default=RESULTS / "rounding_rule.json")
+    args = ap.parse_args(argv)
+    rules = {r: parse_rule(r) for r in args.rules}
+    cfg = BenchConfig(batch_sizes=tuple(args.batch), warmup=5, runs=args.runs, threads=args.threads)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for model in args.models:
+            for label, path, extra in settings_for(model):
+                variants: dict[str, Path] = {"original": path}
+                pruned: dict[str, dict[str, Any]] = {}
+                for rule_name, rule in rules.items():
+                    out = Path(tmp) / f"{label}-{rule_name.replace('/', '_')}.onnx"
+                    pruned[rule_name] = prune_with(path, out, rule, args.target, extra)
+                    variants[rule_name] = out
+                times: dict[str, dict[int, list[float]]] = {k: {b: [] for b in args.batch} for k in variants}
+                for _ in range(args.rounds):
+                    for name, model_path in variants.items():
+                        for r in benchmark_model(model_path, cfg):
+                            times[name][r.batch].append(r.median_ms)
+                best = {k: {b: min(v) for b, v in per.items()} for k, per in times.items()}
+                row = {"model": label, "settings": {"target_flops": args.target, **extra}, "pruned": pruned,
+                       "latency_ms": {k: {str(b): round(v, 4) for b, v in per.items()} for k, per in best.items()},
+                       "round_medians_ms": {k: {str(b): [round(x, 4) for x in v] for b, v in per.items()}
+                                            for k, per in times.items()},
+                       "speedup": {k: {str(b): round(best["original"][b] / v, 3) for b, v in per.items()}
+                                   for k, per in best.items() if k != "original"}}
+                rows.append(row)
+                print(json.dumps({"model": label, "speedup": row["speedup"],
+                                  "macs_kept": {k: v["macs_kept"] for k, v in pruned.items()},
+                                  "odd_widths": {k: v["odd_widths"] for k, v in pruned.items()}}), flush=True)
+    doc = stamped({"command": "python -m benchmarks.rounding_rule " + " ".join(argv if argv is not None else sys.argv[1:]),
+                   "protocol": {"provider": "CPUExecutionProvider", "graph_optimizations": "all",
+                                "threads": args.threads or "onnxruntime default", "batch": args.batch,
+                                "runs": args.runs, "rounds": args.rounds,
+                                "statistic": "min over rounds of the per-round median",
+                                "order": "original and every rule's pruned model alternately in every round",
+                                "rules": {r: {"multiple": m, "min_channels": t} for r, (m, t) in rules.items()}},
+                   "onnxruntime": ort.__version__, "machine": machine(), "note": args.note, "rows": rows})
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(doc, indent=1) + "\n")
+    print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
