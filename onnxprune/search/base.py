@@ -30,8 +30,8 @@ from onnxprune.search import checkpoint as checkpoint_format
 from onnxprune.search.budget import Budget, BudgetMeter, make_feasible
 from onnxprune.search.evaluator import EvalConfig, Evaluator
 from onnxprune.schema import stamped
-from onnxprune.search.rounding import (RoundTo, check_runtime, fill_rounded, floor_rounded, is_rounded,
-                                       parse_round_to, width_multiples)
+from onnxprune.search.rounding import (RoundTo, check_runtime, fit_rounded, is_rounded, parse_round_to,
+                                       width_multiples)
 
 
 @dataclass(frozen=True)
@@ -180,23 +180,21 @@ class SearchContext:
     def option(self, name: str, default: Any) -> Any:
         return self.cfg.options.get(name, default)
 
+    def multiples(self) -> dict[int, int]:
+        """Group id -> unit multiple the result's widths honour (`cfg.round_to`, `cfg.runtime`).
+        Methods that generate candidates at these widths get them back from `finish` unchanged."""
+        return width_multiples(self.analysis, self.cfg.round_to, self.cfg.runtime)
+
     def round_result(self, keep: np.ndarray) -> np.ndarray:
         """`keep` with every pruned group's width a multiple of its block (`cfg.round_to`), as
-        close to the budget as blocks allow: rounded down (costs fall), made feasible if a group
-        had to grow to one block, then the unused budget given back block by block (MACs,
-        params, channels; a latency budget is not refilled: each try would be a measurement).
-        Returns `keep` itself when it is already rounded."""
-        multiples = width_multiples(self.analysis, self.cfg.round_to, self.cfg.runtime)
+        close to the budget as blocks allow (`fit_rounded`: rounded down, made feasible if a
+        group had to grow to one block, the unused budget given back block by block unless each
+        try would be a latency measurement). Returns `keep` itself when it is already rounded."""
+        multiples = self.multiples()
         keep = np.asarray(keep, dtype=bool)
         if is_rounded(self.analysis, keep, multiples):
             return keep
-        scores = self.importance
-        out = floor_rounded(self.analysis, keep, scores, multiples)
-        if not self.meter.feasible(out):
-            out = floor_rounded(self.analysis, make_feasible(self.meter, out, scores), scores, multiples)
-        if self.cfg.budget.kind != "latency" and self.meter.feasible(out):
-            out = fill_rounded(self.analysis, out, scores, multiples, self.meter.ratio, self.cfg.budget.target)
-        return out
+        return fit_rounded(self.meter, keep, self.importance, multiples, refill=self.meter.cheap)
 
     def finish(self, keep: np.ndarray, val_top1: float | None = None, weights: Mapping[str, np.ndarray] | None = None,
                pruned_weights: Mapping[str, np.ndarray] | None = None, **summary: Any) -> "SearchResult":

@@ -85,6 +85,12 @@ class BudgetMeter:
             self._base = self.latency(self.analysis.full_keep())
         return self.latency(keep) / max(self._base, 1e-12)
 
+    @property
+    def cheap(self) -> bool:
+        """Whether measuring a candidate costs microseconds (cost model or latency table), not a
+        rewrite and a timing run: searches may then probe many masks."""
+        return self.budget.kind != "latency"
+
     def violation(self, keep: np.ndarray) -> float:
         """How far above the budget `keep` is (0 when feasible), in fractions of the original."""
         return max(0.0, self.ratio(keep) - self.budget.target)

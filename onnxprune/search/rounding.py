@@ -26,6 +26,7 @@ import numpy as np
 
 from onnxprune.deps import Analysis, ChannelGroup
 from onnxprune.errors import InputError, option
+from onnxprune.search.budget import BudgetMeter, make_feasible
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,11 @@ RUNTIME_WIDTHS: dict[str, RuntimeWidth] = {
 }
 
 RoundTo = int | str  # an int >= 1, or "auto"
+
+# how far below the budget (share of the original) a rounded candidate may land before swaps are
+# tried, and how far below it one may land at most where swaps can help (the rounding's 2%)
+FILL_TOLERANCE = 0.005
+BUDGET_TOLERANCE = 0.02
 
 
 def parse_round_to(value: RoundTo) -> RoundTo:
@@ -136,13 +142,15 @@ def _next_block(keep: np.ndarray, g: ChannelGroup, m: int, normed: np.ndarray) -
 
 
 def fill_rounded(analysis: Analysis, keep: np.ndarray, scores: np.ndarray, multiples: dict[int, int],
-                 cost: Callable[[np.ndarray], float], limit: float, prefer: str = "score",
+                 cost: Callable[[np.ndarray], float], limit: float,
+                 prefer: str | Callable[[ChannelGroup, np.ndarray], float] = "score",
                  tolerance: float = 0.0) -> np.ndarray:
     """Give the unused budget back one block at a time while `cost(keep) <= limit`.
 
     A block takes one group to its next allowed width with its best removed units.
     `prefer="score"`: the block with the highest mean normalized score per unit of cost;
-    `"uniform"`: the group with the smallest kept fraction (a uniform allocation stays uniform).
+    `"uniform"`: the group with the smallest kept fraction (a uniform allocation stays uniform);
+    a callable `(group, keep) -> priority`: the group with the highest priority.
     Stops when nothing fits, or once within `tolerance` (same unit as `cost`) of `limit`.
     """
     keep = np.asarray(keep, dtype=bool).copy()
@@ -167,7 +175,9 @@ def fill_rounded(analysis: Analysis, keep: np.ndarray, scores: np.ndarray, multi
             if c > limit:
                 blocked.add(g.id)  # costs only grow as the others fill: it will not fit later
                 continue
-            if prefer == "uniform":
+            if callable(prefer):
+                priority = float(prefer(g, keep))
+            elif prefer == "uniform":
                 priority = -float(keep[g.unit_slice].mean())
             else:
                 gain = float(np.mean(normed[g.id][units - g.unit_start]))
@@ -177,6 +187,64 @@ def fill_rounded(analysis: Analysis, keep: np.ndarray, scores: np.ndarray, multi
         if best is None:
             break
         _, keep, current = best
+    return keep
+
+
+def _prev_block(keep: np.ndarray, g: ChannelGroup, m: int, normed: np.ndarray, floor: int) -> np.ndarray | None:
+    """Global indices of the worst kept units whose removal takes `g` to its previous allowed
+    width (not below `floor` units), or None."""
+    local = keep[g.unit_slice]
+    k = int(local.sum())
+    k2 = (k - 1) // m * m if m > 1 else k - 1
+    if k2 < max(floor, 1):
+        return None
+    kept = np.flatnonzero(local)
+    worst = kept[np.argsort(normed[kept], kind="stable")[: k - k2]]
+    return g.unit_start + worst
+
+
+def swap_rounded(analysis: Analysis, keep: np.ndarray, scores: np.ndarray, multiples: dict[int, int],
+                 cost: Callable[[np.ndarray], float], limit: float, tolerance: float = 0.0,
+                 min_keep_fraction: float = 0.05, fill: Callable[[np.ndarray], np.ndarray] | None = None,
+                 rounds: int = 8, may_shrink: Callable[[ChannelGroup, np.ndarray], bool] | None = None) -> np.ndarray:
+    """Use the budget that block filling cannot reach: when no block fits, one group takes its
+    next block and another gives back blocks until the mask fits again (e.g. a 32-unit group in
+    steps of 8 grows while a narrow group in steps of 1 gives two units). The swap that uses the
+    most budget is kept, then `fill` (if given) runs again; up to `rounds` swaps, until within
+    `tolerance` of `limit` or no swap uses more. `may_shrink(group, keep)`: which groups may
+    give units (default: any above its floor). `keep` must be within `limit`."""
+    keep = np.asarray(keep, dtype=bool).copy()
+    current = cost(keep)
+    groups = analysis.prunable()
+    normed = {g.id: _normalized(scores, g) for g in groups}
+    floors = {g.id: max(1, math.ceil(min_keep_fraction * g.units)) for g in groups}
+    for _ in range(rounds):
+        if current >= limit - tolerance or current > limit:
+            break
+        best: tuple[float, np.ndarray] | None = None
+        for g in groups:
+            grow = _next_block(keep, g, multiples.get(g.id, 1), normed[g.id])
+            if grow is None:
+                continue
+            grown = keep.copy()
+            grown[grow] = True
+            for h in groups:
+                if h.id == g.id or (may_shrink is not None and not may_shrink(h, keep)):
+                    continue
+                cand = grown.copy()
+                c = cost(cand)
+                while c > limit:
+                    drop = _prev_block(cand, h, multiples.get(h.id, 1), normed[h.id], floors[h.id])
+                    if drop is None:
+                        break
+                    cand[drop] = False
+                    c = cost(cand)
+                if current < c <= limit and (best is None or c > best[0]):
+                    best = (c, cand)
+        if best is None:
+            break
+        keep = fill(best[1]) if fill is not None else best[1]
+        current = cost(keep)
     return keep
 
 
@@ -201,3 +269,43 @@ def floor_rounded(analysis: Analysis, keep: np.ndarray, scores: np.ndarray, mult
             add = removed[np.argsort(-normed[removed], kind="stable")[: k2 - k]]
             keep[g.unit_start + add] = True
     return keep
+
+
+def fit_rounded(meter: BudgetMeter, keep: np.ndarray, scores: np.ndarray, multiples: dict[int, int],
+                refill: bool = True, min_keep_fraction: float = 0.05) -> np.ndarray:
+    """`keep` projected onto rounded widths within the budget of `meter`, as close to it as
+    blocks allow: every pruned group's width rounded down to its block (costs fall), made
+    feasible if a group had to grow to one block, then (`refill`) the unused budget given back
+    block by block (best score per cost; `fill_to_budget`)."""
+    keep = np.asarray(keep, dtype=bool)
+    analysis = meter.analysis
+    out = keep if is_rounded(analysis, keep, multiples) else floor_rounded(analysis, keep, scores, multiples)
+    if not meter.feasible(out):
+        out = floor_rounded(analysis, make_feasible(meter, out, scores, min_keep_fraction), scores, multiples)
+    if refill and meter.feasible(out):
+        out = fill_to_budget(meter, out, scores, multiples, min_keep_fraction=min_keep_fraction)
+    return out
+
+
+def fill_to_budget(meter: BudgetMeter, keep: np.ndarray, scores: np.ndarray, multiples: dict[int, int],
+                   prefer: str | Callable[[ChannelGroup, np.ndarray], float] = "score",
+                   min_keep_fraction: float = 0.05,
+                   may_shrink: Callable[[ChannelGroup, np.ndarray], bool] | None = None) -> np.ndarray:
+    """A feasible rounded `keep` filled up to the budget: blocks added while they fit
+    (`fill_rounded`, `prefer`), then swaps where blocks alone cannot get within
+    `FILL_TOLERANCE` of it (`swap_rounded`: among the groups `may_shrink` allows first, among
+    all while still more than `BUDGET_TOLERANCE` below). Widths stay multiples; the result
+    stays within the budget."""
+    target = meter.budget.target
+
+    def fill(k: np.ndarray) -> np.ndarray:
+        return fill_rounded(meter.analysis, k, scores, multiples, meter.ratio, target, prefer=prefer)
+
+    out = fill(keep)
+    if meter.ratio(out) < target - FILL_TOLERANCE:
+        out = swap_rounded(meter.analysis, out, scores, multiples, meter.ratio, target, FILL_TOLERANCE,
+                           min_keep_fraction, fill, may_shrink=may_shrink)
+    if may_shrink is not None and meter.ratio(out) < target - BUDGET_TOLERANCE:  # any group may give
+        out = swap_rounded(meter.analysis, out, scores, multiples, meter.ratio, target, FILL_TOLERANCE,
+                           min_keep_fraction, fill)
+    return out

@@ -54,7 +54,8 @@ class GatPpoConfig:
     blocks); levels, level_min: keep ratios evenly spaced from level_min to 1; steps: decision
     steps per episode (0: one group per step; 1: all groups at once, the seed's one shot);
     block / blocks_per_group: blocks (action=blocks); project: project every candidate onto the
-    budget (blocks only may turn it off); round_to: kept counts multiple of it; reward: graded |
+    budget (blocks only may turn it off; kept widths are multiples of `--round-to`'s blocks
+    when projected); reward: graded |
     amc | self-competition; baseline: batch | critic (empty: batch, critic for self-competition);
     adv_floor: smallest batch std the advantages are divided by; prior: strength of the prior
     from the global Taylor mask (logits per level away / block logit scale); sensitivity:
@@ -75,7 +76,6 @@ class GatPpoConfig:
     block: int = 0
     blocks_per_group: int = 0
     project: bool = True
-    round_to: int = 1
     reward: str = "graded"
     baseline: str = ""
     adv_floor: float = 0.005
@@ -109,7 +109,7 @@ class GatPpoConfig:
             if not ok:
                 raise InputError(f"{METHOD}: {what}")
 
-        for name in ("episodes", "batch", "hidden", "heads", "layers", "ppo_epochs", "final_top", "round_to"):
+        for name in ("episodes", "batch", "hidden", "heads", "layers", "ppo_epochs", "final_top"):
             need(getattr(self, name) >= 1, f"option {name} must be >= 1, got {getattr(self, name)}")
         need(self.levels >= 2, f"option levels must be >= 2, got {self.levels}")
         need(0 < self.level_min < 1, f"option level_min must be in (0, 1), got {self.level_min}")
@@ -200,7 +200,9 @@ class _Search:
         self.sensitivity = sensitivity
         self.graph = build_state_graph(analysis, np.asarray(ctx.scores[L1.name]), self.importance, sensitivity, impact)
         self.edges = Edges.of(self.graph.src, self.graph.dst, self.graph.num_nodes)
-        self.projector = Projector(analysis, ctx.meter, self.graph, self.importance, cfg.round_to, MIN_KEEP)
+        multiples = ctx.multiples()
+        self.projector = Projector(analysis, ctx.meter, self.graph, self.importance,
+                                   [multiples.get(g, 1) for g in self.graph.group_ids], MIN_KEEP)
         if cfg.action == "levels":
             self.space: ActionSpace = level_space(cfg.levels, cfg.level_min)
         else:
