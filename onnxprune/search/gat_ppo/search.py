@@ -62,7 +62,10 @@ class GatPpoConfig:
     measure each group's proxy drop when thinned alone to sensitivity_ratio (a node feature);
     cem_elite, cem_smoothing: CEM; gat_backend, pretrain*, hidden, heads, layers: the GAT;
     lr, clip, gamma, gae_lambda, entropy, value_coef, ppo_epochs: PPO; ema, penalty: the
-    self-competition reward; final_top: candidates re-scored on the whole validation split;
+    self-competition reward; proxy_images: validation images each candidate is scored on (at most
+    `--eval-images`; 0: `--eval-images`; 128 by default: the cheapest proxy tier with Spearman
+    rho >= 0.6 against fine-tuned accuracy, docs/gat-ppo-study.md); final_top: candidates
+    re-scored on the whole validation split;
     policy: a policy file to start from (`policy_out` writes one at the end).
     """
 
@@ -101,6 +104,7 @@ class GatPpoConfig:
     ema: float = 0.9
     penalty: float = 10.0
     final_top: int = 3
+    proxy_images: int = 128
     policy: str = ""
     policy_out: str = ""
 
@@ -126,6 +130,7 @@ class GatPpoConfig:
              "project=false needs reward=self-competition (only it scores over-budget candidates)")
         need(self.gat_backend in BACKENDS,
              f"--gat-backend must be one of {', '.join(BACKENDS)}, got {self.gat_backend!r}")
+        need(self.proxy_images >= 0, f"option proxy_images must be >= 0, got {self.proxy_images}")
         need(self.pretrain_steps >= 0, f"option pretrain_steps must be >= 0, got {self.pretrain_steps}")
         for name in ("lr", "pretrain_lr", "clip", "adv_floor"):
             need(getattr(self, name) > 0, f"option {name} must be > 0, got {getattr(self, name)}")
@@ -174,7 +179,17 @@ def impact_scores(ctx: SearchContext) -> np.ndarray | None:
     return taylor_scores(ctx.copy, ctx.analysis, x, y, seed=ctx.cfg.seed, normalize=False)
 
 
-def measure_sensitivity(ctx: SearchContext, projector: Projector, ratio: float) -> tuple[np.ndarray, float]:
+def proxy_images(ctx: SearchContext, cfg: GatPpoConfig) -> int | None:
+    """Validation images per candidate: `proxy_images`, at most the evaluator's (`--eval-images`);
+    None: the evaluator's own."""
+    limit = ctx.cfg.eval.images
+    if cfg.proxy_images == 0:
+        return None
+    return cfg.proxy_images if limit is None else min(cfg.proxy_images, limit)
+
+
+def measure_sensitivity(ctx: SearchContext, projector: Projector, ratio: float,
+                        images: int | None = None) -> tuple[np.ndarray, float]:
     """(drop per node, proxy of the unpruned model): the proxy drop when each group alone keeps
     its most important `ratio` of units (one evaluation per group, plus the unpruned model)."""
     graph = projector.graph
@@ -184,7 +199,7 @@ def measure_sensitivity(ctx: SearchContext, projector: Projector, ratio: float) 
         ratios = np.ones(graph.num_nodes)
         ratios[i] = ratio
         masks.append(projector.mask(ratios))
-    values = ctx.evaluator.evaluate(masks)
+    values = ctx.evaluator.evaluate(masks, images=images)
     return np.asarray([values[0] - v for v in values[1:]], dtype=np.float64), float(values[0])
 
 
@@ -335,7 +350,7 @@ class _Search:
         keeps = [r[0] for r in rolled]
         feasible = [meter.feasible(k) for k in keeps]
         idx = [i for i, f in enumerate(feasible) if f]
-        scored = ctx.evaluator.evaluate([keeps[i] for i in idx]) if idx else []
+        scored = ctx.evaluator.evaluate([keeps[i] for i in idx], images=proxy_images(ctx, cfg)) if idx else []
         proxies: list[float | None] = [None] * size
         for i, v in zip(idx, scored):
             proxies[i] = float(v)
@@ -446,7 +461,8 @@ def run(ctx: SearchContext) -> SearchResult:
             else:
                 ctx.say(f"measuring the sensitivity of {nodes} groups")
                 probe = _Search(ctx, dataclasses.replace(cfg, sensitivity=False, policy=""), None, impact)
-                sensitivity, _ = measure_sensitivity(ctx, probe.projector, cfg.sensitivity_ratio)
+                sensitivity, _ = measure_sensitivity(ctx, probe.projector, cfg.sensitivity_ratio,
+                                                     proxy_images(ctx, cfg))
         else:  # controls spend the same evaluations on candidates
             episodes += setup
             setup = 0
