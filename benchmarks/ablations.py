@@ -29,6 +29,21 @@ import numpy as np
 import torch
 
 
+def _commit() -> str | None:
+    """The git commit of the code that ran (with "+dirty" when files differ), or None."""
+    import subprocess
+
+    try:
+        here = Path(__file__).resolve().parent
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, check=True).stdout.strip()
+        return head + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
 def _parse_variant(text: str) -> tuple[str, dict[str, str]]:
     name, _, rest = text.partition(":")
     opts: dict[str, str] = {}
@@ -147,8 +162,7 @@ def main() -> None:
                 seeds=sorted(set(data.get("seeds", [])) | set(args.seeds)),
                 variants={n: o for n, o in variants}, note=args.note,
                 machine=f"{platform.machine()}, {torch.get_num_threads()} torch thread, shared 2-core machine",
-                command="python -m benchmarks.ablations " + " ".join(
-                    f"--variant {n}:" + ",".join(f"{k}={v}" for k, v in o.items()) for n, o in variants))
+                command="python -m benchmarks.ablations " + " ".join(sys.argv[1:]), commit=_commit())
     done = {(r["variant"], r["seed"]) for r in data["records"]}
     for seed in args.seeds:  # seed-major: a partial run still has paired seeds
         for name, opts in variants:

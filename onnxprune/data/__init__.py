@@ -7,7 +7,7 @@
     >>> for idx, xb, yb in loader(x, y, 64, shuffle=True, limit=512): ...
 """
 
-from onnxprune.data.lazy import ArraySource, FolderSource, ImageSource, LazyImages, RandomSource, take
+from onnxprune.data.lazy import ArraySource, FolderSource, ImageSource, LazyImages, RandomSource, calibration_sample, take
 from onnxprune.data.loaders import Split, Splits, batches, load_dataset
 from onnxprune.data.preprocess import ImageGeometry, convert_channels, image_geometry, preprocess
 from onnxprune.data.sources import FASHION_MNIST_CLASSES, RawData, read_idx_file, read_raw
@@ -23,6 +23,7 @@ __all__ = [
     "ImageSource",
     "LazyImages",
     "RandomSource",
+    "calibration_sample",
     "default_workers",
     "loader",
     "take",

@@ -237,3 +237,12 @@ def take(x: np.ndarray | LazyImages, idx: np.ndarray | slice) -> np.ndarray | La
     if isinstance(x, LazyImages):
         return x.view(idx)
     return x[idx]
+
+
+def calibration_sample(x: np.ndarray | LazyImages, count: int, seed: int) -> np.ndarray | LazyImages:
+    """The `count` images (all when fewer) that BatchNorm statistics are re-estimated on, for
+    `seed`: a seeded sample of `x` in index order (lazy when `x` is). The search evaluator and
+    the API's re-estimation of the written model both draw it here, so that a written model
+    carries the statistics its mask was scored with."""
+    idx = np.random.default_rng(seed).choice(len(x), size=min(len(x), count), replace=False)
+    return take(x, np.sort(idx))

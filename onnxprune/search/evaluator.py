@@ -106,14 +106,12 @@ class _EvalData:
 
     @classmethod
     def from_splits(cls, splits: Any, cfg: EvalConfig) -> "_EvalData":
-        from onnxprune.data import take
+        from onnxprune.data import calibration_sample, take
 
-        rng = np.random.default_rng(cfg.seed)
         x_val, y_val = splits.val
-        order = rng.permutation(len(y_val))  # a prefix of any length is a random subset
-        x_train, _ = splits.train
-        bn_n = min(len(x_train), cfg.bn_batches * cfg.bn_batch_size)
-        x_bn = np.asarray(take(x_train, rng.choice(len(x_train), size=bn_n, replace=False)))
+        order = np.random.default_rng(cfg.seed).permutation(len(y_val))  # a prefix of any length is a random subset
+        # the images the API re-estimates the written model's BatchNorm on (same count and seed)
+        x_bn = np.asarray(calibration_sample(splits.train[0], cfg.bn_batches * cfg.bn_batch_size, cfg.seed))
         if isinstance(x_val, np.ndarray):
             return cls(x_val[order], None, y_val[order], x_bn)
         cached = len(order) if cfg.images is None else min(len(order), cfg.images)

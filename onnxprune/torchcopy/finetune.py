@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from onnxprune.data import Splits, loader, take
+from onnxprune.data import Splits, calibration_sample, loader, take
 from onnxprune.data import batches as iter_batches
 from onnxprune.errors import FinetuneDivergedError, InputError, VerificationError
 from onnxprune.ir import load_model
@@ -510,8 +510,7 @@ def recalibrate_batchnorm(model: onnx.ModelProto, x: np.ndarray, batches: int = 
     with torch_threads(threads):
         base = load_model(model).model
         copy = to_torch(base, seed=seed, device=resolve_device(device or "cpu"))
-        rng = np.random.default_rng(seed)
-        sample = take(x, np.sort(rng.choice(len(x), size=min(len(x), batches * batch_size), replace=False)))
+        sample = calibration_sample(x, batches * batch_size, seed)  # the search evaluator's images
         inserted = None
         if folded_path:
             ref_copy = original_copy if original_copy is not None else to_torch(original, check=False, seed=seed)
