@@ -170,7 +170,7 @@ def main() -> None:
                 continue
             print(f"[{time.strftime('%H:%M:%S')}] {args.method} {name} seed {seed} {opts}", flush=True)
             rec = run_one(args.method, args.model, budget, seed, args.eval_images, opts, args.bn_batches, args.data)
-            rec["variant"] = name
+            rec["variant"], rec["commit"] = name, data["commit"]
             data["records"].append(rec)
             data["summary"] = summarize(data["records"], [n for n, _ in variants])
             out.parent.mkdir(parents=True, exist_ok=True)
