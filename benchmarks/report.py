@@ -44,6 +44,16 @@ def load_runs() -> tuple[dict[tuple[str, str], dict[str, Any]], list[dict[str, A
     return originals, runs
 
 
+MACS_SLACK = 0.02  # a MACs-budget row keeping less than (1 - this) of its budget is marked unequal
+
+
+def macs_mark(target: str, macs_ratio: float) -> str:
+    """The mark "†" when a `macs-F` row keeps less than (1 - MACS_SLACK) * F of the MACs (it is not
+    compared at the cost the others could use), else ""; other targets are never marked."""
+    kind, _, value = target.partition("-")
+    return "†" if kind == "macs" and macs_ratio < (1.0 - MACS_SLACK) * float(value) else ""
+
+
 def mean_se(values: Iterable[float | None]) -> tuple[float, float, int]:
     """Mean, standard error of the mean (nan for one value) and count of the finite values."""
     v = np.array([x for x in values if x is not None and np.isfinite(x)], dtype=float)
@@ -365,11 +375,14 @@ def write_report(mode_name: str = "protocol") -> Path:
                         "" if len(tuned) == len(recs) else f" ({_seeds(tuned) or 'none'} fine-tuned)")
                     out.append(f"| {target} | {method} | {seeds} | "
                                f"{_pct([r.get('test_top1_noft') for r in recs])} | {_pct([r.get('test_top1') for r in recs])} | "
-                               f"{diff} | {mean_se(r['macs_ratio'] for r in recs)[0]:.3f} | "
+                               f"{diff} | {mean_se(r['macs_ratio'] for r in recs)[0]:.3f}"
+                               f"{macs_mark(target, mean_se(r['macs_ratio'] for r in recs)[0])} | "
                                f"{mean_se(r['params_ratio'] for r in recs)[0]:.3f} | {b1:.2f}x{q} | {b32:.2f}x{q} | "
                                f"{mean_se(r.get('search_s') for r in recs)[0]:.1f} |")
             out += ["", "Speed-ups marked * were timed right after their run, under load (not yet re-timed by the "
-                    "quiet `--latency-only` pass); unmarked ones come from that pass.", ""]
+                    "quiet `--latency-only` pass); unmarked ones come from that pass. MACs marked † are more than "
+                    f"{100 * MACS_SLACK:.0f}% under the MACs budget: that method was compared at fewer MACs than the "
+                    "others could use (not at equal cost).", ""]
     out += ["## Missing runs", ""] + (_missing(mode, cells, failed, present) or ["None."]) + [""]
     out += ["## Latency pass", ""]
     if quiet:

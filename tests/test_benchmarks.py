@@ -63,3 +63,9 @@ def test_runs_pruned_without_fine_tune_are_listed() -> None:
     text = "\n".join(report._missing(mode, cells, {}, {("resnet20", "folded")}))
     assert "random: seed(s) 1 pruned and measured without fine-tune" in text
     assert "seed(s) 0" not in text
+
+
+def test_rows_under_their_macs_budget_are_marked_unequal() -> None:
+    assert report.macs_mark("macs-0.5", 0.499) == "" and report.macs_mark("macs-0.5", 0.491) == ""
+    assert report.macs_mark("macs-0.5", 0.473) == "†" and report.macs_mark("macs-0.25", 0.2) == "†"
+    assert report.macs_mark("latency-0.5", 0.2) == ""

@@ -64,7 +64,7 @@ def test_api_writes_the_searched_score() -> None:
     """Through the API (fitted evaluation batches, `--calib-images`): rl-pruner without
     post-training returns a masked mask; the written file scores its `val_top1`."""
     _, model = digits_model(folded=True)
-    cfg = PruneConfig(method="rl-pruner", target_flops=0.5, data="digits", seed=2, calib_images=96, eval_images=100,
+    cfg = PruneConfig(method="rl-pruner", target_flops=0.5, data="digits", seed=2, calib_images=64, eval_images=100,
                       round_to=1, search_progress=False,
                       options={"steps": 1, "stages": 1, "samples": 2, "horizon": 1, "post_epochs": 0})
     result = prune(model, cfg)

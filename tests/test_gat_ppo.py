@@ -383,6 +383,13 @@ def test_search_on_the_digits_model(tiny, searched: SearchResult) -> None:
         counts = [round(ratio * groups[gid].units) for ratio, gid in zip(r["ratios"], meta["group_ids"])]
         assert all(k == groups[gid].units or k % multiples[gid] == 0 for k, gid in zip(counts, meta["group_ids"]))
     assert s["evaluations"] <= 5 + 32 + len(meta["finalists"])
+    # the label says which kind of candidate won (issue 18: a filled greedy winner was "sampled"):
+    # a sampled episode by number, or the policy's greedy candidate; the framework appends +marks
+    picked = s["picked"].split("+")[0]
+    assert picked in {f["from"] for f in meta["finalists"] if f["val_top1"] == s["val_top1"]}
+    assert "greedy" in {f["from"] for f in meta["finalists"]}
+    episodes = {r["episode"] for r in searched.trajectory.records}
+    assert picked == "greedy" or (picked.startswith("episode ") and int(picked.split()[1]) in episodes)
 
 
 def test_resume_continues_exactly(tiny, searched: SearchResult, tmp_path: Path) -> None:

@@ -164,7 +164,8 @@ def test_search_returns_a_feasible_mask_near_the_budget(tiny, budget: Budget) ->
     # the winner is written with its BatchNorm re-estimated: it scores what the masked search saw
     assert not result.trained and result.val_top1 == pytest.approx(_ort_top1(_written_model(tiny, result), tiny[0]),
                                                                    abs=0.01)
-    assert result.val_top1 == pytest.approx(result.summary["masked_val_top1"], abs=0.05)
+    # ... and the evaluator's masked score: both re-estimate BatchNorm on the same images (one image of slack)
+    assert result.val_top1 == pytest.approx(result.summary["masked_val_top1"], abs=1.0 / len(tiny[0].val[1]) + 1e-9)
     assert -1.0 <= result.summary["spearman"] <= 1.0 and -1.0 <= result.summary["kendall"] <= 1.0
     sims = [r["similarity"] for r in light]
     assert result.summary["spearman"] == pytest.approx(sacp.spearman(sims, [r["val_top1"] for r in light]),
