@@ -18,7 +18,9 @@ Two backends (`EvalConfig.backend`, `--evaluator`), and `make_evaluator` picks o
 
 Data: the validation images of the cheap evaluations (the first `images` of a seeded order) are
 read once and kept; requests for more (the full split) stream the rest batch by batch. BatchNorm
-re-calibration uses `bn_batches * bn_batch_size` training images (`--calib-images`).
+re-calibration uses `bn_batches * bn_batch_size` training images (`--calib-images`), drawn by
+`onnxprune.data.calibration_sample` with the evaluation seed: the images the API re-estimates
+the written model's BatchNorm on, so a written mask scores what the search saw.
 """
 
 from __future__ import annotations
