@@ -8,7 +8,7 @@ seed for every variant, so that differences between variants are paired.
 
 Every (variant, seed) run is one record of the output JSON (written after each run; a run that is
 already there is skipped, so an interrupted ablation continues). A record holds the options, the
-searched mask's top-1 on the whole validation split (masked copy, BatchNorm re-estimated, or the
+searched mask's top-1 (after the framework's `--round-to`) on the whole validation split (masked copy, BatchNorm re-estimated, or the
 method's own trained model when it returns one), its budget / MACs / params ratios, the number of
 evaluations and the wall time. The summary holds, per variant, the mean and standard error over
 seeds and the paired difference to the first variant.
@@ -54,7 +54,8 @@ def _parse_variant(text: str) -> tuple[str, dict[str, str]]:
 
 
 def run_one(method: str, model: str, budget: tuple[str, float], seed: int, eval_images: int,
-            options: dict[str, Any], bn_batches: int, data: str = "fashion-mnist") -> dict[str, Any]:
+            options: dict[str, Any], bn_batches: int, data: str = "fashion-mnist",
+            round_to: str = "auto") -> dict[str, Any]:
     """One seeded search; its record."""
     from onnxprune.data import load_dataset
     from onnxprune.deps import analyze
@@ -64,7 +65,7 @@ def run_one(method: str, model: str, budget: tuple[str, float], seed: int, eval_
 
     analysis = analyze(model)
     splits = load_dataset(data, input_shape=analysis.graph.shapes[analysis.graph.inputs[0].name], seed=seed)
-    cfg = SearchConfig(budget=Budget(*budget), seed=seed, progress=False, options=dict(options),
+    cfg = SearchConfig(budget=Budget(*budget), seed=seed, progress=False, options=dict(options), round_to=round_to,
                        eval=EvalConfig(images=eval_images, bn_batches=bn_batches, seed=seed))
     t0 = time.perf_counter()
     result = run_search(method, analysis, to_torch(analysis, seed=seed), splits, cfg)
@@ -147,6 +148,7 @@ def main() -> None:
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--eval-images", type=int, default=300)
     ap.add_argument("--bn-batches", type=int, default=2)
+    ap.add_argument("--round-to", default="auto", help="the result's width multiple (auto, K, or 1: exact widths)")
     ap.add_argument("--variant", action="append", required=True, metavar="NAME:KEY=VALUE,...",
                     help="a variant's options (repeatable; the first is the reference)")
     ap.add_argument("--out", required=True)
@@ -158,7 +160,7 @@ def main() -> None:
     out = Path(args.out)
     data: dict[str, Any] = json.loads(out.read_text()) if out.exists() else {"records": []}
     data.update(method=args.method, model=args.model, data=args.data, budget={"kind": budget[0], "target": budget[1]},
-                eval_images=args.eval_images, bn_batches=args.bn_batches,
+                eval_images=args.eval_images, bn_batches=args.bn_batches, round_to=args.round_to,
                 seeds=sorted(set(data.get("seeds", [])) | set(args.seeds)),
                 variants={n: o for n, o in variants}, note=args.note,
                 machine=f"{platform.machine()}, {torch.get_num_threads()} torch thread, shared 2-core machine",
@@ -169,7 +171,8 @@ def main() -> None:
             if (name, seed) in done:
                 continue
             print(f"[{time.strftime('%H:%M:%S')}] {args.method} {name} seed {seed} {opts}", flush=True)
-            rec = run_one(args.method, args.model, budget, seed, args.eval_images, opts, args.bn_batches, args.data)
+            rec = run_one(args.method, args.model, budget, seed, args.eval_images, opts, args.bn_batches, args.data,
+                          args.round_to)
             rec["variant"], rec["commit"] = name, data["commit"]
             data["records"].append(rec)
             data["summary"] = summarize(data["records"], [n for n, _ in variants])
