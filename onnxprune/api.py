@@ -46,6 +46,7 @@ class PruneConfig:
     # search methods only (gat-ppo, rl-pruner, sacp)
     target_params: float | None = None  # fraction of the params kept (at most)
     target_latency: float | None = None  # fraction of the measured onnxruntime latency (at most)
+    latency_table: bool = True  # target_latency: per-layer latency table (False: time every candidate)
     workers: int = 1  # evaluation processes (local) or actors (Ray)
     eval_images: int | None = 1000  # validation images per candidate evaluation and for fine-tuning's selection
     # the PyTorch side (Taylor, masked evaluation, BatchNorm re-estimation, fine-tuning)
@@ -176,7 +177,7 @@ def prune(src: str | os.PathLike[str] | onnx.ModelProto, cfg: PruneConfig,
 
         copy = to_torch(analysis, seed=cfg.seed, device=device)
         search_cfg = _fit_search(search_cfg, analysis, device, cfg.calib_images)
-        searched = run_search(cfg.method, analysis, copy, splits, search_cfg, say, **search_callables(analysis, splits))
+        searched = run_search(cfg.method, analysis, copy, splits, search_cfg, say, **search_callables(analysis, splits, search_cfg, say, cfg.latency_table))
         keep = searched.keep
     else:
         calib: dict[str, Any] = {}
@@ -348,10 +349,16 @@ def _fit_search(search_cfg: Any, analysis: Analysis, device: Any, calib_images: 
     return replace(search_cfg, eval=fitted)
 
 
-def search_callables(analysis: Analysis, splits: Any) -> dict[str, Callable[..., Any]]:
+def search_callables(analysis: Analysis, splits: Any, search_cfg: Any = None,
+                     say: Callable[[str], None] | None = None, latency_table: bool = True) -> dict[str, Callable[..., Any]]:
     """What a search method may ask of the layers it must not import (`run_search` keywords):
-    `materialize(keep)` the pruned ONNX model, `latency(keep)` its onnxruntime CPU latency at
-    batch 1 in seconds, `score_model(model)` an ONNX model's top-1 on the validation split."""
+    `materialize(keep)` the pruned ONNX model, `latency(keep)` its onnxruntime latency at batch 1
+    in seconds, `score_model(model)` an ONNX model's top-1 on the validation split.
+
+    With a latency budget in `search_cfg` and `latency_table`, `latency` is a per-layer latency
+    table (`onnxprune.bench.latency_table`: measured once on `search_cfg.runtime`'s provider at
+    the widths of `search_cfg.round_to`, cached on disk), else every candidate is rewritten and
+    timed on the CPU."""
     from onnxprune.bench import BenchConfig, benchmark_model, evaluate_onnx
 
     def materialize(keep: np.ndarray) -> onnx.ModelProto:
@@ -364,6 +371,16 @@ def search_callables(analysis: Analysis, splits: Any) -> dict[str, Callable[...,
     def score_model(model: onnx.ModelProto) -> float:
         return evaluate_onnx(model, *splits.val).top1
 
+    if latency_table and search_cfg is not None and search_cfg.budget.kind == "latency":
+        from onnxprune.bench.latency_table import build_latency_table
+        from onnxprune.search.rounding import width_multiples
+
+        (say or (lambda _m: None))(f"latency table ({search_cfg.runtime}, batch 1): measuring once, then cached")
+        table = build_latency_table(analysis, materialize, width_multiples(analysis, search_cfg.round_to,
+                                                                            search_cfg.runtime),
+                                    BenchConfig(provider=search_cfg.runtime, batch_sizes=(1,), warmup=5, runs=30),
+                                    say=say or (lambda _m: None))
+        return {"materialize": materialize, "latency": table, "score_model": score_model}
     return {"materialize": materialize, "latency": latency, "score_model": score_model}
 
 

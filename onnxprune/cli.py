@@ -195,7 +195,11 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("--target-params", type=_fraction, metavar="F",
                         help="search methods: keep at most F of the parameters")
     target.add_argument("--target-latency", type=_fraction, metavar="F",
-                        help="search methods: keep at most F of the onnxruntime CPU latency (batch 1, measured)")
+                        help="search methods: keep at most F of the onnxruntime latency (batch 1, on the "
+                             "--runtime's provider), read from a per-layer latency table measured once and "
+                             "cached (~/.cache/onnxprune/latency)")
+    pr.add_argument("--latency-per-candidate", action="store_true",
+                    help="with --target-latency: rewrite and time every candidate on the CPU instead of the table")
     pr.add_argument("--global", dest="global_ranking", action="store_true",
                     help="rank all channels together (scores normalized per group) instead of removing the "
                          "same fraction from every group")
@@ -397,6 +401,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         data=args.data, finetune_epochs=args.finetune_epochs, finetune_images=args.finetune_images,
         finetune_lr=args.finetune_lr,
         data_options=data_kwargs(args), target_params=args.target_params, target_latency=args.target_latency,
+        latency_table=not args.latency_per_candidate,
         workers=args.workers, eval_images=args.eval_images, checkpoint=args.checkpoint, resume=args.resume,
         trajectory=args.trajectory, plot=args.plot, options=search_options(args),
         device=args.device, amp=args.amp, calib_images=args.calib_images, data_workers=args.data_workers,

@@ -47,8 +47,8 @@ def mask_key(keep: np.ndarray) -> bytes:
 class BudgetMeter:
     """Measures keep masks against a budget.
 
-    `latency_fn(keep) -> seconds` measures a candidate's latency (the API rewrites the candidate
-    and times it with onnxruntime); a latency budget needs it.
+    `latency_fn(keep) -> seconds` gives a candidate's latency (the API's per-layer latency table,
+    which says `cheap = True`, or a rewrite timed with onnxruntime); a latency budget needs it.
     """
 
     def __init__(self, analysis: Analysis, budget: Budget,
@@ -89,7 +89,7 @@ class BudgetMeter:
     def cheap(self) -> bool:
         """Whether measuring a candidate costs microseconds (cost model or latency table), not a
         rewrite and a timing run: searches may then probe many masks."""
-        return self.budget.kind != "latency"
+        return self.budget.kind != "latency" or bool(getattr(self._latency_fn, "cheap", False))
 
     def violation(self, keep: np.ndarray) -> float:
         """How far above the budget `keep` is (0 when feasible), in fractions of the original."""

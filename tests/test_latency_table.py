@@ -1,0 +1,142 @@
+"""The per-layer latency table (`onnxprune.bench.latency_table`): every layer gets a cell at
+each measured width pair, lookups between them interpolate, the table is cached on disk and
+keyed by what it was measured for, and a latency-budgeted gat-ppo search uses it as a cheap
+meter (every candidate within budget, at the runtime's widths). Whether it predicts measured
+latency within 10% is timing-sensitive: `benchmarks/latency_table.py` on a quiet machine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+from unittest import mock
+
+import numpy as np
+import pytest
+
+from onnxprune.bench import BenchConfig
+from onnxprune.bench import latency_table as lt
+from onnxprune.criteria import weight_scores
+from onnxprune.deps import Analysis
+from onnxprune.rewrite import apply_keep
+from onnxprune.search import Budget, BudgetMeter, SearchConfig, SearchContext
+from onnxprune.search.gat_ppo import run as gat_ppo_run
+from onnxprune.search.rounding import is_rounded, width_multiples
+
+FAST = BenchConfig(warmup=1, runs=3)
+
+
+@pytest.fixture(scope="module")
+def table(tiny, tmp_path_factory: pytest.TempPathFactory) -> lt.LatencyTable:
+    _, analysis = tiny
+    cache = tmp_path_factory.mktemp("latency")
+    return lt.build_latency_table(analysis, lambda k: apply_keep(analysis, k), width_multiples(analysis, "auto"),
+                                  FAST, max_levels=4, cache=cache)
+
+
+def test_group_widths_follow_the_multiples() -> None:
+    assert lt.group_widths(64, 8, 8) == [8, 16, 24, 32, 40, 48, 56, 64]
+    assert lt.group_widths(64, 8, 4) == [8, 24, 48, 64]  # thinned evenly, smallest and full kept
+    assert lt.group_widths(16, 1, 4) == [1, 6, 11, 16]
+    assert lt.group_widths(6, 8, 8) == [6]
+
+
+def test_every_layer_has_a_full_grid(tiny, table: lt.LatencyTable) -> None:
+    _, analysis = tiny
+    assert table.meta["layers_without_table"] == [] and len(table.nodes) == len(analysis.cost.mac_nodes)
+    multiples = width_multiples(analysis, "auto")
+    widths = {g.id: lt.group_widths(g.units, multiples[g.id], 4) for g in analysis.prunable()}
+    seg_group = lt._segment_groups(analysis)
+    for name, a, b, cells in zip(table.nodes, table.in_seg, table.out_seg, table.cells):
+        ga, gb = seg_group.get(a), seg_group.get(b)
+        if ga is not None and gb is not None and ga != gb:  # every (input, output) width pair measured
+            assert {(x, y) for x in widths[ga] for y in widths[gb]} <= set(cells), name
+        assert all(v > 0 for v in cells.values())
+    # latency = residual + scale x the layers' sum (the fit itself is timing-sensitive)
+    assert table.scale >= 0 and len(table.meta["calibration"]["whole"]) == len(lt.CALIBRATION)
+    full = analysis.full_keep()
+    assert table(full) == pytest.approx(table.residual + table.scale * table.node_seconds(full).sum())
+
+
+def test_lookup_is_exact_on_cells_and_bilinear_between() -> None:
+    cells = {(8, 8): 1.0, (16, 8): 2.0, (8, 16): 3.0, (16, 16): 5.0}
+    assert lt._lookup(cells, 16, 8) == 2.0
+    assert lt._lookup(cells, 12, 8) == pytest.approx(1.5)
+    assert lt._lookup(cells, 12, 12) == pytest.approx((1 + 2 + 3 + 5) / 4)
+    assert lt._lookup(cells, 4, 40) == 3.0  # clamped to the grid
+    tied = {(8, 8): 1.0, (16, 16): 3.0}  # a depthwise layer: input and output widths move together
+    assert lt._lookup(tied, 12, 12) == pytest.approx(2.0)
+
+
+def test_the_table_is_cached_and_keyed(tiny, table: lt.LatencyTable, tmp_path: Path) -> None:
+    _, analysis = tiny
+    multiples = width_multiples(analysis, "auto")
+    built = lt.build_latency_table(analysis, lambda k: apply_keep(analysis, k), multiples, FAST, 4, tmp_path)
+    assert len(list(tmp_path.glob("*.json"))) == 1
+    with mock.patch.object(lt, "benchmark_model", side_effect=AssertionError("measured again")):
+        again = lt.build_latency_table(analysis, lambda k: apply_keep(analysis, k), multiples, FAST, 4, tmp_path)
+    keep = analysis.full_keep()
+    keep[analysis.prunable()[1].unit_slice][:8] = False
+    assert again(keep) == built(keep) and again.cells == built.cells
+    model = analysis.graph.model.SerializeToString()
+    key = lt.table_key(model, FAST, multiples, 4)
+    assert key != lt.table_key(model, BenchConfig(provider="cuda", warmup=1, runs=3), multiples, 4)
+    assert key != lt.table_key(model, BenchConfig(batch_sizes=(8,), warmup=1, runs=3), multiples, 4)
+    assert key != lt.table_key(model, FAST, width_multiples(analysis, 1), 4)
+    assert key != lt.table_key(model + b"x", FAST, multiples, 4)
+
+
+class _Proxy:
+    """A cheap stand-in for the evaluator: the kept share of the MACs."""
+
+    def __init__(self, analysis: Analysis) -> None:
+        self.analysis, self.evaluations, self.seconds = analysis, 0, 0.0
+
+    def evaluate(self, keeps: Sequence[np.ndarray], images: Any = None) -> list[float]:
+        self.evaluations += len(keeps)
+        return [self.analysis.cost.macs(k) / self.analysis.macs for k in keeps]
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_latency_budgeted_search_reads_the_table(tiny, table: lt.LatencyTable) -> None:
+    _, analysis = tiny
+    l1 = weight_scores(analysis, "l1")
+    # the measured grid with deterministic times (a staircase in blocks of 16 output channels)
+    table = lt.LatencyTable(analysis, table.nodes, table.in_seg, table.out_seg,
+                            [{(a, b): 1e-6 * (1 + max(a, 1) * -(-b // 16)) for a, b in c} for c in table.cells],
+                            table.full_seconds, 1e-5, 1.0)
+    # a target the table can reach (its smallest grid mask keeps some latency: run overhead)
+    low = analysis.full_keep()
+    for g in analysis.prunable():
+        low[g.unit_slice] = False
+        low[g.unit_start:g.unit_start + 8] = True
+    target = 0.5 * (1.0 + table(low) / table(analysis.full_keep()))
+    cfg = SearchConfig(budget=Budget("latency", target), seed=0, progress=False,
+                       options={"episodes": 16, "batch": 8, "gat_backend": "torch", "pretrain": False,
+                                "sensitivity": False})
+    meter = BudgetMeter(analysis, cfg.budget, table)
+    assert meter.cheap
+    result = gat_ppo_run(SearchContext("gat-ppo", analysis, _Proxy(analysis), meter, {"l1": l1, "taylor": l1}, cfg))
+    multiples = width_multiples(analysis, "auto")
+    assert meter.feasible(result.keep) and is_rounded(analysis, result.keep, multiples)
+    assert "rounded" not in result.summary
+    records = result.trajectory.records
+    assert len(records) == 16 and all(r["feasible"] and r["latency"] <= target + 1e-6 for r in records)  # records: 6 decimals
+
+
+def test_the_api_hands_latency_searches_the_cached_table(tiny, monkeypatch: pytest.MonkeyPatch,
+                                                         tmp_path: Path) -> None:
+    from onnxprune.api import search_callables
+
+    splits, analysis = tiny
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    cfg = SearchConfig(budget=Budget("latency", 0.8), progress=False)
+    said: list[str] = []
+    calls = search_callables(analysis, splits, cfg, said.append)
+    assert isinstance(calls["latency"], lt.LatencyTable) and BudgetMeter(analysis, cfg.budget, calls["latency"]).cheap
+    assert len(list((tmp_path / "onnxprune" / "latency").glob("*.json"))) == 1 and said
+    # --latency-per-candidate, or another budget: every candidate rewritten and timed
+    assert not isinstance(search_callables(analysis, splits, cfg, latency_table=False)["latency"], lt.LatencyTable)
+    macs = SearchConfig(budget=Budget("macs", 0.5), progress=False)
+    assert not isinstance(search_callables(analysis, splits, macs)["latency"], lt.LatencyTable)
