@@ -193,6 +193,7 @@ def prune(src: str | os.PathLike[str] | onnx.ModelProto, cfg: PruneConfig,
     if not searching:
         keep = allocate(analysis, scores, alloc)
     times["select"] = time.perf_counter() - t0
+    _release(torch_side)
     t0 = time.perf_counter()
     say("rewriting")
     model, verified = rewrite_and_verify(analysis, keep, searched, cfg.verify, cfg.seed, cfg.input_shapes, cfg.exclude,
@@ -214,6 +215,7 @@ def prune(src: str | os.PathLike[str] | onnx.ModelProto, cfg: PruneConfig,
         model, _ = recalibrate_batchnorm(model, splits.train[0], seed=cfg.seed, original=analysis, keep=keep,
                                          original_copy=copy if searched is None else None, device=device, **bn)
         times["bn_recalibration"] = time.perf_counter() - t0
+        _release(torch_side)
     tuned = None
     if cfg.finetune_epochs > 0:
         from onnxprune.torchcopy import FinetuneConfig, finetune, to_torch
@@ -231,6 +233,7 @@ def prune(src: str | os.PathLike[str] | onnx.ModelProto, cfg: PruneConfig,
                                         eval_batch_size=fit_batch_size(analysis, 512, training=False, device=device)))
         model = tuned.model
         times["finetune"] = time.perf_counter() - t0
+        _release(torch_side)
     return PruneResult(analysis, keep, model, verified, times, tuned, searched, simplified)
 
 
@@ -333,6 +336,14 @@ def _device(spec: str, needed: bool) -> Any:
     from onnxprune.torchcopy.device import resolve_device
 
     return resolve_device(spec)
+
+
+def _release(torch_side: bool) -> None:
+    """After a step that ran the torch side: its freed activations back to the system."""
+    if torch_side:
+        from onnxprune.torchcopy.device import release_memory
+
+        release_memory()
 
 
 def _fit_search(search_cfg: Any, analysis: Analysis, device: Any, calib_images: int) -> Any:

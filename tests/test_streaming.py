@@ -3,6 +3,7 @@ loader's worker processes, capped uses through the CLI, and CUDA asked for witho
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -195,7 +196,7 @@ def test_cuda_without_gpu_is_exit_2(tmp_path: Path, capsys: pytest.CaptureFixtur
 
 def test_batch_size_fits_activation_memory() -> None:
     from onnxprune.deps import analyze
-    from onnxprune.torchcopy.device import activation_bytes, fit_batch_size
+    from onnxprune.torchcopy.device import INFER_LIVE, activation_bytes, fit_batch_size, largest_activation_bytes
 
     _, model = digits_model()
     analysis = analyze(model)
@@ -204,3 +205,35 @@ def test_batch_size_fits_activation_memory() -> None:
     assert fit_batch_size(analysis, 64, training=True) == 64  # tiny model: the default stands
     assert fit_batch_size(analysis, 64, training=True, budget=per_image * 2 * 10) == 10
     assert fit_batch_size(analysis, 64, training=True, budget=1) == 2
+    largest = largest_activation_bytes(analysis)
+    assert 0 < largest < per_image
+    # inference: the few tensors alive around the largest activation, not all of them
+    assert fit_batch_size(analysis, 512, training=False, budget=int(largest * INFER_LIVE * 7)) == 7
+
+
+def test_default_workers_follow_the_device(tmp_path: Path) -> None:
+    from onnxprune.data import default_workers
+
+    _write_folder(tmp_path, classes=2, per_class=3)
+    x, _ = load_dataset(f"folder:{tmp_path}", input_shape=(1, 3, 8, 8), seed=0).train
+    assert isinstance(x, LazyImages)
+    assert default_workers(x, "cpu") == 0  # the model's own cores: decoding in this process
+    assert default_workers(x, "cuda:0") == default_workers(x) == max(0, min(2, (os.cpu_count() or 1) - 1))
+    assert default_workers(np.zeros((4, 3, 8, 8), np.float32), "cuda") == 0  # arrays: no process hop
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_layer_moments_in_chunks_match_and_leave_the_output(monkeypatch: pytest.MonkeyPatch, dtype: str) -> None:
+    import torch
+
+    from onnxprune.torchcopy import batchnorm
+
+    out = torch.randn(5, 3, 4, 6, dtype=getattr(torch, dtype)) * 3 + 1
+    before = out.clone()
+    flat = out.transpose(0, 1).reshape(3, -1).double()
+    monkeypatch.setattr(batchnorm, "_MOMENT_CHUNK", 2 * 3 * 4 * 6)  # 2 images per chunk: 3 chunks
+    s, sq, n = batchnorm._moments(out)  # noqa: SLF001
+    assert n == 5 * 4 * 6
+    assert torch.allclose(s, flat.sum(1), rtol=1e-12, atol=1e-9)
+    assert torch.allclose(sq, (flat * flat).sum(1), rtol=1e-12, atol=1e-9)
+    assert torch.equal(out, before)  # the layer's output is not touched (float64 included)

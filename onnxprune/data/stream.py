@@ -45,9 +45,13 @@ class ImageCaps:
                 raise InputError(f"--{name}-images must be >= 1, got {value}")
 
 
-def default_workers(x: Any) -> int:
-    """Decoding processes worth starting for `x`: 2 (at most the CPU count - 1) for image files,
-    0 for in-memory arrays (slicing them is cheaper than a process hop)."""
+def default_workers(x: Any, device: Any = None) -> int:
+    """Decoding processes worth starting for `x`: 0 for in-memory arrays (slicing them is cheaper
+    than a process hop) and when the model runs on the CPU (`device`: a torch device or its name;
+    decoding a batch of files takes a few percent of a CPU step, and workers would compete with
+    the model for the same cores); else, for image files, 2 (at most the CPU count - 1)."""
+    if device is not None and not str(device).startswith("cuda"):
+        return 0
     if isinstance(x, LazyImages) and isinstance(x.source, FolderSource):
         return max(0, min(2, (os.cpu_count() or 1) - 1))
     return 0

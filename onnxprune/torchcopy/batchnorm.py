@@ -116,10 +116,27 @@ def eligible_layers(copy: TorchCopy, linear: bool = False) -> list[Layer]:
     return layers
 
 
+#: elements of a layer output converted to float64 at a time by `_moments` (32 MiB)
+_MOMENT_CHUNK = 1 << 22
+
+
 def _moments(out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Per-channel (sum, sum of squares, count) of a (N, C, ...) tensor, in float64."""
-    flat = out.detach().transpose(0, 1).reshape(out.shape[1], -1).double()  # (C, N * spatial)
-    return flat.sum(1), (flat * flat).sum(1), flat.shape[1]
+    """Per-channel (sum, sum of squares, count) of a (N, C, ...) tensor, in float64.
+
+    Converted a few images at a time: a float64 copy of a whole 224x224 batch output (plus its
+    square) would take several times the batch's own activations."""
+    out = out.detach()
+    c = out.shape[1]
+    dims = [0] + list(range(2, out.dim()))
+    per_image = max(1, out[:1].numel())
+    step = max(1, _MOMENT_CHUNK // per_image)
+    s = out.new_zeros(c, dtype=torch.float64)
+    sq = out.new_zeros(c, dtype=torch.float64)
+    for start in range(0, out.shape[0], step):
+        part = out[start:start + step].to(torch.float64, copy=True)  # (n, C, ...)
+        s += part.sum(dims)
+        sq += part.square_().sum(dims)
+    return s, sq, out.numel() // max(c, 1)
 
 
 def layer_statistics(copy: TorchCopy, layers: list[Layer], x: np.ndarray | torch.Tensor,

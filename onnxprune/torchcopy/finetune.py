@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from onnxprune.data import Splits, calibration_sample, loader, take
+from onnxprune.data import Splits, calibration_sample, default_workers, loader, take
 from onnxprune.data import batches as iter_batches
 from onnxprune.errors import FinetuneDivergedError, InputError, VerificationError
 from onnxprune.ir import load_model
@@ -77,7 +77,7 @@ class FinetuneConfig:
     batches are streamed there one at a time. `amp` trains in float16 autocast with a gradient
     scaler (CUDA only); `channels_last` (None: on CUDA only) uses that memory format. `max_val`
     caps the validation images of model selection (a seeded subset; `--eval-images`).
-    `workers`: decoding processes (None: `onnxprune.data.default_workers`).
+    `workers`: decoding processes (None: `onnxprune.data.default_workers` for `device`).
     """
 
     epochs: int = 5
@@ -314,11 +314,12 @@ def _finetune_on(pruned: onnx.ModelProto, teacher_copy: TorchCopy, splits: Split
         sel = np.sort(np.random.default_rng(cfg.seed).permutation(len(x_val))[:cfg.max_val])
         x_val, y_val = take(x_val, sel), y_val[sel]
     rng = np.random.default_rng(cfg.seed)
+    workers = default_workers(x_train, device) if cfg.workers is None else cfg.workers
     bn = None
     if cfg.reinsert_bn and cfg.epochs > 0:
         calib = take(x_train, np.sort(rng.choice(len(x_train), size=min(len(x_train), cfg.calib_images),
                                                  replace=False)))
-        bn = ReinsertedBatchNorm(student, calib)
+        bn = ReinsertedBatchNorm(student, calib, batch_size=cfg.eval_batch_size)
         if not len(bn):
             bn = None
 
@@ -395,7 +396,7 @@ def _finetune_on(pruned: onnx.ModelProto, teacher_copy: TorchCopy, splits: Split
                 set_train(True)
                 bad: str | None = None
                 # the rest of the epoch's batches, read (and decoded by workers) as they are needed
-                stream = loader(x_train, y_train, step_size, workers=cfg.workers,
+                stream = loader(x_train, y_train, step_size, workers=workers,
                                 order=np.concatenate(plan[pos:]) if pos < len(plan) else np.zeros(0, np.int64))
                 while pos < len(plan):
                     tb_idx, xb, yb = next(stream)

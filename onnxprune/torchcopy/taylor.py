@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from onnxprune.criteria.normalize import mean_normalized
-from onnxprune.data import loader
+from onnxprune.data import default_workers, loader
 from onnxprune.deps import Analysis
 from onnxprune.torchcopy.convert import TorchCopy
 from onnxprune.torchcopy.device import to_device_batch
@@ -75,6 +75,7 @@ def _accumulate(copy: TorchCopy, probes: list[_Probe], x: np.ndarray, y: np.ndar
     try:
         for t in tensors.values():
             t.requires_grad_(True)
+        workers = default_workers(x, copy.device) if workers is None else workers
         for _, xb, yb in loader(x, y, step, shuffle=True, seed=seed, limit=batches * step,
                                 drop_last=len(x) >= step, workers=workers):
             for t in tensors.values():
@@ -111,7 +112,7 @@ def taylor_scores(copy: TorchCopy, analysis: Analysis, x: np.ndarray, y: np.ndar
             over the members), comparable across groups as estimates of the loss change.
         images: calibration images to read (`--calib-images`); replaces `batches` by
             ceil(images / batch_size) when given.
-        workers: decoding processes (None: `onnxprune.data.default_workers`).
+        workers: decoding processes (None: `onnxprune.data.default_workers` for the copy's device).
 
     The copy may live on any device (`TorchCopy.to`); batches are moved there one at a time.
     """
