@@ -173,6 +173,14 @@ class SearchContext:
         return h.hexdigest()[:32]
 
     @property
+    def device(self) -> Any:
+        """The torch device of the search's own networks and training (`--device`, as the API
+        resolved it into `cfg.eval.device`; the CPU when unset)."""
+        from onnxprune.torchcopy.device import resolve_device
+
+        return resolve_device(self.cfg.eval.device or "cpu")
+
+    @property
     def importance(self) -> np.ndarray:
         """The best available importance: Taylor when computed, else L1."""
         return self.scores.get(TAYLOR.name, self.scores[L1.name])

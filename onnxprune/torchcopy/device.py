@@ -53,6 +53,8 @@ def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
         return torch.device("cuda") if cuda_available() else torch.device("cpu")
     if text == "cpu":
         return torch.device("cpu")
+    if re.fullmatch(r"cpu:\d+", text):  # torch's own spelling of the CPU
+        return torch.device(text)
     match = re.fullmatch(r"cuda(?::(\d+))?", text)
     if match is None:
         raise InputError(f"{option('device', spec)}: expected {DEVICE_CHOICES}")

@@ -404,10 +404,10 @@ def _finetune_on(pruned: onnx.ModelProto, teacher_copy: TorchCopy, splits: Split
                         group["lr"] = lr_at(step, total, warmup_steps, lr)
                     xt = to_device_batch(xb, device, channels_last)
                     yt = torch.from_numpy(yb).long().to(device)
+                    t_logits = teacher_logits(tb_idx, xb)  # first: its activations are gone before the student's
                     with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
                         s_logits = student.logits(xt)
-                    loss = distillation_loss(s_logits.float(), teacher_logits(tb_idx, xb), yt, cfg.tau,
-                                             cfg.temperature)
+                    loss = distillation_loss(s_logits.float(), t_logits, yt, cfg.tau, cfg.temperature)
                     if not bool(torch.isfinite(loss)):
                         bad = f"loss {float(loss)}"
                         break

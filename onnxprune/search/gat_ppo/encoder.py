@@ -62,14 +62,19 @@ class Edges:
     _dgl: Any = field(default=None, repr=False)
 
     @classmethod
-    def of(cls, src: np.ndarray, dst: np.ndarray, num_nodes: int) -> "Edges":
-        return cls(torch.as_tensor(src, dtype=torch.int64), torch.as_tensor(dst, dtype=torch.int64), num_nodes)
+    def of(cls, src: np.ndarray, dst: np.ndarray, num_nodes: int, device: torch.device | str | None = None) -> "Edges":
+        return cls(torch.as_tensor(src, dtype=torch.int64, device=device),
+                   torch.as_tensor(dst, dtype=torch.int64, device=device), num_nodes)
+
+    @property
+    def device(self) -> torch.device:
+        return self.src.device
 
     def dgl(self) -> Any:
         if self._dgl is None:
             import dgl
 
-            self._dgl = dgl.graph((self.src, self.dst), num_nodes=self.num_nodes)
+            self._dgl = dgl.graph((self.src, self.dst), num_nodes=self.num_nodes, device=self.src.device)
         return self._dgl
 
 
@@ -101,13 +106,13 @@ class TorchGATConv(nn.Module):
         er = (wh * self.attn_r).sum(-1)  # (N, H) destination term
         e = nn.functional.leaky_relu(el[src] + er[dst], self.negative_slope)  # (E, H)
         index = dst.unsqueeze(1).expand(-1, heads)
-        emax = torch.full((n, heads), float("-inf"), dtype=e.dtype).scatter_reduce(
+        emax = torch.full((n, heads), float("-inf"), dtype=e.dtype, device=e.device).scatter_reduce(
             0, index, e.detach(), reduce="amax", include_self=True)
         w = torch.exp(e - emax[dst])  # (E, H)
-        denom = torch.zeros(n, heads, dtype=e.dtype).index_add(0, dst, w)
+        denom = torch.zeros(n, heads, dtype=e.dtype, device=e.device).index_add(0, dst, w)
         alpha = w / denom[dst]  # edge softmax per destination
         msg = alpha.unsqueeze(-1) * wh[src]  # (E, H, F)
-        rst = torch.zeros(n, heads, out, dtype=wh.dtype).index_add(0, dst, msg)
+        rst = torch.zeros(n, heads, out, dtype=wh.dtype, device=wh.device).index_add(0, dst, msg)
         return rst + self.bias.view(1, heads, out)
 
 

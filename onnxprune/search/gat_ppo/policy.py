@@ -70,7 +70,7 @@ class ActorCritic(nn.Module):
             return edges
         if states not in self._batched:
             n = edges.num_nodes
-            offset = torch.arange(states).repeat_interleave(edges.src.numel()) * n
+            offset = torch.arange(states, device=edges.device).repeat_interleave(edges.src.numel()) * n
             self._batched[states] = Edges(edges.src.repeat(states) + offset, edges.dst.repeat(states) + offset,
                                           n * states)
         return self._batched[states]
@@ -103,7 +103,10 @@ class ActorCritic(nn.Module):
         return logp, ent
 
     def sample(self, logits: torch.Tensor, gen: torch.Generator, greedy: bool = False) -> torch.Tensor:
-        """Actions for every node of one state: `logits` (N, width) -> (N,) long or (N, width)."""
+        """Actions for every node of one state: `logits` (N, width) -> (N,) long or (N, width),
+        on the CPU. Drawn there from the CPU generator `gen`, so that a seed gives the same
+        actions whichever device the policy runs on."""
+        logits = logits.detach().float().cpu()
         if self.kind == "levels":
             if greedy:
                 return logits.argmax(-1)

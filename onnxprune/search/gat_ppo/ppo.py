@@ -68,11 +68,12 @@ def ppo_update(policy: ActorCritic, opt: torch.optim.Optimizer, edges: Edges, ep
                epochs: int, max_grad_norm: float = 0.5) -> dict[str, float]:
     """`epochs` full-batch PPO steps over every step of `episodes`; the last step's losses."""
     flat = [t for ep in episodes for t in ep]
-    x = torch.from_numpy(np.stack([t.x for t in flat]))  # (S, N, F)
-    nodes = torch.from_numpy(np.stack([t.nodes for t in flat]))  # (S, N)
-    actions = torch.from_numpy(np.stack([t.actions for t in flat]))
-    old = torch.tensor([t.logp for t in flat], dtype=torch.float32)
-    adv_t, ret_t = torch.from_numpy(adv), torch.from_numpy(targets)
+    dev = edges.device  # where the policy runs
+    x = torch.from_numpy(np.stack([t.x for t in flat])).to(dev)  # (S, N, F)
+    nodes = torch.from_numpy(np.stack([t.nodes for t in flat])).to(dev)  # (S, N)
+    actions = torch.from_numpy(np.stack([t.actions for t in flat])).to(dev)
+    old = torch.tensor([t.logp for t in flat], dtype=torch.float32, device=dev)
+    adv_t, ret_t = torch.from_numpy(adv).to(dev), torch.from_numpy(targets).to(dev)
     stats: dict[str, float] = {}
     for _ in range(epochs):
         logits, value = policy(edges, x)

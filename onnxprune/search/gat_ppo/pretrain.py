@@ -24,10 +24,11 @@ def pretrain_encoder(encoder: GATEncoder, state: StateGraph, edges: Edges, steps
     neg = [(i, j) for i in range(n) for j in range(i + 1, n) if (i, j) not in set(pos)]
     if not pos or not neg or steps <= 0:
         return []
-    pos_t = torch.as_tensor(pos, dtype=torch.int64)  # (P, 2)
-    neg_all = torch.as_tensor(neg, dtype=torch.int64)  # (Q, 2)
+    dev = edges.device  # where the encoder runs
+    pos_t = torch.as_tensor(pos, dtype=torch.int64, device=dev)  # (P, 2)
+    neg_all = torch.as_tensor(neg, dtype=torch.int64, device=dev)  # (Q, 2)
     opt = torch.optim.Adam(encoder.parameters(), lr=lr)
-    labels = torch.cat([torch.ones(len(pos)), torch.zeros(len(pos))])
+    labels = torch.cat([torch.ones(len(pos)), torch.zeros(len(pos))]).to(dev)
     losses = []
     for _ in range(steps):
         decided = (rng.random(n) < rng.random()).astype(np.float32)
@@ -36,8 +37,8 @@ def pretrain_encoder(encoder: GATEncoder, state: StateGraph, edges: Edges, steps
         current[rng.integers(0, n)] = 1.0
         used = float(rng.uniform(0.2, 1.0))
         x = torch.from_numpy(state.features(kept, decided, current, used, float(rng.uniform(0.0, 1.0)),
-                                            float(decided.mean())))
-        pick = torch.from_numpy(rng.integers(0, len(neg), size=len(pos)))
+                                            float(decided.mean()))).to(dev)
+        pick = torch.from_numpy(rng.integers(0, len(neg), size=len(pos))).to(dev)
         pairs = torch.cat([pos_t, neg_all[pick]])  # (2P, 2)
         z = encoder(edges, x)  # (N, D)
         logits = (z[pairs[:, 0]] * z[pairs[:, 1]]).sum(-1)

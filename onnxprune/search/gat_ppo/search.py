@@ -214,7 +214,8 @@ class _Search:
         self.importance = np.asarray(ctx.importance)
         self.sensitivity = sensitivity
         self.graph = build_state_graph(analysis, np.asarray(ctx.scores[L1.name]), self.importance, sensitivity, impact)
-        self.edges = Edges.of(self.graph.src, self.graph.dst, self.graph.num_nodes)
+        self.device = ctx.device  # the policy's device (`--device`); actions are drawn on the CPU
+        self.edges = Edges.of(self.graph.src, self.graph.dst, self.graph.num_nodes, self.device)
         multiples = ctx.multiples()
         self.projector = Projector(analysis, ctx.meter, self.graph, self.importance,
                                    [multiples.get(g, 1) for g in self.graph.group_ids], MIN_KEEP)
@@ -232,6 +233,7 @@ class _Search:
             torch.manual_seed(ctx.cfg.seed)
             self.policy = ActorCritic(len(FEATURE_NAMES), cfg.hidden, cfg.heads, cfg.layers, self.backend,
                                       cfg.action, prior, valid)
+        self.policy.to(self.device)  # initialised on the CPU: a seed gives the same weights on any device
         if cfg.policy:
             load_policy(self.policy, cfg.policy, self.policy_meta())
         self.gen = torch.Generator().manual_seed(ctx.cfg.seed)
@@ -296,9 +298,10 @@ class _Search:
             if learner in ("ppo", "prior"):
                 x = ep.features()
                 with torch.no_grad():
-                    logits, value = self.policy(self.edges, torch.from_numpy(x)[None])
-                    actions = self.policy.sample(logits[0], self.gen, greedy)
-                    logp, _ = self.policy.log_prob_entropy(logits, torch.from_numpy(nodes)[None], actions[None])
+                    logits, value = self.policy(self.edges, torch.from_numpy(x)[None].to(self.device))
+                    actions = self.policy.sample(logits[0], self.gen, greedy)  # on the CPU
+                    logp, _ = self.policy.log_prob_entropy(logits, torch.from_numpy(nodes)[None].to(self.device),
+                                                           actions[None].to(self.device))
                 acts = actions.numpy()
                 out.append(Transition(x, nodes, acts, float(logp[0]), float(value[0])))
             else:

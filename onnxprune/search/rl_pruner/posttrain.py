@@ -8,16 +8,23 @@ exactly what the physically pruned model computes (in training mode too). `MaskP
 (`onnxprune.torchcopy.masked`) re-zeroes those weights after every optimizer step (a projection
 onto the pruned model's weight space). The search returns the trained full-size weights
 (`TorchCopy.initializer_values()`); the API writes them into the model and rewrites it.
+
+Device: the student and teacher run where their copies live (`TorchCopy.to`; rl-pruner and sacp
+put them on `--device`); batches are read (lazily, for large datasets) and moved there one at a
+time, the teacher's logits of an epoch are kept on that device.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
+from onnxprune.data import take
 from onnxprune.torchcopy import TorchCopy
+from onnxprune.torchcopy.device import to_device_batch
 from onnxprune.torchcopy.finetune import distillation_loss
 from onnxprune.torchcopy.masked import MaskProjection, accuracy, batched_logits
 
@@ -31,6 +38,7 @@ class PostTrainConfig:
     lr: float
     seed: int
     batch_size: int = 64
+    eval_batch_size: int = 512  # the teacher's logits
     momentum: float = 0.9
     weight_decay: float = 5e-4
 
@@ -56,17 +64,16 @@ def post_train(student: TorchCopy, teacher: TorchCopy, projection: MaskProjectio
     mean_loss = float("nan")
     for _ in range(cfg.epochs):
         idx = rng.permutation(len(x))[:n]
-        t_logits = batched_logits(teacher, x[idx], 512)  # (n, classes), fixed teacher, no augmentation
+        # (n, classes) on the teacher's device; fixed teacher, no augmentation; read a batch at a time
+        t_logits = batched_logits(teacher, take(x, idx), cfg.eval_batch_size).to(student.device)
         student.module.train()
         total, seen = 0.0, 0
         for b in range(per_epoch):
             sel = np.arange(b * step, min((b + 1) * step, n))
             if len(sel) < 2 or (student.fixed_batch and len(sel) != step):
                 continue  # BatchNorm cannot train on one image
-            xb = torch.from_numpy(np.ascontiguousarray(x[idx[sel]]))
-            if xb.dim() == 4:
-                xb = xb.contiguous(memory_format=torch.channels_last)
-            yb = torch.from_numpy(y[idx[sel]]).long()
+            xb = to_device_batch(x[idx[sel]], student.device, channels_last=True)
+            yb = torch.from_numpy(y[idx[sel]]).long().to(student.device)
             loss = distillation_loss(student.logits(xb), t_logits[sel], yb, cfg.tau, cfg.temperature)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -78,6 +85,15 @@ def post_train(student: TorchCopy, teacher: TorchCopy, projection: MaskProjectio
         mean_loss = total / max(seen, 1)
     student.module.eval()
     return mean_loss
+
+
+def post_batch_sizes(ctx: Any) -> dict[str, int]:
+    """`PostTrainConfig` batch sizes for a search context's model on its device (`--device`):
+    64 training and 512 teacher images, fewer where a batch would not fit (`fit_batch_size`)."""
+    from onnxprune.torchcopy.device import fit_batch_size
+
+    return {"batch_size": fit_batch_size(ctx.analysis, 64, training=True, device=ctx.device),
+            "eval_batch_size": fit_batch_size(ctx.analysis, 512, training=False, device=ctx.device)}
 
 
 def top1(copy: TorchCopy, x: np.ndarray, y: np.ndarray) -> float:

@@ -36,7 +36,8 @@ from onnxprune.search.rl_pruner.masks import Pruner, step_targets
 from onnxprune.search.rl_pruner.policy import (METHOD, ReplayBuffer, ReplayEntry, RLPrunerConfig,
                                                constant_reward_terms, epsilon_at, initial_policy, options,
                                                reward_value, sample_action, update_policy)
-from onnxprune.search.rl_pruner.posttrain import PostTrainConfig, post_train, state_of, top1
+from onnxprune.data import take
+from onnxprune.search.rl_pruner.posttrain import PostTrainConfig, post_batch_sizes, post_train, state_of, top1
 from onnxprune.torchcopy.masked import MaskProjection
 
 _CHECKPOINT_VERSION = 2
@@ -92,7 +93,7 @@ class RLPruner:
             x_val, y_val = ctx.splits.val
             order = np.random.default_rng(ctx.cfg.eval.seed).permutation(len(y_val))
             n = ctx.cfg.eval.images or len(y_val)
-            self.val_subset = (x_val[order[:n]], y_val[order[:n]])
+            self.val_subset = (take(x_val, order[:n]), y_val[order[:n]])  # read a batch at a time when lazy
 
     # --- ratios --------------------------------------------------------------------------------
     def macs_ratio(self, keep: np.ndarray) -> float:
@@ -234,9 +235,10 @@ class RLPruner:
 
         if self.student is not None:
             return
-        self.student = to_torch(self.ctx.analysis, check=False, seed=self.ctx.cfg.seed)
+        device = self.ctx.device  # post-training runs on `--device`
+        self.student = to_torch(self.ctx.analysis, check=False, seed=self.ctx.cfg.seed, device=device)
         self.student.module.to(memory_format=torch.channels_last)
-        self.teacher = to_torch(self.ctx.analysis, check=False, seed=self.ctx.cfg.seed)
+        self.teacher = to_torch(self.ctx.analysis, check=False, seed=self.ctx.cfg.seed, device=device)
         self.original_state = state_of(self.teacher)
         if self.student_state is not None:
             self.student.module.load_state_dict(self.student_state)
@@ -263,7 +265,7 @@ class RLPruner:
         seed = ctx.cfg.seed * 1000 + self.step
         loss = post_train(self.student, self.teacher, self.projection, self.base, x, y,
                           PostTrainConfig(cfg.post_epochs, cfg.post_images, cfg.tau, cfg.temperature, cfg.post_lr,
-                                          seed))
+                                          seed, **post_batch_sizes(ctx)))
         self.student_state = state_of(self.student)
         acc = top1(self.student, x_val, y_val)
         self.counters["direct_evaluations"] += 1

@@ -53,11 +53,11 @@ def embed(encoder: GCNEncoder, graph: ConfigGraph, keeps: np.ndarray, chunk: int
         for i in range(0, len(keeps), chunk):
             x, s = graph.features(keeps[i:i + chunk])
             outs.append(encoder(x, s, graph.a_hat))
-    return torch.cat(outs) if outs else torch.zeros(0, encoder.head[-1].out_features)
+    return torch.cat(outs) if outs else torch.zeros(0, encoder.head[-1].out_features, device=graph.device)
 
 
 def similarity(encoder: GCNEncoder, graph: ConfigGraph, keeps: np.ndarray, reference: np.ndarray) -> np.ndarray:
     """Cosine similarity of each mask's embedding to the embedding of `reference` (the unpruned model)."""
     z = embed(encoder, graph, keeps)
     ref = embed(encoder, graph, reference[None])
-    return F.cosine_similarity(z, ref, dim=1).numpy().astype(np.float64)
+    return F.cosine_similarity(z, ref, dim=1).cpu().numpy().astype(np.float64)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -45,12 +46,24 @@ class ConfigGraph:
     num_units: int
     feature_len: int
 
+    @property
+    def device(self) -> torch.device:
+        return self.a_hat.device
+
+    def to(self, device: torch.device | str) -> ConfigGraph:
+        """This graph with its tensors on `device` (features are then made there too)."""
+        return dataclasses.replace(self, a_hat=self.a_hat.to(device), index=self.index.to(device),
+                                   weight=self.weight.to(device), static=self.static.to(device))
+
     def features(self, keeps: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, V, F) pooled keep vectors and (B, V, S+1) kept fraction + static features."""
-        k = torch.from_numpy(np.ascontiguousarray(keeps, dtype=np.float32))  # (B, U)
-        k = torch.cat([k, torch.zeros(k.shape[0], 1)], dim=1)  # (B, U+1): the padding unit is 0
+        """(B, V, F) pooled keep vectors and (B, V, S+1) kept fraction + static features, on the
+        graph's device."""
+        dev = self.device
+        k = torch.from_numpy(np.ascontiguousarray(keeps, dtype=np.float32)).to(dev)  # (B, U)
+        k = torch.cat([k, torch.zeros(k.shape[0], 1, device=dev)], dim=1)  # (B, U+1): the padding unit is 0
         x = (k[:, self.index] * self.weight).sum(-1)  # (B, V, F)
-        kept = x.sum(-1) * (1.0 / torch.from_numpy(np.minimum(self.channels, self.feature_len)).float())  # (B, V)
+        widths = torch.from_numpy(np.minimum(self.channels, self.feature_len)).float().to(dev)
+        kept = x.sum(-1) * (1.0 / widths)  # (B, V)
         s = torch.cat([kept.unsqueeze(-1), self.static.expand(k.shape[0], -1, -1)], dim=-1)  # (B, V, S+1)
         return x, s
 

@@ -20,19 +20,22 @@ class LightFinetune:
         from onnxprune.torchcopy.masked import MaskProjection
 
         self.ctx, self.cfg = ctx, cfg
-        self.student = to_torch(ctx.analysis, check=False, seed=ctx.cfg.seed)
-        self.teacher = to_torch(ctx.analysis, check=False, seed=ctx.cfg.seed)
+        from onnxprune.data import take
+
+        self.student = to_torch(ctx.analysis, check=False, seed=ctx.cfg.seed, device=ctx.device)
+        self.teacher = to_torch(ctx.analysis, check=False, seed=ctx.cfg.seed, device=ctx.device)
         self.original = state_of(self.student)
         self.projection = MaskProjection(self.student, ctx.analysis)
         x_val, y_val = ctx.splits.val
         order = np.random.default_rng(ctx.cfg.eval.seed).permutation(len(y_val))[:ctx.cfg.eval.images or len(y_val)]
-        self.val = (x_val[order], y_val[order])
+        self.val = (take(x_val, order), y_val[order])  # read a batch at a time when lazy
 
     def __call__(self, keep: np.ndarray) -> float:
-        from onnxprune.search.rl_pruner.posttrain import PostTrainConfig, post_train, top1
+        from onnxprune.search.rl_pruner.posttrain import PostTrainConfig, post_batch_sizes, post_train, top1
 
         self.student.module.load_state_dict(self.original)
         x, y = self.ctx.splits.train
         post_train(self.student, self.teacher, self.projection, keep, x, y,
-                   PostTrainConfig(1, self.cfg.light_images, 0.75, 4.0, self.cfg.light_lr, self.ctx.cfg.seed))
+                   PostTrainConfig(1, self.cfg.light_images, 0.75, 4.0, self.cfg.light_lr, self.ctx.cfg.seed,
+                                   **post_batch_sizes(self.ctx)))
         return top1(self.student, *self.val)

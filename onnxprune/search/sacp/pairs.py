@@ -35,7 +35,7 @@ def ranked_info_nce(anchor: torch.Tensor, z: torch.Tensor, proxy: torch.Tensor, 
         return c.sum() * 0.0
     neg = torch.where(worse, c[None, :].expand_as(worse), torch.full_like(worse, float("-inf"), dtype=c.dtype))
     logits = torch.cat([c[:, None], neg], dim=1)[has]  # (B', 1+B)
-    return F.cross_entropy(logits, torch.zeros(logits.shape[0], dtype=torch.long))
+    return F.cross_entropy(logits, torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device))
 
 
 def batch_info_nce(anchor: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -45,7 +45,7 @@ def batch_info_nce(anchor: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, t
     sp = (F.normalize(pos, dim=-1) @ a) / temperature  # (B,)
     sn = (F.normalize(neg, dim=-1) @ a) / temperature  # (N,)
     logits = torch.cat([sp[:, None], sn[None, :].expand(sp.shape[0], -1)], dim=1)  # (B, 1+N)
-    return F.cross_entropy(logits, torch.zeros(sp.shape[0], dtype=torch.long))
+    return F.cross_entropy(logits, torch.zeros(sp.shape[0], dtype=torch.long, device=logits.device))
 
 
 def train_ranked(encoder: nn.Module, features: Callable[[np.ndarray], tuple[torch.Tensor, torch.Tensor]],
@@ -59,7 +59,7 @@ def train_ranked(encoder: nn.Module, features: Callable[[np.ndarray], tuple[torc
     opt = torch.optim.Adam(encoder.parameters(), lr=lr)
     steps = epochs * -(-n // batch_size)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(steps, 1))
-    scores = torch.as_tensor(np.asarray(proxy, dtype=np.float32))
+    scores = torch.as_tensor(np.asarray(proxy, dtype=np.float32), device=a_hat.device)
     losses: list[float] = []
     for epoch in range(epochs):
         encoder.train()

@@ -58,7 +58,8 @@ def recalibrated_model(ctx: SearchContext, keep: np.ndarray) -> tuple[Any, float
 
     ev = ctx.cfg.eval
     model, _ = recalibrate_batchnorm(_materialize(ctx, keep), ctx.splits.train[0], batches=ev.bn_batches,
-                                     batch_size=ev.bn_batch_size, seed=ctx.cfg.seed, original=ctx.analysis, keep=keep)
+                                     batch_size=ev.bn_batch_size, seed=ctx.cfg.seed, original=ctx.analysis, keep=keep,
+                                     device=ctx.device)
     if ctx.score_model is None:
         raise ValueError(f"{METHOD}: the search context has no score_model (the API passes one)")
     return model, ctx.score_model(model)
@@ -80,6 +81,7 @@ def _train_on_proxy(ctx: SearchContext, graph: ConfigGraph, tables: UnitTables, 
                        proxy_std=float(proxy.std()), proxy_max=float(proxy.max()), proxy_min=float(proxy.min()))
     torch.manual_seed(ctx.cfg.seed)
     encoder = GCNEncoder(len(graph.nodes), graph.feature_len, cfg.hidden, cfg.layers, cfg.proj, cfg.node_weights)
+    encoder.to(ctx.device)  # initialised on the CPU: a seed gives the same weights on any device
     ctx.say(f"{METHOD}: training the GCN encoder on them ({len(graph.nodes)} nodes)")
     losses = train_ranked(encoder, graph.features, graph.a_hat, keeps, proxy, full, epochs=cfg.epochs, lr=cfg.lr,
                           batch_size=cfg.batch_size, temperature=cfg.temperature, margin=cfg.margin, rng=ctx.rng,
@@ -92,7 +94,7 @@ def run(ctx: SearchContext) -> SearchResult:
     top m cheaply and the top k fully; return the best (fine-tuned model when `k_finetune_epochs`)."""
     cfg = sacp_options(dict(ctx.cfg.options))
     analysis, l1 = ctx.analysis, ctx.scores[L1.name]
-    graph = build_graph(analysis, cfg.feature_len)
+    graph = build_graph(analysis, cfg.feature_len).to(ctx.device)  # the encoder runs on `--device`
     tables = UnitTables.build(analysis, l1, cfg.min_rate)
     full = analysis.full_keep()
     state = ctx.checkpoint.load() or {}
@@ -108,7 +110,8 @@ def run(ctx: SearchContext) -> SearchResult:
     fields = {"stage": "", "loss": "loss", "best": "best top-1"}
     with progress_bar(METHOD, total, ctx.cfg.progress, fields=fields) as update:
         # 1. contrastive training
-        encoder = GCNEncoder(len(graph.nodes), graph.feature_len, cfg.hidden, cfg.layers, cfg.proj, cfg.node_weights)
+        encoder = GCNEncoder(len(graph.nodes), graph.feature_len, cfg.hidden, cfg.layers, cfg.proj,
+                             cfg.node_weights).to(ctx.device)
         if "encoder" in state:
             encoder.load_state_dict(state["encoder"])
             encoder.eval()
@@ -123,7 +126,7 @@ def run(ctx: SearchContext) -> SearchResult:
                 encoder, losses = _train_on_proxy(ctx, graph, tables, full, cfg, on_epoch)
             else:
                 ctx.say(f"{METHOD}: training the GCN encoder on {cfg.configs} configurations ({len(graph.nodes)} nodes)")
-                encoder, losses = train_encoder(graph, tables, full, cfg, ctx.rng, ctx.cfg.seed, on_epoch)
+                encoder, losses = train_encoder(graph, tables, full, cfg, ctx.rng, ctx.cfg.seed, on_epoch, ctx.device)
             save(encoder={k: v.clone() for k, v in encoder.state_dict().items()}, losses=losses)
 
         # 2. candidates ranked by similarity to the unpruned model
@@ -211,9 +214,14 @@ def run(ctx: SearchContext) -> SearchResult:
 
                 start_model = (recalibrated_model(ctx, keep)[0] if cfg.recalibrate_output
                                else _materialize(ctx, keep))
+                from onnxprune.torchcopy.device import fit_batch_size
+
+                dev = ctx.device
                 tuned = finetune(start_model, ctx.copy, ctx.splits, FinetuneConfig(
                     epochs=cfg.k_finetune_epochs, max_train=cfg.k_finetune_images or None, seed=ctx.cfg.seed,
-                    progress=False, threads=torch.get_num_threads()))
+                    progress=False, threads=torch.get_num_threads(), device=str(dev),
+                    batch_size=fit_batch_size(ctx.analysis, 64, training=True, device=dev),
+                    eval_batch_size=fit_batch_size(ctx.analysis, 512, training=False, device=dev)))
                 entry = {"val_top1": tuned.best_val_top1, "masked_val_top1": acc,
                          "model": tuned.model.SerializeToString()}
             finals[i] = entry

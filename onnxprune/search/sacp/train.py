@@ -29,20 +29,24 @@ def info_nce(anchor: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, tempera
     sp = (F.normalize(pos, dim=-1) @ a) / temperature  # (B,)
     sn = (F.normalize(neg, dim=-1) @ a) / temperature  # (B, K)
     logits = torch.cat([sp.unsqueeze(1), sn], dim=1)  # (B, 1+K)
-    return F.cross_entropy(logits, torch.zeros(pos.shape[0], dtype=torch.long))
+    return F.cross_entropy(logits, torch.zeros(pos.shape[0], dtype=torch.long, device=logits.device))
 
 
 def train_encoder(graph: ConfigGraph, tables: UnitTables, reference: np.ndarray, cfg: SacpConfig,
                   rng: np.random.Generator, seed: int,
-                  on_epoch: Callable[[int, float], None] | None = None) -> tuple[GCNEncoder, list[float]]:
+                  on_epoch: Callable[[int, float], None] | None = None,
+                  device: torch.device | str | None = None) -> tuple[GCNEncoder, list[float]]:
     """Train the encoder contrastively on `cfg.configs` random configurations.
 
     Each configuration gives an L1 mask (positive) and a random mask at the same per-group
     counts (negative); `reference` (the unpruned model's mask) is the anchor. Returns the encoder
-    and the mean loss per epoch.
+    and the mean loss per epoch. The encoder is initialised on the CPU (a seed gives the same
+    weights on any device) and trained on `device` (None: the graph's; `ConfigGraph.to` puts the
+    graph there).
     """
     torch.manual_seed(seed)
     encoder = GCNEncoder(len(graph.nodes), graph.feature_len, cfg.hidden, cfg.layers, cfg.proj, cfg.node_weights)
+    encoder.to(graph.device if device is None else device)
     counts = tables.counts(sample_rates(rng, cfg.configs, tables.units.size, cfg.min_rate))  # (N, G)
     k = cfg.negatives
     positives = np.packbits(tables.l1_keep(counts), axis=1)  # (N, U/8)
