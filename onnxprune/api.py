@@ -53,7 +53,7 @@ class PruneConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: bool = False  # float16 autocast when fine-tuning on CUDA
     calib_images: int = 512  # Taylor scores and BatchNorm re-estimation
-    data_workers: int | None = None  # decoding processes (None: 2 for image folders, else 0)
+    data_workers: int | None = None  # decoding processes (None: 2 for image folders on CUDA, else 0)
     evaluator: str = "local"  # local | ray
     ray_address: str | None = None  # a Ray cluster (None: a local Ray instance)
     checkpoint: str | None = None

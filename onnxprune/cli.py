@@ -68,7 +68,8 @@ def _torch_options(parser: argparse.ArgumentParser, calib: bool = True) -> None:
         g.add_argument("--calib-images", type=int, default=512, metavar="N",
                        help="training images for Taylor scores and BatchNorm statistics (default: 512)")
     g.add_argument("--data-workers", type=int, default=None, metavar="N",
-                   help="processes decoding images (default: 2 for folder:DIR, 0 for in-memory data)")
+                   help="processes decoding images (default: 2 for folder:DIR on a GPU; 0 on the CPU, "
+                        "where the model needs the cores, and for in-memory data)")
 
 
 def _option(text: str) -> tuple[str, str]:

@@ -226,7 +226,8 @@ def finetune(model: ModelArg, teacher: ModelArg, data: str, output: PathArg | No
         calib_images: training images for the statistics of re-inserted BatchNorm layers.
         device: where PyTorch trains: "auto" (the GPU when torch sees one), "cpu", "cuda", "cuda:N".
         amp: float16 mixed precision (CUDA only).
-        data_workers: image-decoding processes (None: 2 for folder:DIR, 0 for in-memory data).
+        data_workers: image-decoding processes (None: 2 for folder:DIR on a GPU; 0 on the CPU and for
+            in-memory data).
         seed: seed of data order, subsets and initialization.
         input_shapes: static shapes for inputs with dynamic dimensions.
         layout, resize, mean, std: preprocessing (defaults follow the model's input shape).
