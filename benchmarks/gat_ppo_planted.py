@@ -56,7 +56,9 @@ def main() -> None:
     rows = []
     for name, options in VARIANTS.items():
         for seed in args.seeds:
-            cfg = SearchConfig(budget=Budget("macs", 0.5), seed=seed, progress=False,
+            # exact widths, as the planted test: candidates follow --round-to since issue 14's rounding
+            # change, and auto would merge most of the 9 levels of these 16-64-channel groups
+            cfg = SearchConfig(budget=Budget("macs", 0.5), seed=seed, progress=False, round_to=1,
                                options={**PLANTED, "prior": args.prior, **options})
             ev = PlantedEvaluator(analysis)
             ctx = SearchContext("gat-ppo", analysis, ev, BudgetMeter(analysis, cfg.budget), {"l1": l1, "taylor": l1}, cfg)
