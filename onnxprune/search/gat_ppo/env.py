@@ -10,12 +10,15 @@ Two action spaces (`ActionSpace`):
 - `levels` (default): one keep ratio per group out of `fractions` (e.g. 0.2, 0.3 ... 1.0),
   a categorical choice. The channels kept in a group are the most important ones.
   Projection: all decided ratios are multiplied by one factor `s` (bisection) so that the
-  candidate keeps as much as the budget allows, kept counts rounded up to `round_to` and at
-  least `min_keep` of each group; the policy thus decides how the budget is shared.
+  candidate keeps as much as the budget allows, kept counts rounded up to the group's
+  `--round-to` multiple and at least `min_keep` of each group; under rounding the budget the
+  blocks leave is then filled (`rounding.fill_to_budget`). The policy decides how the budget
+  is shared.
 - `blocks` (the seed, arXiv 2509.10526): each group's units sorted by importance and cut into
   blocks; one Bernoulli keep/drop per block. Projection: the least important kept units are
   removed while over budget (`make_feasible`), the most important removed ones added back while
-  under it (`fill_budget`); the chosen channels are kept otherwise.
+  under it (`fill_budget`; under rounding `rounding.fit_rounded` at the multiples); the chosen
+  channels are kept otherwise.
 
 Every projected candidate meets the budget; with `project=False` (ablation) a blocks
 candidate is left as sampled and may be over budget.
@@ -89,9 +92,8 @@ class Projector:
         to the groups furthest below their share `clip(factor * ratios)` at the smallest
         over-budget factor, and where no block fits, a group above its share gives units to one
         below it (`fill_to_budget`; the decided proportions kept as far as blocks allow). At
-        exact widths the factor alone decides (measured on the planted problem: filling there
-        too blurred what the policy's choices cost, and PPO found the optimum on 1 of 3 seeds
-        instead of 3 of 3).
+        exact widths the factor alone decides (on the planted problem, filling there too
+        blurred what the policy's choices cost: PPO kept the costly group whole less often).
 
         Raises `UnsupportedModelError` when even the smallest allowed model is over budget.
         """
