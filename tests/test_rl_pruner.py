@@ -82,6 +82,8 @@ def test_options_presets_and_aliases() -> None:
     assert (paper.noise, paper.lam, paper.gamma, paper.horizon, paper.lookahead, paper.samples, paper.stages,
             paper.delta, paper.epsilon, paper.calibration, paper.tau) == (0.04, 0.1, 0.9, 2, 10, 10, 10, 0.2, 0.4,
                                                                           100, 0.75)
+    # the CPU default noise is the paper's variance (the ablation in docs/rl_pruner.md kept no other)
+    assert options({}).noise == paper.noise == 0.04 and options({}).horizon == paper.horizon == 2
     assert options({"preset": "paper", "samples": "4"}).samples == 4  # explicit options override
     assert options({"episodes": 5}).stages == 5  # CLI --episodes
     assert set(PRESETS) == {"cpu", "paper"}
