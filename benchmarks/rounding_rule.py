@@ -2,14 +2,16 @@
 compared on the models the defaults are judged by.
 
     /work/wt/cpuq python -m benchmarks.rounding_rule \
-        [--models mobilenet_v2 resnet20] [--rules 1 8/32 8/16 8/8 16/32 16/16] [--batch 1]
+        [--models mobilenet_v2 resnet20] [--rules 1 8/32 8/16 16/16 auto] [--batch 1]
         [--runs 50] [--rounds 7] [--threads 0] [--note TEXT] [--json OUT]
 
 A rule `M/T` rounds the kept width of every group of at least `T` channels to a multiple of `M`
-channels (what `RUNTIME_WIDTHS["cpu"]` holds; the current default is one of them); rule `1`
-keeps any width. Each rule prunes the model with the same settings (`--target-flops 0.5`,
+channels; `M/T+M2/T2` adds a tier (multiple `M2` from `T2` channels on); `auto` is the current
+`RUNTIME_WIDTHS["cpu"]`; rule `1` keeps any width. Each rule prunes the model with the same
+settings (`--target-flops 0.5`,
 `--method l1` uniform for the torchvision models; for `resnet20`, the shipped demo model, also
-the demo's Taylor + global ranking on Fashion-MNIST, labelled `resnet20-demo`), every file is
+the demo's Taylor + global ranking on Fashion-MNIST, labelled `resnet20-demo`, whose pruned
+files' test top-1 before fine-tuning is recorded on 2,000 test images), every file is
 verified, and the original and all pruned files are then timed alternately (CPU provider, all
 graph optimizations, `--threads` intra-op threads, 0 = onnxruntime's default), `--rounds`
 times, each round the median of `--runs` runs after warm-up; a model's latency is the minimum
@@ -36,22 +38,32 @@ from onnxprune.schema import machine, stamped
 from onnxprune.search import rounding
 
 RESULTS = Path(__file__).resolve().parent / "results"
+EVAL_IMAGES = 2000  # test images (seeded subset) for the accuracy of rows with data
 TORCHVISION = ("mobilenet_v2", "resnet50", "resnet18", "mobilenet_v3_large", "efficientnet_b0")
 
 
-def parse_rule(text: str) -> tuple[int, int]:
-    """`"1"` -> (1, 0); `"8/32"` -> (8, 32): multiple of 8 for groups of 32+ channels."""
+Tiers = tuple[tuple[int, int], ...]  # (min_channels, multiple)
+
+
+def parse_rule(text: str) -> Tiers:
+    """`"1"` -> (); `"8/32"` -> ((32, 8),): multiple of 8 for groups of 32+ channels;
+    `"8/16+16/32"` -> ((16, 8), (32, 16)); `"auto"`: the current CPU rule."""
     if text == "1":
-        return 1, 0
-    m, _, t = text.partition("/")
-    return int(m), int(t or m)
+        return ()
+    if text == "auto":
+        return rounding.RUNTIME_WIDTHS["cpu"].tiers
+    tiers = []
+    for part in text.split("+"):
+        m, _, t = part.partition("/")
+        tiers.append((int(t or m), int(m)))
+    return tuple(sorted(tiers))
 
 
 @contextlib.contextmanager
-def cpu_rule(multiple: int, min_channels: int) -> Iterator[str]:
+def cpu_rule(tiers: Tiers) -> Iterator[str]:
     """A temporary runtime entry holding the rule (removed afterwards); yields its name."""
-    name = f"bench-{multiple}-{min_channels}"
-    rounding.RUNTIME_WIDTHS[name] = rounding.RuntimeWidth(multiple, min_channels, "benchmark rule")
+    name = "bench-" + "-".join(f"{m}@{t}" for t, m in tiers)
+    rounding.RUNTIME_WIDTHS[name] = rounding.RuntimeWidth(tiers, "benchmark rule")
     try:
         yield name
     finally:
@@ -72,28 +84,32 @@ def settings_for(model: str) -> list[tuple[str, Path, dict[str, Any]]]:
     raise SystemExit(f"unknown model {model!r} (torchvision names or resnet20)")
 
 
-def prune_with(path: Path, out: Path, rule: tuple[int, int], target: float, extra: dict[str, Any]) -> dict[str, Any]:
-    multiple, threshold = rule
+def prune_with(path: Path, out: Path, rule: Tiers, target: float, extra: dict[str, Any]) -> dict[str, Any]:
     t0 = time.perf_counter()
-    if multiple == 1:
+    if not rule:
         result = onnxprune.prune(path, out, target_flops=target, round_to=1, **extra)
     else:
-        with cpu_rule(multiple, threshold) as runtime:
+        with cpu_rule(rule) as runtime:
             result = onnxprune.prune(path, out, target_flops=target, runtime=runtime, **extra)
     report = result.report()
+    top1 = None
+    if extra.get("data"):  # how much the rule costs in accuracy, before any fine-tuning
+        top1 = round(onnxprune.evaluate(out, str(extra["data"]), images=EVAL_IMAGES).top1, 4)
     widths = [[g["channels"], len(g["kept"])] for g in report["groups"] if g["prunable"]]
     m0, m1 = result.macs
     return {"prune_seconds": round(time.perf_counter() - t0, 2), "macs_kept": round(m1 / m0, 4),
             "params": list(result.params), "widths": widths,
             "odd_widths": sorted({k for n, k in widths if k != n and k % 8}),
+            "test_top1_before_finetune": top1,
             "max_abs_diff": result.verified.max_abs_diff if result.verified else None}
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="+", default=["mobilenet_v2", "resnet20"])
-    ap.add_argument("--rules", nargs="+", default=["1", "8/32", "8/16", "8/8", "16/32", "16/16"],
-                    help="M/T: multiple M for groups of T+ channels; 1: no rounding")
+    ap.add_argument("--rules", nargs="+", default=["1", "8/32", "8/16", "16/16", "auto"],
+                    help="M/T[+M2/T2]: multiple M for groups of T+ channels (M2 from T2 on); auto: the "
+                         "current CPU rule; 1: no rounding")
     ap.add_argument("--target", type=float, default=0.5)
     ap.add_argument("--batch", nargs="+", type=int, default=[1])
     ap.add_argument("--runs", type=int, default=50)
@@ -111,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
                 variants: dict[str, Path] = {"original": path}
                 pruned: dict[str, dict[str, Any]] = {}
                 for rule_name, rule in rules.items():
-                    out = Path(tmp) / f"{label}-{rule_name.replace('/', '_')}.onnx"
+                    out = Path(tmp) / f"{label}-{rule_name.replace('/', '_').replace('+', '-')}.onnx"
                     pruned[rule_name] = prune_with(path, out, rule, args.target, extra)
                     variants[rule_name] = out
                 times: dict[str, dict[int, list[float]]] = {k: {b: [] for b in args.batch} for k in variants}
@@ -136,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
                                 "runs": args.runs, "rounds": args.rounds,
                                 "statistic": "min over rounds of the per-round median",
                                 "order": "original and every rule's pruned model alternately in every round",
-                                "rules": {r: {"multiple": m, "min_channels": t} for r, (m, t) in rules.items()}},
+                                "rules": {r: [{"min_channels": t, "multiple": m} for t, m in tiers]
+                                          for r, tiers in rules.items()}},
                    "onnxruntime": ort.__version__, "machine": machine(), "note": args.note, "rows": rows})
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(doc, indent=1) + "\n")

@@ -206,8 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "same fraction from every group")
     pr.add_argument("--round-to", type=_round_to, default="auto", metavar="auto|K",
                     help="kept widths are multiples of K (1: any width). auto (default): per group, the multiple "
-                         "that suits --runtime (8 for groups of 32+ channels on CPU, 16+ on CUDA/TensorRT); "
-                         "odd widths can make a pruned model slower than the original")
+                         "that suits --runtime (cpu: 8 for groups of 16+ channels, 16 for 32+; cuda/tensorrt: "
+                         "8 for groups of 16+ channels); odd widths can make a pruned model slower than the "
+                         "original")
     pr.add_argument("--runtime", choices=["cpu", "cuda", "tensorrt"], default="cpu",
                     help="what the pruned model will run on; picks the --round-to auto widths (default: cpu)")
     pr.add_argument("--exclude", nargs="+", default=[], metavar="NODE",

@@ -37,7 +37,7 @@ def test_auto_multiples_follow_the_runtime() -> None:
     cpu = width_multiples(wide, "auto", "cpu")
     rule = RUNTIME_WIDTHS["cpu"]
     for g in wide.prunable():
-        assert cpu[g.id] == (rule.multiple if g.channels >= rule.min_channels else 1)
+        assert cpu[g.id] == rule.channel_multiple(g.channels)  # one channel per unit here
     assert width_multiples(wide, 16, "cpu") == {g.id: 16 for g in wide.prunable()}
     assert set(width_multiples(wide, 1, "cpu").values()) == {1}
 
@@ -140,3 +140,19 @@ def test_search_result_is_rounded() -> None:
     off = SearchContext("test", analysis, NoEval(), BudgetMeter(analysis, budget),
                         {"l1": scores}, SearchConfig(budget=budget, progress=False, round_to=1))
     assert off.finish(ragged).keep.tolist() == ragged.tolist()
+
+
+def test_cli_help_states_the_auto_rule() -> None:
+    """`prune --help` describes the rule `RUNTIME_WIDTHS` holds (one source; the help must follow)."""
+    import argparse
+
+    from onnxprune.cli import build_parser
+
+    root = build_parser()
+    sub = next(a for a in root._actions if isinstance(a, argparse._SubParsersAction))
+    action = next(a for a in sub.choices["prune"]._actions if "--round-to" in a.option_strings)
+    text = " ".join(action.help.split())
+    assert f"cpu: {RUNTIME_WIDTHS['cpu'].describe()}" in text
+    assert RUNTIME_WIDTHS["cuda"].tiers == RUNTIME_WIDTHS["tensorrt"].tiers
+    assert f"cuda/tensorrt: {RUNTIME_WIDTHS['cuda'].describe()}" in text
+    assert RUNTIME_WIDTHS["cpu"].channel_multiple(15) == 1

@@ -31,17 +31,32 @@ from onnxprune.search.budget import BudgetMeter, make_feasible
 
 @dataclass(frozen=True)
 class RuntimeWidth:
-    """Width multiple for the groups of a runtime with at least `min_channels` channels."""
+    """Width multiples of a runtime: `tiers` holds `(min_channels, multiple)` pairs; a group
+    takes the multiple of the widest tier it reaches (groups below every tier: any width)."""
 
-    multiple: int
-    min_channels: int
+    tiers: tuple[tuple[int, int], ...]
     why: str
+
+    def channel_multiple(self, channels: int) -> int:
+        """The channel multiple for a group of `channels` channels (1: any width)."""
+        multiple = 1
+        for min_channels, m in sorted(self.tiers):
+            if channels >= min_channels:
+                multiple = m
+        return multiple
+
+    def describe(self) -> str:
+        """The tiers in words, e.g. "8 for groups of 16+ channels, 16 for 32+"."""
+        parts = [f"{m} for groups of {t}+ channels" if i == 0 else f"{m} for {t}+"
+                 for i, (t, m) in enumerate(sorted(self.tiers))]
+        return ", ".join(parts)
 
 
 RUNTIME_WIDTHS: dict[str, RuntimeWidth] = {
-    "cpu": RuntimeWidth(8, 32, "onnxruntime CPU (MLAS NCHWc blocks of 8/16 channels; 8 measured as fast as 16)"),
-    "cuda": RuntimeWidth(8, 16, "CUDA tensor cores (fp16 channel counts multiple of 8)"),
-    "tensorrt": RuntimeWidth(8, 16, "TensorRT tensor cores (fp16 channel counts multiple of 8)"),
+    "cpu": RuntimeWidth(((16, 8), (32, 16)), "onnxruntime CPU: MLAS computes convolutions in NCHWc blocks of 8 "
+                        "(AVX2) or 16 (AVX-512) channels; see docs/latency.md for the measurement behind the tiers"),
+    "cuda": RuntimeWidth(((16, 8),), "CUDA tensor cores (fp16 channel counts multiple of 8)"),
+    "tensorrt": RuntimeWidth(((16, 8),), "TensorRT tensor cores (fp16 channel counts multiple of 8)"),
 }
 
 RoundTo = int | str  # an int >= 1, or "auto"
@@ -82,10 +97,10 @@ def unit_multiple(group: ChannelGroup, channel_multiple: int) -> int:
 def group_multiple(group: ChannelGroup, round_to: RoundTo, runtime: str = "cpu") -> int:
     """The unit multiple `group` is pruned to (1: any width)."""
     if round_to == "auto":
-        rule = RUNTIME_WIDTHS[check_runtime(runtime)]
-        if group.channels < rule.min_channels:
+        channel_multiple = RUNTIME_WIDTHS[check_runtime(runtime)].channel_multiple(group.channels)
+        if channel_multiple == 1:
             return 1
-        m = unit_multiple(group, rule.multiple)
+        m = unit_multiple(group, channel_multiple)
     else:
         m = unit_multiple(group, int(round_to))
     return m if group.units >= m else 1
