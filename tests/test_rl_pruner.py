@@ -243,7 +243,10 @@ def test_latency_budget_plans_with_macs_and_meets_the_measurement(tiny) -> None:
         measured.append(1)
         return 1e-3 * (0.3 + 0.7 * analysis.cost.macs(keep) / analysis.macs)
 
-    cfg = SearchConfig(budget=Budget("latency", 0.7), progress=False, options={**FAST, "post_epochs": 0})
+    # exact widths, as in `_search`: a latency budget is not refilled after rounding (each try
+    # would be a measurement), and this test checks where PD lands, not the width rule
+    cfg = SearchConfig(budget=Budget("latency", 0.7), progress=False, options={**FAST, "post_epochs": 0},
+                       round_to=1)
     meter = BudgetMeter(analysis, cfg.budget, latency_fn=fake_latency)
     copy = to_torch(analysis)
     scores = {"l1": weight_scores(analysis, "l1"), "taylor": taylor_scores(copy, analysis, *splits.train)}

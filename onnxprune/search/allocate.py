@@ -140,7 +140,7 @@ def allocate(analysis: Analysis, scores: np.ndarray, cfg: AllocationConfig) -> n
             break
     if analysis.cost.macs(best) < target - 0.002 * full:
         # Rounding makes the MACs jump as the sparsity moves (every 32-channel group goes from
-        # 32 to 24 at once): give the budget the bisection left unused back, one block at a time.
+        # 32 to 16 at once): give the budget the bisection left unused back, one block at a time.
         best = fill_rounded(analysis, best, scores, multiples, lambda k: analysis.cost.macs(k), target,
                             prefer="score" if cfg.global_ranking else "uniform", tolerance=0.002 * full)
     return best
