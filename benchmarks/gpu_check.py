@@ -1,6 +1,7 @@
 """GPU check of the PyTorch side: Taylor scores, masked evaluation (with BatchNorm re-estimation),
 BatchNorm re-estimation written back to ONNX, and a short fine-tune (float32, then AMP with
-channels-last), each run on the CPU and on CUDA and compared within tolerance.
+channels-last), each run on the CPU and on CUDA and compared within tolerance; then every search
+method run end to end with `--device` on CUDA (tiny settings).
 
 One self-contained command (no dataset, no download; the model is a CIFAR-style ResNet-20 from
 `models/` trained for a few seconds on synthetic class-dependent images, exported with BatchNorm):
@@ -223,12 +224,54 @@ def run(out: Path, device_name: str, dry_run_cpu: bool = False) -> int:
         report.check("BatchNorm re-estimation written back to ONNX (cpu vs cuda)", bn_recalibration)
         report.check("fine-tune float32, write-back verified (cpu vs cuda)", fine_tune(amp=False))
         report.check("fine-tune AMP float16 + channels-last (cpu vs cuda)", fine_tune(amp=True))
+        report.check("search methods on cuda: gat-ppo policy, sacp encoder + fine-tunes, rl-pruner post-training",
+                     lambda: search_methods(analysis, splits, str(gpu)))
 
     passed = all(c["passed"] for c in report.checks)
     summary = f"{sum(c['passed'] for c in report.checks)}/{len(report.checks)} checks passed"
     print(f"\n{'PASS' if passed else 'FAIL'}: {summary} on {meta['device']} (torch {meta['torch']})")
     _write(out, {"passed": passed, "summary": summary, **meta, "checks": report.checks})
     return 0 if passed else 1
+
+
+#: tiny settings of each search method (seconds on a GPU machine)
+SEARCH_OPTIONS: dict[str, dict[str, Any]] = {
+    "gat-ppo": {"episodes": 8, "batch": 4, "gat_backend": "torch", "pretrain_steps": 5, "final_top": 1},
+    "sacp": {"configs": 40, "candidates": 40, "top_m": 2, "top_k": 1, "epochs": 2, "probe": 1, "eval_batch": 2,
+             "proxy_configs": 12, "proxy_images": 32, "light_images": 64, "k_finetune_epochs": 1,
+             "k_finetune_images": 64},
+    "rl-pruner": {"steps": 1, "stages": 1, "samples": 2, "post_images": 64, "calibration": 32},
+}
+
+
+def search_methods(analysis: Any, splits: Any, device: str) -> dict[str, Any]:
+    """Each search method run end to end with `--device` on the CPU and on `device` (tiny
+    settings): the CUDA run must finish within the budget; its masks and accuracies are recorded
+    next to the CPU run's (floating-point differences may change a sampled action, so they are
+    reported, not required to match)."""
+    from onnxprune.api import search_callables
+    from onnxprune.search import Budget, EvalConfig, SearchConfig, run_search
+    from onnxprune.search.budget import BudgetMeter
+    from onnxprune.torchcopy import to_torch
+
+    out: dict[str, Any] = {"passed": True}
+    budget = Budget("macs", 0.5)
+    meter = BudgetMeter(analysis, budget)
+    for method, options in SEARCH_OPTIONS.items():
+        row: dict[str, Any] = {}
+        for dev in ("cpu", device):
+            cfg = SearchConfig(budget=budget, seed=0, progress=False, round_to=1, options=options,
+                               eval=EvalConfig(images=100, bn_batches=1, bn_batch_size=64, device=dev))
+            t0 = time.perf_counter()
+            res = run_search(method, analysis, to_torch(analysis, device=dev), splits, cfg,
+                             **search_callables(analysis, splits))
+            row[dev] = {"val_top1": res.val_top1, "feasible": bool(meter.feasible(res.keep)),
+                        "seconds": round(time.perf_counter() - t0, 2), "keep": res.keep}
+        row["same_mask"] = bool((row["cpu"].pop("keep") == row[device].pop("keep")).all())
+        row["passed"] = row[device]["feasible"]
+        out["passed"] = out["passed"] and row["passed"]
+        out[method] = row
+    return out
 
 
 def onnx_load(path: Path) -> Any:
