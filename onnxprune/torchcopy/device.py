@@ -24,8 +24,8 @@ from onnxprune.errors import InputError, option
 DEVICE_CHOICES = "auto, cpu, cuda or cuda:N"
 # Activation memory a batch may take on the CPU (bytes): training keeps every activation for the
 # backward pass; inference frees them layer by layer. On GPU the device's own memory bounds it
-# instead. Measured on MobileNetV2 / ResNet-50 at 224x224 (benchmarks/results/scale_memory.json):
-# the process itself (torch, onnxruntime, the models) takes 0.7-1.5 GiB besides.
+# instead. The process itself (torch, onnxruntime, the models) needs memory besides; the peaks
+# these budgets give on MobileNetV2 / ResNet-50 at 224x224 are in benchmarks/results/scale_memory.json.
 TRAIN_BUDGET = 768 << 20
 INFER_BUDGET = 256 << 20
 # Training: each activation is kept, plus its gradient and the BatchNorm output where one is
