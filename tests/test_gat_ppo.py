@@ -9,6 +9,7 @@ they skip.
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Any, Sequence
 from unittest import mock
@@ -165,26 +166,43 @@ def test_projection_is_exact_and_keeps_the_most_important_channels(tiny) -> None
             assert scores[local].min() >= np.sort(scores)[::-1][k - 1]  # the k most important
 
 
+@pytest.mark.parametrize("rule", ["auto", "1-8-8-8"])
 @pytest.mark.parametrize("target", [0.25, 0.5, 0.7])
-def test_projection_under_runtime_multiples_lands_on_the_budget(tiny, target: float) -> None:
-    """`--round-to auto` widths (stem 16 in steps of 1, the 32- and 64-unit groups in steps of 8):
-    every projected candidate keeps multiples and lands within the rounding's 2% under the
-    budget (these tries: within 1%), also where blocks alone cannot get there (a coarse group grows while a fine one gives
-    units back; these ratios used to land at 0.43 for a 0.5 target)."""
+def test_projection_under_runtime_multiples_lands_on_the_budget(tiny, target: float, rule: str) -> None:
+    """Runtime widths (today's `--round-to auto` on the CPU, and the earlier rule: stem 16 in steps
+    of 1, the 32- and 64-unit groups in steps of 8): every projected candidate keeps multiples and
+    lands within the rounding's 2% under the budget, also where blocks alone cannot get there (a
+    coarse group grows while a fine one gives units back; under the earlier rule these ratios used
+    to land at 0.43 for a 0.5 target)."""
     _, analysis = tiny
     l1 = weight_scores(analysis, "l1")
     state = build_state_graph(analysis, l1, l1)
-    multiples = width_multiples(analysis, "auto")
-    assert [multiples[g] for g in state.group_ids] == [1, 8, 8, 8]
+    if rule == "auto":
+        multiples = width_multiples(analysis, "auto")
+    else:
+        multiples = dict(zip(state.group_ids, map(int, rule.split("-"))))
     meter = _meter(analysis, target)
     proj = Projector(analysis, meter, state, l1, [multiples[g] for g in state.group_ids])
     rng = np.random.default_rng(0)
     tries = [np.array([0.9, 0.3, 0.7, 0.8]), np.array([1.0, 0.2, 0.7, 0.7])] + \
         [rng.choice(np.linspace(0.2, 1.0, 9), 4) for _ in range(60)]
+    # the widest rounded allocation within budget (every combination of widths: 32 or 64 here);
+    # under today's coarser rule nothing lies within 2% under 0.7 (the best is 0.674)
+    groups = analysis.prunable()
+    reachable = 0.0
+    for counts in itertools.product(*[sorted({*range(multiples[g.id], g.units + 1, multiples[g.id]), g.units})
+                                      for g in groups]):
+        keep = analysis.full_keep().copy()
+        for g, k in zip(groups, counts):
+            keep[g.unit_slice] = False
+            keep[g.unit_start:g.unit_start + k] = True
+        if meter.feasible(keep):
+            reachable = max(reachable, meter.ratio(keep))
+    assert rule == "auto" or reachable >= target - 0.02
     for ratios in tries:
         keep, _ = proj.project(ratios)
         assert is_rounded(analysis, keep, multiples)
-        assert target - 0.02 <= meter.ratio(keep) <= target + 1e-12, ratios
+        assert min(target - 0.02, reachable) <= meter.ratio(keep) <= target + 1e-12, ratios
 
 
 def test_blocks_drop_the_least_important_channels_first(tiny) -> None:
@@ -387,7 +405,9 @@ def test_search_on_the_digits_model(tiny, searched: SearchResult) -> None:
     # a sampled episode by number, or the policy's greedy candidate; the framework appends +marks
     picked = s["picked"].split("+")[0]
     assert picked in {f["from"] for f in meta["finalists"] if f["val_top1"] == s["val_top1"]}
-    assert "greedy" in {f["from"] for f in meta["finalists"]}
+    # the greedy candidate is always scored: as "greedy", or as the episode whose mask it equals
+    # (coarse --round-to auto widths make that common on the tiny model)
+    assert meta["greedy_is"] in {f["from"] for f in meta["finalists"]}
     episodes = {r["episode"] for r in searched.trajectory.records}
     assert picked == "greedy" or (picked.startswith("episode ") and int(picked.split()[1]) in episodes)
 

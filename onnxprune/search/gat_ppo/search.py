@@ -411,8 +411,9 @@ class _Search:
         for _, ep_i, keep in self.best:
             candidates.setdefault(mask_key(keep), (f"episode {ep_i}", keep))
         greedy = self.greedy()
+        greedy_is = None  # the finalist the greedy candidate is (an episode's mask when equal)
         if greedy is not None:
-            candidates.setdefault(mask_key(greedy), ("greedy", greedy))
+            greedy_is = candidates.setdefault(mask_key(greedy), ("greedy", greedy))[0]
         names, keeps = zip(*candidates.values())
         full = ctx.evaluator.evaluate(list(keeps), images=0)
         pick = int(np.argmax(full))
@@ -426,7 +427,8 @@ class _Search:
             group_ids=list(self.graph.group_ids),
             sensitivity=None if self.sensitivity is None else self.sensitivity.round(5).tolist(),
             reference_ratios=self.graph.keep_ratios(self.reference).round(4).tolist(),
-            finalists=[{"from": n, "val_top1": float(v)} for n, v in zip(names, full)])
+            finalists=[{"from": n, "val_top1": float(v)} for n, v in zip(names, full)],
+            greedy_is=greedy_is)
         curve = [u["mean_proxy"] for u in self.updates if u["mean_proxy"] is not None]
         summary = {
             "gat_backend": self.backend, "learner": cfg.learner, "action": cfg.action, "reward": cfg.reward,
