@@ -310,8 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--method", choices=names_of("criterion"), default=TAYLOR.name,
                    help="channel scores (default taylor)")
     d.add_argument("--finetune-epochs", type=int, default=1, metavar="N", help="distillation epochs (default 1)")
-    d.add_argument("--finetune-images", type=int, default=8000, metavar="N",
-                   help="training images per fine-tuning epoch (default 8000)")
+    d.add_argument("--finetune-images", type=int, default=16000, metavar="N",
+                   help="training images per fine-tuning epoch (default 16000)")
     d.add_argument("--json", metavar="OUT.json", help="write the comparison as JSON (`-`: standard output)")
     return p
 

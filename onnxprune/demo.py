@@ -39,7 +39,7 @@ class DemoConfig:
     target_flops: float = 0.5
     method: str = "taylor"
     finetune_epochs: int = 1
-    finetune_images: int = 8000  # training images per fine-tuning epoch
+    finetune_images: int = 16000  # training images per fine-tuning epoch (benchmarks/results/demo.json)
     global_ranking: bool = True
     data: str | None = None  # None: Fashion-MNIST (installed with apt if possible), else digits
     install: bool = True  # try apt-get when Fashion-MNIST is missing and we are root
