@@ -24,8 +24,8 @@ from pathlib import Path
 import onnxruntime as ort
 
 import onnxprune
-from benchmarks.common import cached_export
-from onnxprune.bench import BenchConfig, benchmark_model
+from benchmarks.common import cached_export, interleaved_latency
+from onnxprune.bench import BenchConfig
 from onnxprune.schema import machine, stamped
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -61,18 +61,8 @@ def main(argv: list[str] | None = None) -> int:
                                  "macs_kept": round(m1 / m0, 4), "params": list(result.params),
                                  "settings": {"method": "l1", "target_flops": args.target, **extra}}
                 variants[label] = out
-            times: dict[str, dict[int, list[float]]] = {k: {b: [] for b in args.batch} for k in variants}
-            for _ in range(args.rounds):
-                for label, model in variants.items():
-                    for r in benchmark_model(model, cfg):
-                        times[label][r.batch].append(r.median_ms)
-            best = {k: {b: min(v) for b, v in per.items()} for k, per in times.items()}
             row = {"model": name, "export": "torchscript (opset 17), random weights", "pruned": pruned,
-                   "latency_ms": {k: {str(b): round(v, 4) for b, v in per.items()} for k, per in best.items()},
-                   "round_medians_ms": {k: {str(b): [round(x, 4) for x in v] for b, v in per.items()}
-                                        for k, per in times.items()},
-                   "speedup": {k: {str(b): round(best["original"][b] / v, 3) for b, v in per.items()}
-                               for k, per in best.items() if k != "original"}}
+                   **interleaved_latency(variants, cfg, args.rounds)}
             rows.append(row)
             print(json.dumps({"model": name, "speedup": row["speedup"], "latency_ms": row["latency_ms"],
                               "macs_kept": {k: v["macs_kept"] for k, v in pruned.items()}}), flush=True)

@@ -33,7 +33,8 @@ from typing import Any, Iterator
 import onnxruntime as ort
 
 import onnxprune
-from onnxprune.bench import BenchConfig, benchmark_model
+from benchmarks.common import interleaved_latency
+from onnxprune.bench import BenchConfig
 from onnxprune.schema import machine, stamped
 from onnxprune.search import rounding
 
@@ -130,18 +131,8 @@ def main(argv: list[str] | None = None) -> int:
                     out = Path(tmp) / f"{label}-{rule_name.replace('/', '_').replace('+', '-')}.onnx"
                     pruned[rule_name] = prune_with(path, out, rule, args.target, extra)
                     variants[rule_name] = out
-                times: dict[str, dict[int, list[float]]] = {k: {b: [] for b in args.batch} for k in variants}
-                for _ in range(args.rounds):
-                    for name, model_path in variants.items():
-                        for r in benchmark_model(model_path, cfg):
-                            times[name][r.batch].append(r.median_ms)
-                best = {k: {b: min(v) for b, v in per.items()} for k, per in times.items()}
                 row = {"model": label, "settings": {"target_flops": args.target, **extra}, "pruned": pruned,
-                       "latency_ms": {k: {str(b): round(v, 4) for b, v in per.items()} for k, per in best.items()},
-                       "round_medians_ms": {k: {str(b): [round(x, 4) for x in v] for b, v in per.items()}
-                                            for k, per in times.items()},
-                       "speedup": {k: {str(b): round(best["original"][b] / v, 3) for b, v in per.items()}
-                                   for k, per in best.items() if k != "original"}}
+                       **interleaved_latency(variants, cfg, args.rounds)}
                 rows.append(row)
                 print(json.dumps({"model": label, "speedup": row["speedup"],
                                   "macs_kept": {k: v["macs_kept"] for k, v in pruned.items()},
