@@ -105,7 +105,7 @@ class Protocol:
     latency_runs: int = 30
     latency_warmup: int = 5
     latency_target_batch: int = 1  # the batch size a latency target is measured at
-    round_to: int = 1  # onnxprune's default rounding
+    round_to: int | str = "auto"  # onnxprune's default rounding (the runtime width rule), searches included
 
 
 @dataclass(frozen=True)
@@ -322,7 +322,7 @@ def run_one(arch: str, form: str, method: str, target: str, seed: int, mode_name
         options = {**variant, **mode.search_options.get(method, {})}
         searching = method in SEARCHES
         base_cfg = dict(method=name, global_ranking=global_ranking, seed=seed, data=p.data, finetune_epochs=0,
-                        round_to=p.round_to if not searching else 1, search_progress=False)
+                        round_to=p.round_to, search_progress=False)
         if searching:
             TRAJECTORIES.mkdir(parents=True, exist_ok=True)
             base_cfg.update(eval_images=p.eval_images, options=options,
