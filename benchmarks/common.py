@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
+import onnxruntime as ort
+
 from onnxprune.bench import BenchConfig, benchmark_model
+from onnxprune.schema import machine, stamped
 from tests import zoo
 
 
@@ -31,3 +35,18 @@ def interleaved_latency(variants: dict[str, Path], cfg: BenchConfig, rounds: int
                                  for k, per in times.items()},
             "speedup": {k: {str(b): round(best["original"][b] / v, 3) for b, v in per.items()}
                         for k, per in best.items() if k != "original"}}
+
+
+def write_latency_results(path: Path, command: str, *, threads: Any, batch: list[int], runs: int, rounds: int,
+                          order: str, note: str, rows: list[dict[str, Any]],
+                          protocol: dict[str, Any] | None = None) -> None:
+    """Write an interleaved-latency benchmark's results file (settings, machine, rows) and say so."""
+    doc = stamped({"command": command,
+                   "protocol": {"provider": "CPUExecutionProvider", "graph_optimizations": "all",
+                                "threads": threads, "batch": batch, "runs": runs, "rounds": rounds,
+                                "statistic": "min over rounds of the per-round median", "order": order,
+                                **(protocol or {})},
+                   "onnxruntime": ort.__version__, "machine": machine(), "note": note, "rows": rows})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=1) + "\n")
+    print(f"wrote {path}")

@@ -21,12 +21,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import onnxruntime as ort
 
 import onnxprune
-from benchmarks.common import cached_export, interleaved_latency
+from benchmarks.common import cached_export, interleaved_latency, write_latency_results
 from onnxprune.bench import BenchConfig
-from onnxprune.schema import machine, stamped
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -66,15 +64,9 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(row)
             print(json.dumps({"model": name, "speedup": row["speedup"], "latency_ms": row["latency_ms"],
                               "macs_kept": {k: v["macs_kept"] for k, v in pruned.items()}}), flush=True)
-    doc = stamped({"command": "python -m benchmarks.default_latency " + " ".join(argv or sys.argv[1:]),
-                   "protocol": {"provider": "CPUExecutionProvider", "graph_optimizations": "all",
-                                "threads": "onnxruntime default", "batch": args.batch, "runs": args.runs,
-                                "rounds": args.rounds, "statistic": "min over rounds of the per-round median",
-                                "order": "original and pruned alternately in every round"},
-                   "onnxruntime": ort.__version__, "machine": machine(), "note": args.note, "rows": rows})
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(doc, indent=1) + "\n")
-    print(f"wrote {args.json}")
+    write_latency_results(args.json, "python -m benchmarks.default_latency " + " ".join(argv or sys.argv[1:]),
+                          threads="onnxruntime default", batch=args.batch, runs=args.runs, rounds=args.rounds,
+                          order="original and pruned alternately in every round", note=args.note, rows=rows)
     return 0
 
 

@@ -30,12 +30,10 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-import onnxruntime as ort
 
 import onnxprune
-from benchmarks.common import interleaved_latency
+from benchmarks.common import interleaved_latency, write_latency_results
 from onnxprune.bench import BenchConfig
-from onnxprune.schema import machine, stamped
 from onnxprune.search import rounding
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -137,18 +135,12 @@ def main(argv: list[str] | None = None) -> int:
                 print(json.dumps({"model": label, "speedup": row["speedup"],
                                   "macs_kept": {k: v["macs_kept"] for k, v in pruned.items()},
                                   "odd_widths": {k: v["odd_widths"] for k, v in pruned.items()}}), flush=True)
-    doc = stamped({"command": "python -m benchmarks.rounding_rule " + " ".join(argv if argv is not None else sys.argv[1:]),
-                   "protocol": {"provider": "CPUExecutionProvider", "graph_optimizations": "all",
-                                "threads": args.threads or "onnxruntime default", "batch": args.batch,
-                                "runs": args.runs, "rounds": args.rounds,
-                                "statistic": "min over rounds of the per-round median",
-                                "order": "original and every rule's pruned model alternately in every round",
-                                "rules": {r: [{"min_channels": t, "multiple": m} for t, m in tiers]
-                                          for r, tiers in rules.items()}},
-                   "onnxruntime": ort.__version__, "machine": machine(), "note": args.note, "rows": rows})
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(doc, indent=1) + "\n")
-    print(f"wrote {args.json}")
+    write_latency_results(args.json, "python -m benchmarks.rounding_rule " + " ".join(argv if argv is not None else sys.argv[1:]),
+                          threads=args.threads or "onnxruntime default", batch=args.batch, runs=args.runs,
+                          rounds=args.rounds, order="original and every rule's pruned model alternately in every round",
+                          note=args.note, rows=rows,
+                          protocol={"rules": {r: [{"min_channels": t, "multiple": m} for t, m in tiers]
+                                              for r, tiers in rules.items()}})
     return 0
 
 
