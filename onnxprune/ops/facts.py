@@ -86,6 +86,7 @@ def is_affine(op_type: str) -> bool:
 
 
 def is_batchnorm(op_type: str) -> bool:
+    """Whether `op_type` is BatchNormalization."""
     return op_type == "BatchNormalization"
 
 

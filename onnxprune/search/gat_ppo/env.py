@@ -128,6 +128,7 @@ class Projector:
                                   min_keep_fraction=self.min_keep, may_shrink=surplus)
         return best, lo
 
+
 @dataclass(frozen=True, eq=False)
 class ActionSpace:
     """What one node's action is: `kind` "levels" (categorical over `fractions`) or "blocks"
