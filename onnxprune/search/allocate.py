@@ -5,8 +5,9 @@ are ranked together with a minimum kept per group; scores are normalized per gro
 `per_cost` (unnormalized scores such as Taylor's loss-change estimate), divided by the MACs each
 unit costs (`criteria.normalize.cross_group`). A MACs target
 is met by bisection on the sparsity, using the cost model (no rewrite); under width rounding
-(`round_to`, see `onnxprune.search.rounding`) the unused budget is then given back block by block,
-so the result lands just under the target.
+(`round_to`, see `onnxprune.search.rounding`) the unused budget is then given back block by block
+(global ranking: then by swaps, one group growing while another shrinks, where blocks alone do not
+fit), so the result lands just under the target.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ import numpy as np
 from onnxprune.criteria.normalize import cross_group
 from onnxprune.deps import Analysis, ChannelGroup
 from onnxprune.errors import InputError, UnsupportedModelError, option
-from onnxprune.search.rounding import RoundTo, check_runtime, fill_rounded, parse_round_to, width_multiples
+from onnxprune.search.rounding import (RoundTo, check_runtime, fill_rounded, parse_round_to, swap_rounded,
+                                      width_multiples)
 
 MIN_KEEP_FRACTION = 0.05
 
@@ -141,6 +143,17 @@ def allocate(analysis: Analysis, scores: np.ndarray, cfg: AllocationConfig) -> n
     if analysis.cost.macs(best) < target - 0.002 * full:
         # Rounding makes the MACs jump as the sparsity moves (every 32-channel group goes from
         # 32 to 16 at once): give the budget the bisection left unused back, one block at a time.
-        best = fill_rounded(analysis, best, scores, multiples, lambda k: analysis.cost.macs(k), target,
-                            prefer="score" if cfg.global_ranking else "uniform", tolerance=0.002 * full)
+        def macs(k: np.ndarray) -> float:
+            return float(analysis.cost.macs(k))
+
+        def fill(k: np.ndarray) -> np.ndarray:
+            return fill_rounded(analysis, k, scores, multiples, macs, target,
+                                prefer="score" if cfg.global_ranking else "uniform", tolerance=0.002 * full)
+
+        best = fill(best)
+        if cfg.global_ranking and macs(best) < target - 0.002 * full:
+            # Blocks alone cannot reach the target (a wide group's next block is too big): one
+            # group grows while another gives blocks back. Uniform allocations stay uniform.
+            best = swap_rounded(analysis, best, scores, multiples, macs, target, 0.002 * full,
+                                cfg.min_keep_fraction, fill)
     return best
