@@ -1,5 +1,6 @@
 """The per-layer latency table (`onnxprune.bench.latency_table`): every layer gets a cell at
-each measured width pair, lookups between them interpolate, the table is cached on disk and
+each measured width pair, measured in context (the profiled whole model, its optimized nodes
+mapped back to the layers), lookups between them interpolate, the table is cached on disk and
 keyed by what it was measured for, and a latency-budgeted gat-ppo search uses it as a cheap
 meter (every candidate within budget, at the runtime's widths). Whether it predicts measured
 latency within 10% is timing-sensitive: `benchmarks/latency_table.py` on a quiet machine."""
@@ -11,10 +12,13 @@ from typing import Any, Sequence
 from unittest import mock
 
 import numpy as np
+import onnx
 import pytest
+from onnx import TensorProto, helper
 
-from onnxprune.bench import BenchConfig
+from onnxprune.bench import BenchConfig, benchmark_model
 from onnxprune.bench import latency_table as lt
+from onnxprune.bench.latency import NodeProfile, profile_model
 from onnxprune.criteria import weight_scores
 from onnxprune.deps import Analysis
 from onnxprune.rewrite import apply_keep
@@ -51,10 +55,103 @@ def test_every_layer_has_a_full_grid(tiny, table: lt.LatencyTable) -> None:
         if ga is not None and gb is not None and ga != gb:  # every (input, output) width pair measured
             assert {(x, y) for x in widths[ga] for y in widths[gb]} <= set(cells), name
         assert all(v > 0 for v in cells.values())
-    # latency = residual + scale x the layers' sum (the fit itself is timing-sensitive)
-    assert table.scale >= 0 and len(table.meta["calibration"]["whole"]) == len(lt.CALIBRATION)
+    # every layer found in the profile (none timed alone on the CPU), nothing left unattributed
+    assert table.meta["layers_timed_alone"] == [] and table.meta["nodes_charged_to_no_layer"] == {}
+    # latency = residual + scale x the layers' sum, fitted on every profiled grid mask
+    calibration = table.meta["calibration"]
+    assert table.scale == 1.0 and calibration["masks"] == len(calibration["whole"]) >= 4
+    assert calibration["profiler_seconds_per_node"] >= 0
     full = analysis.full_keep()
     assert table(full) == pytest.approx(table.residual + table.scale * table.node_seconds(full).sum())
+
+
+def test_in_context_node_times_add_up_to_the_whole_model(tiny, tmp_path: Path) -> None:
+    """The profiled nodes of the full model, each charged to a layer, sum to about the whole
+    model's time (the profiler adds a little per node; a layer timed alone would pay the per-run
+    overhead and the layout reorders again)."""
+    _, analysis = tiny
+    model = apply_keep(analysis, analysis.full_keep())
+    cfg = BenchConfig(threads=1, warmup=5, runs=50)
+    profile = profile_model(model.SerializeToString(), cfg, tmp_path)
+    owners = lt._owners(model, set(analysis.cost.mac_nodes), profile)
+    assert set(owners) == set(profile.kernel)  # every optimized node charged to a layer
+    assert set(owners.values()) == set(analysis.cost.mac_nodes)  # and every layer found
+    fused = [n for n in profile.kernel if n not in {x.name for x in model.graph.node}]
+    assert fused  # onnxruntime renamed (fused / NCHWc) nodes: the mapping is not the identity
+    whole = benchmark_model(model.SerializeToString(), BenchConfig(threads=1, warmup=5, runs=50))[0].median_ms / 1e3
+    total = sum(profile.kernel.values())
+    assert 0.5 * whole < total < 2.0 * whole, (total, whole)
+    assert 0.5 * whole < profile.whole < 2.0 * whole
+    assert not list(tmp_path.iterdir())  # the profile and the optimized model are read and removed
+
+
+def _graph(nodes: list[tuple[str, str, list[str], list[str]]]) -> onnx.ModelProto:
+    made = [helper.make_node(op, ins, outs, name=name) for name, op, ins, outs in nodes]
+    graph = helper.make_graph(made, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])],
+                              [helper.make_tensor_value_info(nodes[-1][3][0], TensorProto.FLOAT, None)])
+    return helper.make_model(graph)
+
+
+def test_optimized_nodes_map_back_to_layers() -> None:
+    """onnxruntime's names, as read from its profiles: an NCHWc Conv fused with its Relu is named
+    after the Relu's output (`/relu/Relu_output_0_nchwc`), one fused with Add + Relu after the
+    Conv's output, a generated node (`ReorderOutput_token_7`) after nothing; an unfused node
+    keeps its name."""
+    #   x -> conv1 -> relu -> conv2 -> add(+relu out) -> relu2 -> pool -> flat -> fc -> y
+    model = _graph([("conv1", "Conv", ["x", "w1"], ["c1"]), ("relu", "Relu", ["c1"], ["r1"]),
+                    ("conv2", "Conv", ["r1", "w2"], ["c2"]), ("add", "Add", ["c2", "r1"], ["a"]),
+                    ("relu2", "Relu", ["a"], ["r2"]), ("pool", "GlobalAveragePool", ["r2"], ["p"]),
+                    ("flat", "Flatten", ["p"], ["f"]), ("fc", "Gemm", ["f", "wf"], ["y"])])
+    layers = {"conv1", "conv2", "fc"}
+    optimized = {  # name: (inputs, outputs) in the optimized graph
+        "ReorderInput": (["x"], ["x_nchwc"]),
+        "r1_nchwc": (["x_nchwc", "w1"], ["t1"]),
+        "c2_nchwc": (["t1", "w2", "t1"], ["t2"]),
+        "p_nchwc": (["t2"], ["t3"]),
+        "ReorderOutput_token_7": (["t3"], ["p"]),
+        "flat": (["p"], ["f"]),
+        "fc": (["f", "wf"], ["y"]),
+        "lonely": ([], ["z"]),
+    }
+    profile = NodeProfile({n: 1e-6 for n in optimized}, {n: v[0] for n, v in optimized.items()},
+                          {n: v[1] for n, v in optimized.items()}, 1e-5)
+    owners = lt._owners(model, layers, profile)
+    assert owners == {"ReorderInput": "conv1", "r1_nchwc": "conv1", "c2_nchwc": "conv2", "p_nchwc": "conv2",
+                      "ReorderOutput_token_7": "conv2", "flat": "conv2", "fc": "fc"}  # "lonely": nobody's
+
+
+def test_a_layer_missing_from_the_profile_is_timed_alone(tiny, tmp_path: Path) -> None:
+    """A provider that fuses a layer away (no node of the profile holds it): its cells are timed
+    on the layer cut out of the model, and the table says so."""
+    _, analysis = tiny
+    lost = analysis.cost.mac_nodes[1]
+    real = lt.profile_model
+
+    def without(model_bytes: bytes, cfg: BenchConfig, workdir: Path, timed_runs: int | None = None) -> NodeProfile:
+        profile = real(model_bytes, cfg, workdir, timed_runs)
+        model = onnx.load_from_string(model_bytes)
+        owners = lt._owners(model, set(analysis.cost.mac_nodes), profile)
+        kernel = {n: t for n, t in profile.kernel.items() if owners.get(n) != lost}
+        return NodeProfile(kernel, profile.inputs, profile.outputs, profile.whole)
+
+    with mock.patch.object(lt, "profile_model", side_effect=without):
+        table = lt.build_latency_table(analysis, lambda k: apply_keep(analysis, k), width_multiples(analysis, "auto"),
+                                       FAST, 2, tmp_path)
+    assert table.meta["layers_timed_alone"] == [lost] and table.meta["layers_without_table"] == []
+    assert all(v > 0 for v in table.cells[table.nodes.index(lost)].values())
+
+
+def test_the_fit_recovers_a_planted_residual_and_profiler_cost() -> None:
+    rng = np.random.default_rng(0)
+    sums = rng.uniform(1e-4, 5e-4, 40)
+    nodes = rng.integers(20, 33, 40).astype(float)
+    wholes = 2e-5 + sums - 2e-6 * nodes
+    wholes[3] *= 3  # a load burst
+    scale, residual, per_node = lt._fit(sums, nodes, wholes)
+    assert scale == 1.0 and residual == pytest.approx(2e-5, rel=1e-6) and per_node == pytest.approx(2e-6, rel=1e-6)
+    assert lt._fit(sums, nodes, wholes, 1e-6)[1:] == pytest.approx((2e-5 - 1e-6 * np.median(nodes), 1e-6), rel=0.25)
+    flat = np.full(40, 25.0)  # no spread of node counts: the residual takes the profiler's cost
+    assert lt._fit(sums, flat, 2e-5 + sums - 2e-6 * flat)[1:] == pytest.approx((2e-5 - 5e-5, 0.0), abs=1e-12)
 
 
 def test_lookup_is_exact_on_cells_and_bilinear_between() -> None:
@@ -72,7 +169,8 @@ def test_the_table_is_cached_and_keyed(tiny, table: lt.LatencyTable, tmp_path: P
     multiples = width_multiples(analysis, "auto")
     built = lt.build_latency_table(analysis, lambda k: apply_keep(analysis, k), multiples, FAST, 4, tmp_path)
     assert len(list(tmp_path.glob("*.json"))) == 1
-    with mock.patch.object(lt, "benchmark_model", side_effect=AssertionError("measured again")):
+    with mock.patch.object(lt, "benchmark_model", side_effect=AssertionError("measured again")), \
+            mock.patch.object(lt, "profile_model", side_effect=AssertionError("profiled again")):
         again = lt.build_latency_table(analysis, lambda k: apply_keep(analysis, k), multiples, FAST, 4, tmp_path)
     keep = analysis.full_keep()
     keep[analysis.prunable()[1].unit_slice][:8] = False

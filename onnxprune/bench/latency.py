@@ -4,12 +4,16 @@ Each model gets one `InferenceSession` (graph optimizations `ORT_ENABLE_ALL`, wh
 gets) reused across batch sizes. Inputs are random and seeded, so every model sees the same
 tensors at the same batch size. The provider actually used is read back from the session: without
 a GPU, onnxruntime-gpu silently falls back to CPU when CUDA or TensorRT is requested.
+
+`profile_model` runs one model with onnxruntime's profiler on: the time of every node of the
+optimized graph in context (the per-layer latency table, `onnxprune.bench.latency_table`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -18,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 from rich.table import Table
 
@@ -133,11 +138,7 @@ def benchmark_model(
 
     results: list[BenchResult] = []
     for batch in cfg.batch_sizes:
-        rng = np.random.default_rng(cfg.seed)
-        feeds: dict[str, np.ndarray] = {}
-        for s in specs:
-            shape = _resolve_shape(s, batch, overrides.get(s.name), label)
-            feeds[s.name] = _random_input(s, shape, rng, label)
+        feeds = _feeds(session, batch, cfg.seed, overrides, label)
         times_ms = _time_runs(session, feeds, cfg.warmup, cfg.runs, label)
         results.append(
             BenchResult(
@@ -167,6 +168,53 @@ def benchmark_models(
     for path in paths:
         results.extend(benchmark_model(path, cfg, input_shapes))
     return results
+
+
+@dataclass(frozen=True)
+class NodeProfile:
+    """One profiled run of a whole model: `kernel[n]` seconds per run of optimized node `n`
+    (onnxruntime's profile, the trimmed mean over the timed runs), `inputs[n]` / `outputs[n]` its
+    tensors in the optimized graph, and `whole` the model's median seconds per run, timed in the
+    same session after profiling stopped (the profiler costs time per node)."""
+
+    kernel: dict[str, float]
+    inputs: dict[str, list[str]]
+    outputs: dict[str, list[str]]
+    whole: float
+
+
+PROFILE_TRIM = (0.2, 0.8)  # a node's time: the mean of its per-run times between these quantiles
+
+
+def profile_model(model_bytes: bytes, cfg: BenchConfig, workdir: Path, timed_runs: int | None = None) -> NodeProfile:
+    """Run `model_bytes` at `cfg.batch_sizes[0]` on `cfg.provider` with onnxruntime's profiler on
+    (`cfg.warmup` + `cfg.runs` runs), then `timed_runs` (default `cfg.runs`; 0: none, `whole` is
+    NaN) timed runs of the same session without it; `workdir` holds the profile and the
+    optimized model while they are read."""
+    timed_runs = cfg.runs if timed_runs is None else timed_runs
+    label = _label(model_bytes)
+    optimized = workdir / "optimized.onnx"
+    session = _make_session(model_bytes, cfg, label, profile=workdir)
+    feeds = _feeds(session, cfg.batch_sizes[0], cfg.seed, None, label)
+    _time_runs(session, feeds, cfg.warmup, cfg.runs, label)
+    path = Path(session.end_profiling())
+    events = json.loads(path.read_text())
+    path.unlink(missing_ok=True)
+    times = _time_runs(session, feeds, min(cfg.warmup, 3), timed_runs, label) if timed_runs else np.full(1, np.nan)
+    per: dict[str, list[float]] = {}
+    for e in events:
+        if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time"):
+            per.setdefault(e["name"][: -len("_kernel_time")], []).append(float(e["dur"]) * 1e-6)
+    kernel = {}
+    for name, durs in per.items():
+        d = np.sort(np.asarray(durs[-cfg.runs:]))  # the timed runs (the first ones warmed up)
+        lo = int(len(d) * PROFILE_TRIM[0])
+        kernel[name] = float(d[lo:max(int(np.ceil(len(d) * PROFILE_TRIM[1])), lo + 1)].mean())
+    graph = onnx.load(str(optimized), load_external_data=False).graph if optimized.exists() else None
+    optimized.unlink(missing_ok=True)
+    inputs = {n.name: [t for t in n.input if t] for n in graph.node} if graph is not None else {}
+    outputs = {n.name: [t for t in n.output if t] for n in graph.node} if graph is not None else {}
+    return NodeProfile(kernel, inputs, outputs, float(np.median(times)) / 1e3)
 
 
 def format_table(results: Sequence[BenchResult]) -> Table:
@@ -253,8 +301,23 @@ def _one_line(err: BaseException, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _make_session(path_or_bytes: ModelSource, cfg: BenchConfig, label: str) -> ort.InferenceSession:
-    """Open the model on the requested providers; any failure becomes an `InputError`."""
+def _feeds(session: ort.InferenceSession, batch: int, seed: int, overrides: Mapping[str, Shape] | None,
+           label: str) -> dict[str, np.ndarray]:
+    """Seeded random inputs of every graph input at `batch`."""
+    rng = np.random.default_rng(seed)
+    feeds: dict[str, np.ndarray] = {}
+    for i in session.get_inputs():
+        spec = _InputSpec(i.name, i.type, tuple(i.shape))
+        feeds[spec.name] = _random_input(spec, _resolve_shape(spec, batch, (overrides or {}).get(spec.name), label),
+                                         rng, label)
+    return feeds
+
+
+def _make_session(path_or_bytes: ModelSource, cfg: BenchConfig, label: str,
+                  profile: Path | None = None) -> ort.InferenceSession:
+    """Open the model on the requested providers; any failure becomes an `InputError`. With
+    `profile` (a folder), onnxruntime's profiler is on and the optimized model is written there
+    (`optimized.onnx`)."""
     if not isinstance(path_or_bytes, bytes):
         path = Path(path_or_bytes)
         if not path.exists():
@@ -269,6 +332,10 @@ def _make_session(path_or_bytes: ModelSource, cfg: BenchConfig, label: str) -> o
     options.log_severity_level = 3
     if cfg.threads > 0:
         options.intra_op_num_threads = cfg.threads
+    if profile is not None:
+        options.enable_profiling = True
+        options.profile_file_prefix = str(profile / "profile")
+        options.optimized_model_filepath = str(profile / "optimized.onnx")
     source = path_or_bytes if isinstance(path_or_bytes, bytes) else os.fspath(path_or_bytes)
     try:
         with _quiet_ort():

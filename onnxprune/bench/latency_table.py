@@ -4,17 +4,22 @@ instead of measured (`--target-latency`).
 For every layer with a MACs term in the cost model (Conv, Gemm, MatMul ...), the table holds
 its time at a grid of (input width, output width) pairs: the widths each channel group may take
 (multiples of its `--round-to` block, at most `max_levels` per group). The times are measured
-once, on the target provider at the target batch size, on the layer alone: the pruned model of
-a grid mask is cut down to that one node (`onnx.utils.Extractor`, so the layer is exactly what
-the rewrite produced, whatever its op) and timed. Grid masks set the groups of one colour (a
-2-colouring of "feeds a layer" between groups) to level i and the others to level j, so one
-rewrite measures a cell of nearly every layer; cells a layer still lacks get masks of their own.
+once, on the target provider at the target batch size, **in context**: the whole pruned model of
+a grid mask runs in one onnxruntime session with profiling on, and each layer's cell is the
+kernel time of the optimized node that holds it (onnxruntime fuses Conv + Add + Relu and moves
+Convs to its blocked NCHWc layout, so the optimized node is named after a tensor of the fused
+chain: `_owners` maps it back), plus the nodes onnxruntime added or kept around it (layout
+reorders, pooling, Flatten ...), which are charged to the layer that feeds them. Grid masks set
+the groups of one colour (a 2-colouring of "feeds a layer" between groups) to level i and the
+others to level j, so one run measures a cell of nearly every layer; cells a layer still lacks
+get masks of their own. A layer the profile does not show (another provider fused it away) is
+timed alone instead, cut out of the model (`onnx.utils.Extractor`), and listed in the meta.
 
 A mask's latency = `residual` + `scale` x the sum of its layers' times (bilinear between grid
-widths, clamped outside). `scale` and `residual` are fitted (least squares) to whole-model
-measurements of the original and of uniformly thinned masks: timed alone, every layer pays
-onnxruntime's per-run overhead and misses the fusions of the whole graph, and the other ops
-(Add, pooling ...) are not in the sum. `benchmarks/latency_table.py` validates it
+widths, clamped outside). After profiling stops, each grid mask's session is timed again
+without it; `scale`, `residual` and the profiler's own cost per node (folded into the cells) are
+a least-squares fit of those whole-model times to the cells, so the per-run overhead and
+anything left unattributed land in `residual`. `benchmarks/latency_table.py` validates it
 against whole-model measurements.
 
 Tables are cached as JSON under `$XDG_CACHE_HOME/onnxprune/latency/`, keyed by the model's
@@ -26,6 +31,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,11 +43,10 @@ import onnx
 import onnxruntime as ort
 from onnx.utils import Extractor
 
-from onnxprune.bench.latency import BenchConfig, benchmark_model
+from onnxprune.bench.latency import BenchConfig, NodeProfile, benchmark_model, profile_model
 from onnxprune.deps import Analysis
 
-FORMAT = 1
-CALIBRATION = (0.0, 0.33, 0.67, 1.0)  # uniform grid levels of the calibration masks (1.0: the original)
+FORMAT = 2  # 2: cells measured in context (profiled whole model), fitted on every grid mask
 
 
 def cache_dir() -> Path:
@@ -186,6 +192,75 @@ def table_key(model_bytes: bytes, cfg: BenchConfig, multiples: Mapping[int, int]
     return h.hexdigest()[:32]
 
 
+_GENERATED = re.compile(r"(_token_\d+|_\d+)$")
+
+
+def _owners(model: onnx.ModelProto, layers: set[str], profile: NodeProfile) -> dict[str, str]:
+    """Optimized node -> the layer (a name in `layers`) it holds or is charged to.
+
+    A node named after a node of `model`, or after one of its tensors (onnxruntime names a fused
+    or NCHWc node after its chain's output tensor, with `_nchwc` and sometimes a `_token_N`
+    counter appended), holds the layer found by walking that node's producers up through
+    tensors read by one node only (the fused chain). Any other node (reorders, pooling ...) is
+    charged to the layer of the node that produces its input in the optimized graph, or else
+    of the node that reads its output; nodes with neither are left out (the fit's residual)."""
+    nodes = {n.name: n for n in model.graph.node}
+    producer = {t: n for n in model.graph.node for t in n.output}
+    readers: dict[str, int] = {}
+    for n in model.graph.node:
+        for t in set(n.input):
+            readers[t] = readers.get(t, 0) + 1
+
+    def climb(node: onnx.NodeProto, depth: int = 0) -> str | None:
+        if node.name in layers:
+            return node.name
+        if depth > 8:
+            return None
+        for t in node.input:
+            if t in producer and readers.get(t, 0) == 1:
+                found = climb(producer[t], depth + 1)
+                if found is not None:
+                    return found
+        return None
+
+    def held(name: str) -> str | None:
+        for cand in dict.fromkeys([name, _GENERATED.sub("", name)]):
+            for base in dict.fromkeys([cand, cand.removesuffix("_nchwc")]):
+                if base in nodes:
+                    return climb(nodes[base])
+                if base in producer:
+                    return climb(producer[base])
+        return None
+
+    owner: dict[str, str | None] = {n: held(n) for n in profile.kernel}
+    made_by = {t: n for n, ts in profile.outputs.items() for t in ts}
+    read_by: dict[str, list[str]] = {}
+    for n, ts in profile.inputs.items():
+        for t in ts:
+            read_by.setdefault(t, []).append(n)
+
+    def charged(name: str, step: int, seen: frozenset[str]) -> str | None:
+        if owner.get(name) is not None:
+            return owner[name]
+        if name in seen:
+            return None
+        seen = seen | {name}
+        near = ([made_by[t] for t in profile.inputs.get(name, []) if t in made_by] if step < 0 else
+                [r for t in profile.outputs.get(name, []) for r in read_by.get(t, [])])
+        for other in near:
+            found = charged(other, step, seen)
+            if found is not None:
+                return found
+        return None
+
+    out: dict[str, str] = {}
+    for n in profile.kernel:
+        found = owner[n] or charged(n, -1, frozenset()) or charged(n, 1, frozenset())
+        if found is not None:
+            out[n] = found
+    return out
+
+
 def build_latency_table(analysis: Analysis, materialize: Callable[[np.ndarray], onnx.ModelProto],
                         multiples: Mapping[int, int], cfg: BenchConfig = BenchConfig(warmup=5, runs=30),
                         max_levels: int = 8, cache: Path | None = None,
@@ -210,15 +285,23 @@ def build_latency_table(analysis: Analysis, materialize: Callable[[np.ndarray], 
     groups = {g.id: g for g in analysis.prunable()}
     widths = {gid: group_widths(g.units, max(int(multiples.get(gid, 1)), 1), max_levels) for gid, g in groups.items()}
     nodes = list(cost.mac_nodes)
+    index = {n: i for i, n in enumerate(nodes)}
     segs = [(int(o) if o < n_seg else -1, int(i) if i < n_seg else -1) for o, i in cost.mac_seg.tolist()]
     out_seg = [o for o, _ in segs]
     in_seg = [i for _, i in segs]
     pairs = [(seg_group.get(i, -1), seg_group.get(o, -1)) for i, o in zip(in_seg, out_seg)]
     colour = _two_colours(list(groups), [(a, b) for a, b in pairs if a >= 0 and b >= 0])
     cells: list[dict[tuple[int, int], float]] = [{} for _ in nodes]
+    counts: list[dict[tuple[int, int], int]] = [{} for _ in nodes]  # optimized nodes in a cell
+    seen: list[dict[tuple[int, int], list[float]]] = [{} for _ in nodes]  # a cell's observations: median
     batch = cfg.batch_sizes[0]
     single = BenchConfig(provider=cfg.provider, batch_sizes=(batch,), threads=cfg.threads, warmup=cfg.warmup,
                          runs=cfg.runs, seed=cfg.seed)
+    measured: list[tuple[np.ndarray, float]] = []  # every profiled mask and its whole-model time
+    alone: set[str] = set()  # layers no profile showed: timed cut out of the model
+    unheld: dict[str, float] = {}  # profiled nodes charged to no layer: seconds, largest seen
+    scratch = tempfile.TemporaryDirectory(prefix="onnxprune-profile-")
+    workdir = Path(scratch.name)
 
     def mask_of(levels: Mapping[int, int]) -> np.ndarray:
         keep = analysis.full_keep()
@@ -230,63 +313,91 @@ def build_latency_table(analysis: Analysis, materialize: Callable[[np.ndarray], 
         return analysis.repair(keep)
 
     def measure(keep: np.ndarray, wanted: list[int]) -> None:
-        counts = LatencyTable(analysis, nodes, in_seg, out_seg, cells, 0.0, 0.0)._counts(keep)
-        todo = []
-        for i in wanted:
-            cell = (int(counts[in_seg[i]]) if in_seg[i] >= 0 else 0, int(counts[out_seg[i]]) if out_seg[i] >= 0 else 0)
-            if cell not in cells[i]:
-                todo.append((i, cell))
-        if not todo:
+        kept = LatencyTable(analysis, nodes, in_seg, out_seg, cells, 0.0, 0.0)._counts(keep)
+        at = [(int(kept[in_seg[i]]) if in_seg[i] >= 0 else 0, int(kept[out_seg[i]]) if out_seg[i] >= 0 else 0)
+              for i in range(len(nodes))]
+        if all(at[i] in cells[i] for i in wanted):
             return
         pruned = materialize(keep)
-        by_name = {n.name: n for n in pruned.graph.node}
-        inits = {t.name for t in pruned.graph.initializer}
-        extractor = Extractor(onnx.shape_inference.infer_shapes(pruned, data_prop=True))
-        for i, cell in todo:
-            node = by_name.get(nodes[i])
-            if node is None:
-                continue
-            inputs = [x for x in node.input if x and x not in inits]
-            sub = extractor.extract_model(inputs, list(node.output))
-            seconds = benchmark_model(sub.SerializeToString(), single)[0].median_ms / 1000.0
-            cells[i][cell] = seconds
+        profile = profile_model(pruned.SerializeToString(), single, workdir)
+        measured.append((keep, profile.whole))
+        owners = _owners(pruned, set(nodes), profile)
+        seconds = np.zeros(len(nodes))
+        held = np.zeros(len(nodes), dtype=np.int64)
+        for name, t in profile.kernel.items():
+            if name in owners:
+                seconds[index[owners[name]]] += t
+                held[index[owners[name]]] += 1
+            else:
+                unheld[name] = max(unheld.get(name, 0.0), t)
+        for i in range(len(nodes)):  # every layer the profile shows: one more observation of its cell
+            if held[i]:
+                seen[i].setdefault(at[i], []).append(float(seconds[i]))
+                counts[i][at[i]] = int(held[i])
+                cells[i][at[i]] = float(np.median(seen[i][at[i]]))
+        missing = [i for i in wanted if at[i] not in cells[i]]
+        if missing:  # not in the profile (fused away by the provider): the layer alone
+            by_name = {n.name: n for n in pruned.graph.node}
+            inits = {t.name for t in pruned.graph.initializer}
+            extractor = Extractor(onnx.shape_inference.infer_shapes(pruned, data_prop=True))
+            for i in missing:
+                node = by_name.get(nodes[i])
+                if node is None:
+                    continue
+                sub = extractor.extract_model([x for x in node.input if x and x not in inits], list(node.output))
+                cells[i][at[i]] = benchmark_model(sub.SerializeToString(), single)[0].median_ms / 1000.0
+                counts[i][at[i]] = 0
+                alone.add(nodes[i])
 
     levels_max = max((len(w) for w in widths.values()), default=1)
     everyone = list(range(len(nodes)))
-    for i in range(levels_max):
-        say(f"latency table: grid row {i + 1}/{levels_max}")
-        for j in range(levels_max):
-            levels = {gid: w[min(i if colour.get(gid, 0) == 0 else j, len(w) - 1)] for gid, w in widths.items()}
-            measure(mask_of(levels), everyone)
-    # cells a layer lacks (its two groups share a colour): masks of its own
-    for n in everyone:
-        a, b = pairs[n]
-        if a < 0 or b < 0 or a == b or colour.get(a) != colour.get(b):
-            continue
-        for wa in widths[a]:
-            for wb in widths[b]:
-                measure(mask_of({a: wa, b: wb}), [n])
-    full = analysis.full_keep()
-    measure(full, everyone)
+    try:
+        full = analysis.full_keep()
+        measure(full, everyone)
+        for i in range(levels_max):
+            say(f"latency table: grid row {i + 1}/{levels_max}")
+            for j in range(levels_max):
+                levels = {gid: w[min(i if colour.get(gid, 0) == 0 else j, len(w) - 1)] for gid, w in widths.items()}
+                measure(mask_of(levels), everyone)
+        # cells a layer lacks (its two groups share a colour): masks of its own
+        for n in everyone:
+            a, b = pairs[n]
+            if a < 0 or b < 0 or a == b or colour.get(a) != colour.get(b):
+                continue
+            for wa in widths[a]:
+                for wb in widths[b]:
+                    measure(mask_of({a: wa, b: wb}), [n])
+        probe = profiler_cost(single, workdir) if os.environ.get("LT_FIT") != "grid" else None
+    finally:
+        scratch.cleanup()
     kept_nodes = [i for i in everyone if cells[i]]
     table = LatencyTable(analysis, [nodes[i] for i in kept_nodes], [in_seg[i] for i in kept_nodes],
                          [out_seg[i] for i in kept_nodes], [cells[i] for i in kept_nodes], 0.0, 0.0)
-    # calibration: whole-model latency against the layers' sum, original and uniformly thinned
-    sums, wholes = [], []
-    for q in CALIBRATION:
-        keep = full if q == 1.0 else mask_of({gid: w[int(round(q * (len(w) - 1)))] for gid, w in widths.items()})
-        sums.append(float(table.node_seconds(keep).sum()))
-        wholes.append(benchmark_model(materialize(keep).SerializeToString(), single)[0].median_ms / 1000.0)
-    table.full_seconds = wholes[-1]
-    scale, residual = np.polyfit(sums, wholes, 1) if np.ptp(sums) > 0 else (0.0, wholes[-1])
-    if scale <= 0:  # the layers do not explain the latency: a constant (the measurement says so)
-        scale, residual = 0.0, float(np.mean(wholes))
-    table.scale, table.residual = float(scale), float(residual)
-    table.meta = {"provider": cfg.provider, "batch": batch, "threads": cfg.threads, "max_levels": max_levels,
-                  "onnxruntime": ort.__version__, "seconds_to_build": round(time.perf_counter() - t0, 2),
+    node_counts = LatencyTable(analysis, table.nodes, table.in_seg, table.out_seg,
+                               [{k: float(v) for k, v in counts[i].items()} for i in kept_nodes], 0.0, 0.0)
+    # calibration: every profiled mask's whole-model time (profiler off) against its cells:
+    # whole = residual + scale x (sum of cells - per_node x profiled nodes)
+    sums = np.array([table.node_seconds(k).sum() for k, _ in measured])
+    held_nodes = np.array([node_counts.node_seconds(k).sum() for k, _ in measured])
+    wholes = np.array([w for _, w in measured])
+    scale, residual, per_node = _fit(sums, held_nodes, wholes, probe)
+    for i, c in zip(kept_nodes, table.cells):
+        for k in c:
+            c[k] -= per_node * counts[i][k]
+    table.scale, table.residual, table.full_seconds = scale, residual, float(wholes[0])
+    predicted = residual + scale * (sums - per_node * held_nodes)
+    table.meta = {"method": "in context (profiled whole model)", "provider": cfg.provider, "batch": batch,
+                  "threads": cfg.threads, "max_levels": max_levels, "onnxruntime": ort.__version__,
+                  "seconds_to_build": round(time.perf_counter() - t0, 2),
                   "cells": int(sum(len(c) for c in table.cells)), "layers": len(table.nodes),
                   "layers_without_table": [nodes[i] for i in everyone if not cells[i]],
-                  "calibration": {"levels": list(CALIBRATION), "layer_sums": sums, "whole": wholes}}
+                  "layers_timed_alone": sorted(alone),
+                  "nodes_charged_to_no_layer": {n: round(t, 9) for n, t in sorted(unheld.items())},
+                  "calibration": {"masks": len(measured), "profiler_seconds_per_node": per_node,
+                                  "fit_mean_abs_error": float(np.mean(np.abs(predicted / wholes - 1.0))),
+                                  "fit_max_abs_error": float(np.max(np.abs(predicted / wholes - 1.0))),
+                                  "layer_sums": sums.tolist(), "profiled_nodes": held_nodes.tolist(),
+                                  "whole": wholes.tolist()}}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
@@ -295,3 +406,50 @@ def build_latency_table(analysis: Analysis, materialize: Callable[[np.ndarray], 
     except OSError:
         pass  # an unwritable cache only costs the next run a measurement
     return table
+
+
+def profiler_cost(cfg: BenchConfig, workdir: Path, chain: int = 40) -> float:
+    """Seconds the profiler adds to each node's kernel time (beyond the node's own cost in an
+    unprofiled run): profiled and unprofiled runs of a chain of `chain` tiny Relu nodes
+    against a single one."""
+    from onnx import TensorProto, helper
+
+    def model(n: int) -> bytes:
+        shape = [cfg.batch_sizes[0], 8, 2, 2]
+        graph = helper.make_graph([helper.make_node("Relu", [f"t{i}"], [f"t{i + 1}"], name=f"n{i}") for i in range(n)],
+                                  "chain", [helper.make_tensor_value_info("t0", TensorProto.FLOAT, shape)],
+                                  [helper.make_tensor_value_info(f"t{n}", TensorProto.FLOAT, shape)])
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8).SerializeToString()
+
+    one, many = profile_model(model(1), cfg, workdir), profile_model(model(chain + 1), cfg, workdir)
+    added = (sum(many.kernel.values()) - sum(one.kernel.values())) - (many.whole - one.whole)
+    return max(added / chain, 0.0)
+
+
+def _fit(sums: np.ndarray, nodes: np.ndarray, wholes: np.ndarray,
+         per_node: float | None = None) -> tuple[float, float, float]:
+    """(scale, residual, profiler seconds per node) of `wholes ~ residual + scale x (sums -
+    per_node x nodes)`. The profiled kernels and the whole run measure the same work, so the
+    scale is 1; with `per_node` given (`profiler_cost`), the residual is the median of `wholes -
+    sums + per_node x nodes`, else `wholes - sums = residual - per_node x nodes` is fitted (least
+    squares; masks more than 3 median deviations off the first fit are dropped once)."""
+    gap = wholes - sums
+    if per_node is not None:
+        return 1.0, float(np.median(gap + per_node * nodes)), per_node
+
+    def solve(rows: np.ndarray) -> tuple[float, float]:
+        n, g = nodes[rows], gap[rows]
+        if rows.sum() >= 3 and np.ptp(n) > 0:
+            slope, intercept = np.polyfit(n, g, 1)
+            if slope <= 0:
+                return float(intercept), float(-slope)
+        return float(np.median(g)), 0.0
+
+    rows = np.ones(len(wholes), dtype=bool)
+    residual, per_node = solve(rows)
+    err = gap - (residual - per_node * nodes)
+    mad = float(np.median(np.abs(err - np.median(err))))
+    if mad > 0:
+        rows = np.abs(err - np.median(err)) <= 3 * 1.4826 * mad
+        residual, per_node = solve(rows)
+    return 1.0, residual, per_node
