@@ -54,7 +54,8 @@ def test_every_layer_has_a_full_grid(tiny, table: lt.LatencyTable) -> None:
         ga, gb = seg_group.get(a), seg_group.get(b)
         if ga is not None and gb is not None and ga != gb:  # every (input, output) width pair measured
             assert {(x, y) for x in widths[ga] for y in widths[gb]} <= set(cells), name
-        assert all(v > 0 for v in cells.values())
+        assert all(v >= 0 for v in cells.values())  # net of the profiler's cost: a 1-node layer may be ~0
+    assert table.node_seconds(analysis.full_keep()).sum() > 0
     # every layer found in the profile (none timed alone on the CPU), nothing left unattributed
     assert table.meta["layers_timed_alone"] == [] and table.meta["nodes_charged_to_no_layer"] == {}
     # latency = residual + scale x the layers' sum, fitted on every profiled grid mask

@@ -16,11 +16,13 @@ get masks of their own. A layer the profile does not show (another provider fuse
 timed alone instead, cut out of the model (`onnx.utils.Extractor`), and listed in the meta.
 
 A mask's latency = `residual` + `scale` x the sum of its layers' times (bilinear between grid
-widths, clamped outside). After profiling stops, each grid mask's session is timed again
-without it; `scale`, `residual` and the profiler's own cost per node (folded into the cells) are
-a least-squares fit of those whole-model times to the cells, so the per-run overhead and
-anything left unattributed land in `residual`. `benchmarks/latency_table.py` validates it
-against whole-model measurements.
+widths, clamped outside). The profiler adds its own cost to every node's time: it is measured
+once (`profiler_cost`: a chain of tiny nodes, profiled and not) and taken off each cell per
+node it holds. The profiled nodes and the whole run measure the same work, so `scale` is 1;
+`residual` (the per-run overhead, and whatever no layer holds) is the median difference between
+whole-model times and the cells over about `CALIBRATION_MASKS` grid masks, each timed again
+in its session after profiling stopped. `benchmarks/latency_table.py` validates it against
+whole-model measurements.
 
 Tables are cached as JSON under `$XDG_CACHE_HOME/onnxprune/latency/`, keyed by the model's
 bytes, provider, batch, threads, grid and onnxruntime version.
@@ -46,7 +48,8 @@ from onnx.utils import Extractor
 from onnxprune.bench.latency import BenchConfig, NodeProfile, benchmark_model, profile_model
 from onnxprune.deps import Analysis
 
-FORMAT = 2  # 2: cells measured in context (profiled whole model), fitted on every grid mask
+FORMAT = 2  # 2: cells measured in context (profiled whole model)
+CALIBRATION_MASKS = 16  # about this many grid masks are also timed whole, without the profiler
 
 
 def cache_dir() -> Path:
@@ -297,7 +300,10 @@ def build_latency_table(analysis: Analysis, materialize: Callable[[np.ndarray], 
     batch = cfg.batch_sizes[0]
     single = BenchConfig(provider=cfg.provider, batch_sizes=(batch,), threads=cfg.threads, warmup=cfg.warmup,
                          runs=cfg.runs, seed=cfg.seed)
-    measured: list[tuple[np.ndarray, float]] = []  # every profiled mask and its whole-model time
+    measured: list[tuple[np.ndarray, float]] = []  # the calibration masks and their whole-model times
+    profiled = [0]
+    levels_max = max((len(w) for w in widths.values()), default=1)
+    stride = max(1, levels_max ** 2 // CALIBRATION_MASKS)
     alone: set[str] = set()  # layers no profile showed: timed cut out of the model
     unheld: dict[str, float] = {}  # profiled nodes charged to no layer: seconds, largest seen
     scratch = tempfile.TemporaryDirectory(prefix="onnxprune-profile-")
@@ -319,8 +325,11 @@ def build_latency_table(analysis: Analysis, materialize: Callable[[np.ndarray], 
         if all(at[i] in cells[i] for i in wanted):
             return
         pruned = materialize(keep)
-        profile = profile_model(pruned.SerializeToString(), single, workdir)
-        measured.append((keep, profile.whole))
+        timed = profiled[0] % stride == 0  # the whole-model time of every stride-th mask calibrates
+        profile = profile_model(pruned.SerializeToString(), single, workdir, None if timed else 0)
+        profiled[0] += 1
+        if timed:
+            measured.append((keep, profile.whole))
         owners = _owners(pruned, set(nodes), profile)
         seconds = np.zeros(len(nodes))
         held = np.zeros(len(nodes), dtype=np.int64)
@@ -349,7 +358,6 @@ def build_latency_table(analysis: Analysis, materialize: Callable[[np.ndarray], 
                 counts[i][at[i]] = 0
                 alone.add(nodes[i])
 
-    levels_max = max((len(w) for w in widths.values()), default=1)
     everyone = list(range(len(nodes)))
     try:
         full = analysis.full_keep()
@@ -367,7 +375,7 @@ def build_latency_table(analysis: Analysis, materialize: Callable[[np.ndarray], 
             for wa in widths[a]:
                 for wb in widths[b]:
                     measure(mask_of({a: wa, b: wb}), [n])
-        probe = profiler_cost(single, workdir) if os.environ.get("LT_FIT") != "grid" else None
+        probe = profiler_cost(single, workdir)
     finally:
         scratch.cleanup()
     kept_nodes = [i for i in everyone if cells[i]]
@@ -375,15 +383,15 @@ def build_latency_table(analysis: Analysis, materialize: Callable[[np.ndarray], 
                          [out_seg[i] for i in kept_nodes], [cells[i] for i in kept_nodes], 0.0, 0.0)
     node_counts = LatencyTable(analysis, table.nodes, table.in_seg, table.out_seg,
                                [{k: float(v) for k, v in counts[i].items()} for i in kept_nodes], 0.0, 0.0)
-    # calibration: every profiled mask's whole-model time (profiler off) against its cells:
+    # calibration: the timed masks' whole-model times (profiler off) against their cells:
     # whole = residual + scale x (sum of cells - per_node x profiled nodes)
     sums = np.array([table.node_seconds(k).sum() for k, _ in measured])
     held_nodes = np.array([node_counts.node_seconds(k).sum() for k, _ in measured])
     wholes = np.array([w for _, w in measured])
     scale, residual, per_node = _fit(sums, held_nodes, wholes, probe)
-    for i, c in zip(kept_nodes, table.cells):
+    for i, c in zip(kept_nodes, table.cells):  # net of the profiler's cost (a layer below its resolution: 0)
         for k in c:
-            c[k] -= per_node * counts[i][k]
+            c[k] = max(c[k] - per_node * counts[i][k], 0.0)
     table.scale, table.residual, table.full_seconds = scale, residual, float(wholes[0])
     predicted = residual + scale * (sums - per_node * held_nodes)
     table.meta = {"method": "in context (profiled whole model)", "provider": cfg.provider, "batch": batch,
@@ -408,10 +416,10 @@ def build_latency_table(analysis: Analysis, materialize: Callable[[np.ndarray], 
     return table
 
 
-def profiler_cost(cfg: BenchConfig, workdir: Path, chain: int = 40) -> float:
+def profiler_cost(cfg: BenchConfig, workdir: Path, chain: int = 40, repeats: int = 3) -> float:
     """Seconds the profiler adds to each node's kernel time (beyond the node's own cost in an
-    unprofiled run): profiled and unprofiled runs of a chain of `chain` tiny Relu nodes
-    against a single one."""
+    unprofiled run): profiled and unprofiled runs of a chain of `chain` tiny Relu nodes against
+    a single one (100 runs each, the median of `repeats`), at most a chain node's profiled time."""
     from onnx import TensorProto, helper
 
     def model(n: int) -> bytes:
@@ -421,9 +429,16 @@ def profiler_cost(cfg: BenchConfig, workdir: Path, chain: int = 40) -> float:
                                   [helper.make_tensor_value_info(f"t{n}", TensorProto.FLOAT, shape)])
         return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8).SerializeToString()
 
-    one, many = profile_model(model(1), cfg, workdir), profile_model(model(chain + 1), cfg, workdir)
-    added = (sum(many.kernel.values()) - sum(one.kernel.values())) - (many.whole - one.whole)
-    return max(added / chain, 0.0)
+    runs = BenchConfig(provider=cfg.provider, batch_sizes=cfg.batch_sizes[:1], threads=cfg.threads, warmup=10,
+                       runs=100, seed=cfg.seed)
+    short, long = model(1), model(chain + 1)
+    added = []
+    for _ in range(repeats):
+        one, many = profile_model(short, runs, workdir), profile_model(long, runs, workdir)
+        per_node = sum(many.kernel.values()) / max(len(many.kernel), 1)
+        added.append(min((sum(many.kernel.values()) - sum(one.kernel.values()) - (many.whole - one.whole)) / chain,
+                         per_node))
+    return max(float(np.median(added)), 0.0)
 
 
 def _fit(sums: np.ndarray, nodes: np.ndarray, wholes: np.ndarray,
