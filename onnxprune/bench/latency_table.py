@@ -50,6 +50,9 @@ from onnxprune.deps import Analysis
 
 FORMAT = 2  # 2: cells measured in context (profiled whole model)
 CALIBRATION_MASKS = 16  # about this many grid masks are also timed whole, without the profiler
+# providers whose profile times every node as it runs; on the GPU a node's profiled time is its
+# launch, not its kernel (asynchronous), so there the layers are timed alone (the first method)
+IN_CONTEXT = ("cpu",)
 
 
 def cache_dir() -> Path:
@@ -302,6 +305,7 @@ def build_latency_table(analysis: Analysis, materialize: Callable[[np.ndarray], 
                          runs=cfg.runs, seed=cfg.seed)
     measured: list[tuple[np.ndarray, float]] = []  # the calibration masks and their whole-model times
     profiled = [0]
+    in_context = cfg.provider in IN_CONTEXT
     levels_max = max((len(w) for w in widths.values()), default=1)
     stride = max(1, levels_max ** 2 // CALIBRATION_MASKS)
     alone: set[str] = set()  # layers no profile showed: timed cut out of the model
@@ -326,26 +330,29 @@ def build_latency_table(analysis: Analysis, materialize: Callable[[np.ndarray], 
             return
         pruned = materialize(keep)
         timed = profiled[0] % stride == 0  # the whole-model time of every stride-th mask calibrates
-        profile = profile_model(pruned.SerializeToString(), single, workdir, None if timed else 0)
         profiled[0] += 1
-        if timed:
-            measured.append((keep, profile.whole))
-        owners = _owners(pruned, set(nodes), profile)
         seconds = np.zeros(len(nodes))
         held = np.zeros(len(nodes), dtype=np.int64)
-        for name, t in profile.kernel.items():
-            if name in owners:
-                seconds[index[owners[name]]] += t
-                held[index[owners[name]]] += 1
-            else:
-                unheld[name] = max(unheld.get(name, 0.0), t)
+        if in_context:
+            profile = profile_model(pruned.SerializeToString(), single, workdir, None if timed else 0)
+            if timed:
+                measured.append((keep, profile.whole))
+            owners = _owners(pruned, set(nodes), profile)
+            for name, t in profile.kernel.items():
+                if name in owners:
+                    seconds[index[owners[name]]] += t
+                    held[index[owners[name]]] += 1
+                else:
+                    unheld[name] = max(unheld.get(name, 0.0), t)
+        elif timed:
+            measured.append((keep, benchmark_model(pruned.SerializeToString(), single)[0].median_ms / 1000.0))
         for i in range(len(nodes)):  # every layer the profile shows: one more observation of its cell
             if held[i]:
                 seen[i].setdefault(at[i], []).append(float(seconds[i]))
                 counts[i][at[i]] = int(held[i])
                 cells[i][at[i]] = float(np.median(seen[i][at[i]]))
         missing = [i for i in wanted if at[i] not in cells[i]]
-        if missing:  # not in the profile (fused away by the provider): the layer alone
+        if missing:  # not in the profile (fused away by the provider, or not profiled): the layer alone
             by_name = {n.name: n for n in pruned.graph.node}
             inits = {t.name for t in pruned.graph.initializer}
             extractor = Extractor(onnx.shape_inference.infer_shapes(pruned, data_prop=True))
@@ -375,7 +382,7 @@ def build_latency_table(analysis: Analysis, materialize: Callable[[np.ndarray], 
             for wa in widths[a]:
                 for wb in widths[b]:
                     measure(mask_of({a: wa, b: wb}), [n])
-        probe = profiler_cost(single, workdir)
+        probe = profiler_cost(single, workdir) if in_context and len(alone) < len(nodes) else None
     finally:
         scratch.cleanup()
     kept_nodes = [i for i in everyone if cells[i]]
@@ -394,7 +401,7 @@ def build_latency_table(analysis: Analysis, materialize: Callable[[np.ndarray], 
             c[k] = max(c[k] - per_node * counts[i][k], 0.0)
     table.scale, table.residual, table.full_seconds = scale, residual, float(wholes[0])
     predicted = residual + scale * (sums - per_node * held_nodes)
-    table.meta = {"method": "in context (profiled whole model)", "provider": cfg.provider, "batch": batch,
+    table.meta = {"method": "in context (profiled whole model)" if probe is not None else "layers timed alone", "provider": cfg.provider, "batch": batch,
                   "threads": cfg.threads, "max_levels": max_levels, "onnxruntime": ort.__version__,
                   "seconds_to_build": round(time.perf_counter() - t0, 2),
                   "cells": int(sum(len(c) for c in table.cells)), "layers": len(table.nodes),
@@ -416,7 +423,7 @@ def build_latency_table(analysis: Analysis, materialize: Callable[[np.ndarray], 
     return table
 
 
-def profiler_cost(cfg: BenchConfig, workdir: Path, chain: int = 40, repeats: int = 3) -> float:
+def profiler_cost(cfg: BenchConfig, workdir: Path, chain: int = 40, repeats: int = 5) -> float:
     """Seconds the profiler adds to each node's kernel time (beyond the node's own cost in an
     unprofiled run): profiled and unprofiled runs of a chain of `chain` tiny Relu nodes against
     a single one (100 runs each, the median of `repeats`), at most a chain node's profiled time."""
@@ -444,27 +451,15 @@ def profiler_cost(cfg: BenchConfig, workdir: Path, chain: int = 40, repeats: int
 def _fit(sums: np.ndarray, nodes: np.ndarray, wholes: np.ndarray,
          per_node: float | None = None) -> tuple[float, float, float]:
     """(scale, residual, profiler seconds per node) of `wholes ~ residual + scale x (sums -
-    per_node x nodes)`. The profiled kernels and the whole run measure the same work, so the
-    scale is 1; with `per_node` given (`profiler_cost`), the residual is the median of `wholes -
-    sums + per_node x nodes`, else `wholes - sums = residual - per_node x nodes` is fitted (least
-    squares; masks more than 3 median deviations off the first fit are dropped once)."""
-    gap = wholes - sums
+    per_node x nodes)`. Cells in context (`per_node` given, `profiler_cost`): the profiled nodes
+    and the whole run measure the same work, so the scale is 1 and the residual is the median of
+    `wholes - sums + per_node x nodes`. Cells timed alone (`per_node` None): each pays the
+    per-run overhead and misses the graph's fusions, so scale and residual are a least-squares
+    line (a constant where the layers do not explain the latency)."""
     if per_node is not None:
-        return 1.0, float(np.median(gap + per_node * nodes)), per_node
-
-    def solve(rows: np.ndarray) -> tuple[float, float]:
-        n, g = nodes[rows], gap[rows]
-        if rows.sum() >= 3 and np.ptp(n) > 0:
-            slope, intercept = np.polyfit(n, g, 1)
-            if slope <= 0:
-                return float(intercept), float(-slope)
-        return float(np.median(g)), 0.0
-
-    rows = np.ones(len(wholes), dtype=bool)
-    residual, per_node = solve(rows)
-    err = gap - (residual - per_node * nodes)
-    mad = float(np.median(np.abs(err - np.median(err))))
-    if mad > 0:
-        rows = np.abs(err - np.median(err)) <= 3 * 1.4826 * mad
-        residual, per_node = solve(rows)
-    return 1.0, residual, per_node
+        return 1.0, float(np.median(wholes - sums + per_node * nodes)), per_node
+    if len(sums) >= 2 and np.ptp(sums) > 0:
+        scale, residual = np.polyfit(sums, wholes, 1)
+        if scale > 0:
+            return float(scale), float(residual), 0.0
+    return 0.0, float(np.mean(wholes)), 0.0
