@@ -64,7 +64,7 @@ TARGETS = ("macs-0.5", "macs-0.25", "latency-0.5")
 FORMS = ("folded", "bn")
 MODELS = ("resnet20", "resnet56", "mobilenetv2", "vgg19_bn")
 # Why a method's runs are missing, when it is known (the report says so next to the missing runs).
-PENDING: dict[str, str] = {"gat-ppo": "waits for the final gat-ppo of issue 14 (being reworked during these runs)"}
+PENDING: dict[str, str] = {}
 
 # How each base is trained (`models.train.train`, i.e. `python -m models.train`), and its status.
 # A base is exported twice from the same trained weights: `<arch>_folded.onnx` and `<arch>_bn.onnx`.
