@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from benchmarks.peer import PEERS
-from onnxprune.methods import L1, RANDOM, RL_PRUNER, TAYLOR, names_of
+from onnxprune.methods import GAT_PPO, L1, RANDOM, RL_PRUNER, TAYLOR, names_of
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -56,10 +56,14 @@ SCORE_METHODS: dict[str, tuple[str, bool]] = {f"{L1.name}-uniform": (L1.name, Fa
 PEER_METHODS = tuple(PEERS)
 # Benchmark-only variants: (method, options). rl-pruner post-trains between its pruning steps
 # (extra training the others do not get); without it, its masks meet the same fine-tune budget.
-VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {f"{RL_PRUNER.name}-nopost": (RL_PRUNER.name, {"post_epochs": 0})}
+# gat-ppo's controls (issue 14): the same search and evaluations, other learners proposing candidates.
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    f"{RL_PRUNER.name}-nopost": (RL_PRUNER.name, {"post_epochs": 0}),
+    **{f"{GAT_PPO.name}-{learner}": (GAT_PPO.name, {"learner": learner}) for learner in ("prior", "random", "cem")},
+}
 SEARCHES = names_of("search") + tuple(VARIANTS)  # every registered search method
 METHODS = tuple(SCORE_METHODS) + PEER_METHODS + SEARCHES
-REFERENCE = "gat-ppo"  # every method's paired difference is taken against this one
+REFERENCE = GAT_PPO.name  # every method's paired difference is taken against this one
 TARGETS = ("macs-0.5", "macs-0.25", "latency-0.5")
 FORMS = ("folded", "bn")
 MODELS = ("resnet20", "resnet56", "mobilenetv2", "vgg19_bn")
