@@ -105,8 +105,10 @@ def heuristic_masks(s: Setup, scores: dict[str, np.ndarray]) -> dict[str, np.nda
     return out
 
 
-def short_finetune(s: Setup, keep: np.ndarray, steps: int, test_images: int, seed: int) -> dict[str, float]:
-    """Rewrite, re-estimate BatchNorm, distil for `steps` batches of 64; val and test top-1."""
+def short_finetune(s: Setup, keep: np.ndarray, steps: int | None, test_images: int, seed: int,
+                   lr: float | None = None) -> dict[str, float]:
+    """Rewrite, re-estimate BatchNorm, distil for `steps` batches of 64 (None: one epoch of every
+    training image, as `benchmarks.run`'s protocol); val and test top-1."""
     from onnxprune.bench import evaluate_onnx
     from onnxprune.rewrite import apply_keep
     from onnxprune.torchcopy import FinetuneConfig, finetune, recalibrate_batchnorm
@@ -116,7 +118,8 @@ def short_finetune(s: Setup, keep: np.ndarray, steps: int, test_images: int, see
     # as the API does: BatchNorm re-estimated under the mask (folded models: re-inserted, re-estimated, folded back)
     pruned, _ = recalibrate_batchnorm(pruned, s.splits.train[0], seed=seed, original=s.analysis, keep=keep,
                                       original_copy=s.teacher_copy())
-    tuned = finetune(pruned, s.teacher_copy(), s.splits, FinetuneConfig(epochs=1, max_train=steps * 64, seed=seed,
+    max_train = None if steps is None else steps * 64
+    tuned = finetune(pruned, s.teacher_copy(), s.splits, FinetuneConfig(epochs=1, max_train=max_train, seed=seed, lr=lr,
                                                                progress=False, verify=False))
     x, y = s.splits.test
     test = evaluate_onnx(tuned.model, x[:test_images], y[:test_images]).top1 if test_images else float("nan")
@@ -204,8 +207,11 @@ def proxy_study(args: argparse.Namespace) -> Path:
                      "settings": {k: v for k, v in vars(args).items() if k != "func"}, "note": LOAD_NOTE,
                      "spearman": rho, "mean_seconds_tier1_all_image_counts_or_tier2": cost,
                      "seconds": time.perf_counter() - t_start, "rows": rows,
-                     "target": f"test top-1 on {args.test_images} t10k images after {args.finetune_steps} distillation "
-                               f"steps of 64 images (BatchNorm re-estimated under the mask first)"})
+                     "target": f"test top-1 on {args.test_images} t10k images after "
+                               + ("one full distillation epoch of every training image, batch 64, lr "
+                                  "0.01 (benchmarks.run's protocol)" if args.protocol_finetune else
+                                  f"{args.finetune_steps} distillation steps of 64 images")
+                               + " (BatchNorm re-estimated under the mask first)"})
         return rho
 
     rho: dict[str, float] = {}
@@ -220,7 +226,12 @@ def proxy_study(args: argparse.Namespace) -> Path:
         if tier2 is not None:
             row[f"tier2_{args.tier2_steps}steps"] = tier2["val_after"]
             row["tier2_seconds"] = tier2["seconds"]
-        target = short_finetune(s, keep, args.finetune_steps, args.test_images, s.seed)
+        if args.protocol_finetune:  # the benchmark protocol's fine-tune: one full epoch, its lr
+            from benchmarks.run import Protocol
+
+            target = short_finetune(s, keep, None, args.test_images, s.seed, lr=Protocol().finetune_lr)
+        else:
+            target = short_finetune(s, keep, args.finetune_steps, args.test_images, s.seed)
         row["target_test_top1"] = target["test_top1"]
         row["target_val"] = target["val_after"]
         row["target_seconds"] = target["seconds"]
@@ -398,6 +409,8 @@ def main() -> None:
     p.add_argument("--prior-samples", type=int, default=6)
     p.add_argument("--tier-images", type=int, nargs="+", default=[128, 256, 512, 1000])
     p.add_argument("--tier2-steps", type=int, default=8)
+    p.add_argument("--protocol-finetune", action="store_true",
+                   help="target: test top-1 after the benchmark protocol's fine-tune (one full epoch; minutes per mask)")
     p.set_defaults(func=proxy_study)
     c = sub.add_parser("compare")
     for flag, kw in common:
