@@ -362,7 +362,7 @@ def run_one(arch: str, form: str, method: str, target: str, seed: int, mode_name
             record["search_val_top1"] = searched.val_top1
             record["search_summary"] = searched.summary
             record["trajectory"] = f"benchmarks/results/trajectories/{key}.json"
-    post_trained = searched is not None and searched.model is not None
+    post_trained = searched is not None and searched.trained  # the method trained weights (rl-pruner, sacp)
     record["post_trained_by_method"] = post_trained
     if not post_trained:  # BN-kept models: statistics re-estimated after pruning (no-op when folded)
         pruned, record["bn_recalibrated"] = recalibrate_batchnorm(pruned, splits.train[0], seed=seed)
