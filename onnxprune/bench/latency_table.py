@@ -408,6 +408,7 @@ def build_latency_table(analysis: Analysis, materialize: Callable[[np.ndarray], 
                   "layers_without_table": [nodes[i] for i in everyone if not cells[i]],
                   "layers_timed_alone": sorted(alone),
                   "nodes_charged_to_no_layer": {n: round(t, 9) for n, t in sorted(unheld.items())},
+                  "cells_seen_again": _spread(seen),
                   "calibration": {"masks": len(measured), "profiler_seconds_per_node": per_node,
                                   "fit_mean_abs_error": float(np.mean(np.abs(predicted / wholes - 1.0))),
                                   "fit_max_abs_error": float(np.max(np.abs(predicted / wholes - 1.0))),
@@ -421,6 +422,14 @@ def build_latency_table(analysis: Analysis, materialize: Callable[[np.ndarray], 
     except OSError:
         pass  # an unwritable cache only costs the next run a measurement
     return table
+
+
+def _spread(seen: list[dict[tuple[int, int], list[float]]]) -> dict[str, float]:
+    """Cells observed in several grid masks (the same widths, other neighbours): how many, and
+    the median and largest ratio of their slowest to fastest observation."""
+    ratios = [max(v) / min(v) for cells in seen for v in cells.values() if len(v) > 1 and min(v) > 0]
+    return {"cells": len(ratios), "median_ratio": float(np.median(ratios)) if ratios else 1.0,
+            "max_ratio": max(ratios, default=1.0)}
 
 
 def profiler_cost(cfg: BenchConfig, workdir: Path, chain: int = 40, repeats: int = 5) -> float:
