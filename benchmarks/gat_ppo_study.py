@@ -383,6 +383,10 @@ def report(_args: argparse.Namespace) -> Path:
             for sd, m, c in curves:
                 lines.append(f"- seed {sd} {m}: " + ", ".join(f"{v:.3f}" for v in c if v is not None))
         lines.append("")
+    from benchmarks.gat_ppo_transfer import section as transfer_section
+
+    for path in sorted(OUT.glob("transfer__*.json")):  # python -m benchmarks.gat_ppo_transfer
+        lines += transfer_section(path)
     DOC.parent.mkdir(parents=True, exist_ok=True)
     DOC.write_text("\n".join(lines) + "\n")
     return DOC

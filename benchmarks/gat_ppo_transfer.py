@@ -56,6 +56,7 @@ CACHE = Path.home() / ".cache" / "onnxprune" / "transfer"
 TARGET = ROOT / "benchmarks" / "models" / "resnet20_folded.onnx"
 LOAD_NOTE = "measured on the shared 2-core CPU machine while other engineers' tests and a training job ran (under load)"
 ARMS = ("scratch", "pretrained", "prior")
+METRICS = ("best_proxy", "mean_proxy_all_updates", "mean_proxy_first_update", "mean_proxy_last_update", "val_top1")
 COLORS = {"scratch": "tab:blue", "pretrained": "tab:green", "prior": "tab:gray"}
 
 
@@ -208,12 +209,12 @@ def _target_splits(model: Path, val_images: int, seed: int) -> Any:
 
     analysis = analyze(model)
     first = analysis.graph.inputs[0].name
-    splits = load_dataset(args_data(model), input_shape=analysis.graph.shapes[first], seed=seed)
+    splits = load_dataset(dataset_of(model), input_shape=analysis.graph.shapes[first], seed=seed)
     x_val, y_val = splits.val
     return dataclasses.replace(splits, val=(x_val[:val_images], y_val[:val_images]))
 
 
-def args_data(model: Path) -> str:
+def dataset_of(model: Path) -> str:
     """The dataset a target model classifies (digits for the cached pre-training nets)."""
     return "digits" if "digits" in model.name else "fashion-mnist"
 
@@ -332,21 +333,23 @@ def plot(data: dict[str, Any], path: Path) -> None:
             if not rs:
                 continue
             for r in rs:
-                ax_c.plot(r["episodes_at_update"], r["curve"], color=COLORS[arm], alpha=0.3, lw=0.8)
+                ax_c.plot(np.asarray(r["episodes_at_update"]) + r["setup_evaluations"], r["curve"], color=COLORS[arm],
+                          alpha=0.3, lw=0.8)
                 ax_b.plot(np.arange(1, len(r["best_so_far"]) + 1) + r["setup_evaluations"], r["best_so_far"],
                           color=COLORS[arm], alpha=0.3, lw=0.8)
             n = min(len(r["curve"]) for r in rs)
-            handles[arm] = ax_c.plot(rs[0]["episodes_at_update"][:n], np.mean([r["curve"][:n] for r in rs], 0),
-                                     color=COLORS[arm], lw=2, marker="o", ms=3)[0]
+            handles[arm] = ax_c.plot(np.asarray(rs[0]["episodes_at_update"][:n]) + rs[0]["setup_evaluations"],
+                                     np.mean([r["curve"][:n] for r in rs], 0), color=COLORS[arm], lw=2, marker="o",
+                                     ms=3, label=arm)[0]
             m = min(len(r["best_so_far"]) for r in rs)
             ax_b.plot(np.arange(1, m + 1) + rs[0]["setup_evaluations"], np.mean([r["best_so_far"][:m] for r in rs], 0),
                       color=COLORS[arm], lw=2)
         ax_c.set_title(f"{Path(data['model']).stem}, {target:g} of the MACs: mean proxy per update")
         ax_b.set_title("best proxy so far")
-        ax_c.set_xlabel("candidates evaluated (end of update)")
+        ax_c.set_xlabel("evaluations at the end of the update (setup included)")
         ax_b.set_xlabel("evaluations (setup included)")
         ax_c.set_ylabel("proxy (masked val top-1, BN re-estimated)")
-    plotstyle.one_legend(fig, handles, list(ARMS))
+    axes[0][0].legend(handles=[handles[a] for a in ARMS if a in handles], loc="lower right")
     seeds = sorted({r["seed"] for r in runs})
     plotstyle.caption(fig, f"gat-ppo on {Path(data['model']).name} from scratch (default start), from the policy "
                       f"pre-trained on {', '.join(data['pretrain']['settings']['archs'])} (digits), and its prior alone; "
@@ -375,8 +378,10 @@ def section(path: Path) -> list[str]:
              f"Target: {st['episodes']} candidates per search (batch {st['batch']}) plus the sensitivity "
              f"measurement, proxy on 128 of {st['eval_images']} validation images with BatchNorm re-estimated on "
              f"{st['bn_batches']} x 128 train images, `--round-to auto`; val top-1 = the finalist on "
-             f"{st['val_images']} validation images. Its architecture (ResNet-20) and data (Fashion-MNIST) are not "
-             f"among the pre-training graphs (residual nets are: the 4-group net and ResNet-8).", "",
+             f"{st['val_images']} validation images." + (
+                 " Its architecture (ResNet-20) and data (Fashion-MNIST) are not among the pre-training graphs "
+                 "(residual nets are: the 4-group net and ResNet-8)." if Path(d["model"]).name == TARGET.name else ""),
+             "",
              "| MACs | arm | seeds | best proxy | mean proxy, all updates | first update | last update | val top-1 |",
              "|---|---|---|---|---|---|---|---|"]
     for target, entry in d["summary"].items():
@@ -393,7 +398,7 @@ def section(path: Path) -> list[str]:
             if not diffs:
                 continue
             cells = [f"{v['mean']:+.4f} ± {'-' if v['se'] is None else format(v['se'], '.4f')}"
-                     f"{' *' if v['above_2se'] or v['below_2se'] else ''}" for v in diffs.values()]
+                     f"{' *' if v['above_2se'] or v['below_2se'] else ''}" for v in (diffs[m] for m in METRICS)]
             lines.append(f"| {target} | {other} (n={next(iter(diffs.values()))['n']}) | " + " | ".join(cells) + " |")
     lines.append("")
     return lines
