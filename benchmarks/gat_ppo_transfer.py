@@ -55,9 +55,10 @@ OUT = ROOT / "benchmarks" / "results" / "gat_ppo"
 CACHE = Path.home() / ".cache" / "onnxprune" / "transfer"
 TARGET = ROOT / "benchmarks" / "models" / "resnet20_folded.onnx"
 LOAD_NOTE = "measured on the shared 2-core CPU machine while other engineers' tests and a training job ran (under load)"
-ARMS = ("scratch", "pretrained", "prior")
+ARMS = ("scratch", "pretrained", "prior", "joint")
+DEFAULT_ARMS = ARMS[:3]
 METRICS = ("best_proxy", "mean_proxy_all_updates", "mean_proxy_first_update", "mean_proxy_last_update", "val_top1")
-COLORS = {"scratch": "tab:blue", "pretrained": "tab:green", "prior": "tab:gray"}
+COLORS = {"scratch": "tab:blue", "pretrained": "tab:green", "prior": "tab:gray", "joint": "tab:orange"}
 
 
 # -- the pre-training graphs ------------------------------------------------------------------
@@ -161,13 +162,15 @@ def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
-def pretrain(args: argparse.Namespace, base: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
-    """Run (or reuse) the pre-training stages; (policy path, record)."""
+def pretrain(args: argparse.Namespace, base: dict[str, Any], schedule: str = "sequential") -> tuple[Path, dict[str, Any]]:
+    """Run (or reuse) the pre-training (`schedule`: sequential stages, or joint); (policy path, record)."""
     from onnxprune.data import load_dataset
 
     settings = {"archs": args.archs, "epochs": args.train_epochs, "rounds": args.rounds,
                 "targets": args.pretrain_targets, "episodes": args.pretrain_episodes, "batch": args.batch,
                 "base_options": base, "round_to": 1, "eval_images": None, "bn_batches": args.bn_batches}
+    if schedule != "sequential":  # the sequential key predates the joint schedule
+        settings["schedule"] = schedule
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
     folder = args.cache / f"torch-{torch.__version__}" / f"pretrain-{key}"
     record_path = folder / "pretrain.json"
@@ -177,6 +180,13 @@ def pretrain(args: argparse.Namespace, base: dict[str, Any]) -> tuple[Path, dict
     folder.mkdir(parents=True, exist_ok=True)
     splits = load_dataset("digits", input_shape=(1, 1, 8, 8), seed=0)
     nets = {name: digits_net(name, args.train_epochs, args.cache) for name in args.archs}
+    if schedule == "joint":
+        t_all = time.perf_counter()
+        tasks = joint_pretrain(args, base, nets, splits, policy)
+        record = {"settings": settings, "graphs": {n: r for n, (_, r) in nets.items()}, "tasks": tasks,
+                  "seconds": time.perf_counter() - t_all, "policy_sha256_16": _sha(policy), "note": LOAD_NOTE}
+        record_path.write_text(json.dumps(record, indent=1) + "\n")
+        return policy, record
     stages: list[dict[str, Any]] = []
     current = ""
     t_all = time.perf_counter()
@@ -201,6 +211,82 @@ def pretrain(args: argparse.Namespace, base: dict[str, Any]) -> tuple[Path, dict
               "seconds": time.perf_counter() - t_all, "policy_sha256_16": _sha(policy), "note": LOAD_NOTE}
     record_path.write_text(json.dumps(record, indent=1) + "\n")
     return policy, record
+
+
+def _task(model: Path, splits: Any, target: float, seed: int, options: dict[str, Any], bn_batches: int) -> Any:
+    """A gat-ppo search state (`_Search`) on `model` at `target`, sensitivity measured, ready to
+    sample: what `gat_ppo.run` builds before its loop (exact widths, the whole validation split)."""
+    from onnxprune.deps import analyze
+    from onnxprune.methods import L1, TAYLOR
+    from onnxprune.search import Budget, EvalConfig, SearchConfig, SearchContext
+    from onnxprune.search.budget import BudgetMeter
+    from onnxprune.search.evaluator import make_evaluator
+    from onnxprune.search.gat_ppo.search import (_Search, impact_scores, measure_sensitivity, parse_config,
+                                                 proxy_images)
+    from onnxprune.torchcopy import to_torch
+
+    analysis = analyze(model)
+    cfg = SearchConfig(budget=Budget("macs", target), seed=seed, progress=False, options=options, round_to=1,
+                       eval=EvalConfig(images=None, bn_batches=bn_batches, bn_batch_size=128, seed=seed))
+    copy = to_torch(analysis, seed=seed)
+    calib = {"images": cfg.eval.bn_batches * cfg.eval.bn_batch_size, "batch_size": cfg.eval.taylor_batch_size}
+    scores = {L1.name: L1.load()(analysis, seed=seed),
+              TAYLOR.name: TAYLOR.load()(analysis, seed=seed, copy=copy, splits=splits, **calib)}
+    ctx = SearchContext("gat-ppo", analysis, make_evaluator(analysis, copy, splits, cfg.eval),
+                        BudgetMeter(analysis, cfg.budget), scores, cfg, copy, splits)
+    gcfg = parse_config(options)
+    impact = impact_scores(ctx)
+    probe = _Search(ctx, dataclasses.replace(gcfg, sensitivity=False), None, impact)
+    sensitivity, _ = measure_sensitivity(ctx, probe.projector, gcfg.sensitivity_ratio, proxy_images(ctx, gcfg))
+    return _Search(ctx, gcfg, sensitivity, impact)
+
+
+def joint_pretrain(args: argparse.Namespace, base: dict[str, Any], nets: dict[str, tuple[Path, Any]], splits: Any,
+                   policy: Path) -> list[dict[str, Any]]:
+    """Multi-graph PPO: one policy (shared weights; each graph keeps its own prior) samples a batch
+    on every (graph, MACs target) task, then each PPO step minimizes the mean of the tasks' losses.
+    As many candidates as the sequential schedule. Writes `policy`; returns one record per task."""
+    from onnxprune.search.gat_ppo.policy import save_policy
+    from onnxprune.search.gat_ppo.ppo import PpoBatch, advantages, ppo_loss
+    from onnxprune.search.gat_ppo.pretrain import pretrain_encoder
+    from onnxprune.search.gat_ppo.search import proxy_images
+
+    opts = {**base, "episodes": args.pretrain_episodes}
+    tasks = [(name, t) for name in args.archs for t in args.pretrain_targets]
+    searches = [_task(nets[name][0], splits, t, 1000 + i, opts, args.bn_batches) for i, (name, t) in enumerate(tasks)]
+    first = searches[0]
+    first.pretrain_losses = pretrain_encoder(first.policy.encoder, first.graph, first.edges, first.cfg.pretrain_steps,
+                                             first.cfg.pretrain_lr, first.ctx.rng)
+    for s in searches[1:]:  # one set of weights; the prior and valid buffers stay per graph
+        s.policy.encoder, s.policy.actor, s.policy.critic = first.policy.encoder, first.policy.actor, first.policy.critic
+    cfg = first.cfg
+    opt = torch.optim.Adam(first.policy.parameters(), lr=cfg.lr)
+    curves: list[list[float]] = [[] for _ in tasks]
+    updates = args.rounds * args.pretrain_episodes // args.batch
+    for update in range(updates):
+        batches = []
+        for i, s in enumerate(searches):
+            rolled = [s.rollout() for _ in range(args.batch)]
+            proxies = [float(v) for v in s.ctx.evaluator.evaluate([r[0] for r in rolled],
+                                                                   images=proxy_images(s.ctx, s.cfg))]
+            curves[i].append(float(np.mean(proxies)))
+            adv, tgt = advantages([r[2] for r in rolled], proxies, "batch", cfg.gamma, cfg.gae_lambda, cfg.adv_floor)
+            batches.append((s, PpoBatch.of(s.edges, [r[2] for r in rolled], adv, tgt)))
+        for _ in range(cfg.ppo_epochs):
+            loss = sum(ppo_loss(s.policy, s.edges, b, cfg.clip, cfg.entropy, cfg.value_coef)[0]
+                       for s, b in batches) / len(batches)
+            opt.zero_grad()
+            loss.backward()  # type: ignore[union-attr]
+            nn.utils.clip_grad_norm_(first.policy.parameters(), 0.5)
+            opt.step()
+        if update % 8 == 0 or update == updates - 1:
+            print(f"[{time.strftime('%H:%M:%S')}] joint pre-train update {update}: mean proxy per task "
+                  + ", ".join(f"{c[-1]:.3f}" for c in curves), flush=True)
+    save_policy(first.policy, policy, first.policy_meta())
+    for s in searches:
+        s.ctx.evaluator.close()
+    return [{"graph": name, "target": t, "groups": s.graph.num_nodes, "curve": c}
+            for (name, t), s, c in zip(tasks, searches, curves)]
 
 
 def _target_splits(model: Path, val_images: int, seed: int) -> Any:
@@ -249,7 +335,7 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for target in sorted({r["target"] for r in runs}):
         by = {(r["seed"], r["arm"]): r for r in runs if r["target"] == target}
-        seeds = sorted({s for s, a in by if a == "pretrained" and (s, "scratch") in by})
+        seeds = sorted({s for s, a in by if a == "scratch"})
         metrics = {
             "best_proxy": lambda r: r["best_proxy"],
             "val_top1": lambda r: r["val_top1"],
@@ -258,11 +344,12 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
             "mean_proxy_last_update": lambda r: r["curve"][-1],
         }
         entry: dict[str, Any] = {"seeds": seeds}
-        for other in ("scratch", "prior"):
-            ok = [s for s in seeds if (s, other) in by]
-            entry[f"pretrained_minus_{other}"] = {
-                m: paired([f(by[(s, "pretrained")]) for s in ok], [f(by[(s, other)]) for s in ok])
-                for m, f in metrics.items() if ok}
+        for arm, other in (("pretrained", "scratch"), ("pretrained", "prior"), ("joint", "scratch"),
+                           ("joint", "prior")):
+            ok = [s for s in seeds if (s, other) in by and (s, arm) in by]
+            if ok:
+                entry[f"{arm}_minus_{other}"] = {
+                    m: paired([f(by[(s, arm)]) for s in ok], [f(by[(s, other)]) for s in ok]) for m, f in metrics.items()}
         entry["means"] = {arm: {m: float(np.mean([f(by[(s, arm)]) for s in seeds if (s, arm) in by]))
                                 for m, f in metrics.items()} for arm in ARMS if any((s, arm) in by for s in seeds)}
         out[f"{target:g}"] = entry
@@ -273,20 +360,27 @@ def run(args: argparse.Namespace) -> Path:
     torch.set_num_threads(args.threads)
     base = {"batch": args.batch, "gat_backend": "torch", "pretrain_steps": args.pretrain_steps}
     policy, pre = pretrain(args, base)
+    joint = pretrain(args, base, "joint") if "joint" in args.arms else None
     model = Path(args.target_model)
     out = args.out_dir / f"transfer__{model.stem}.json"
     data: dict[str, Any] = json.loads(out.read_text()) if out.exists() else {"runs": []}
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "func"}
     if data.get("pretrain", {}).get("policy_sha256_16") not in (None, pre["policy_sha256_16"]):
         raise SystemExit(f"{out} holds runs from another pre-trained policy; move it away to start again")
+    if joint is not None:
+        if data.get("pretrain_joint", {}).get("policy_sha256_16") not in (None, joint[1]["policy_sha256_16"]):
+            raise SystemExit(f"{out} holds runs from another jointly pre-trained policy; move it away to start again")
+        data["pretrain_joint"] = joint[1]
     data.update(kind="transfer", model=str(model), note=LOAD_NOTE, pretrain=pre, base_options=base,
                 settings={**data.get("settings", {}), **settings}, arms={
                     "scratch": "the default start (encoder pre-trained as a graph auto-encoder on the target)",
                     "pretrained": "policy= the pre-trained policy (no encoder pre-training)",
+                    "joint": "policy= the jointly pre-trained policy (multi-graph PPO, same candidates)",
                     "prior": "learner=prior: the untrained policy's prior alone, best of N (sensitivity evaluations "
                              "spent as candidates)"})
     done = {(r["target"], r["seed"], r["arm"]) for r in data["runs"]}
-    arm_options = {"scratch": {}, "pretrained": {"policy": str(policy)}, "prior": {"learner": "prior"}}
+    arm_options = {"scratch": {}, "pretrained": {"policy": str(policy)}, "prior": {"learner": "prior"},
+                   "joint": {"policy": str(joint[0]) if joint else ""}}
     for target in args.targets:
         for seed in args.seeds:
             splits = _target_splits(model, args.val_images, seed)
@@ -382,6 +476,26 @@ def section(path: Path) -> list[str]:
                  " Its architecture (ResNet-20) and data (Fashion-MNIST) are not among the pre-training graphs "
                  "(residual nets are: the 4-group net and ResNet-8)." if Path(d["model"]).name == TARGET.name else ""),
              "",
+             "Does pre-training accumulate? Mean proxy of the first update of each pre-training stage (the policy "
+             "as the previous stages left it, before it sees this stage's rewards), per round:", "",
+             "| graph | MACs | groups | " + " | ".join(f"round {r}" for r in range(ps["rounds"])) + " |",
+             "|---|---|---|" + "---|" * ps["rounds"]]
+    for name in ps["archs"]:
+        for t in ps["targets"]:
+            row = [s for s in stages if s["graph"] == name and s["target"] == t]
+            lines.append(f"| {name} | {t:g} | {row[0]['groups']} | " + " | ".join(f"{s['curve'][0]:.3f}" for s in row) + " |")
+    joint = d.get("pretrain_joint")
+    if joint:
+        first = np.mean([t["curve"][0] for t in joint["tasks"]])
+        last = np.mean([np.mean(t["curve"][-4:]) for t in joint["tasks"]])
+        lines += ["", f"Joint pre-training (arm `joint`, `--arms ... joint`): the same graphs, targets and number of "
+                  f"candidates, but one multi-graph PPO: every update samples a batch of {st['batch']} on each of the "
+                  f"{len(joint['tasks'])} (graph, MACs) tasks and each PPO step minimizes the mean of their losses "
+                  f"({len(joint['tasks'][0]['curve'])} updates, {joint['seconds']:.0f} s). Mean proxy over the tasks, "
+                  f"first update {first:.3f}, last four updates {last:.3f}; per task: "
+                  + ", ".join(f"{t['graph']}@{t['target']:g} {t['curve'][0]:.3f} -> {np.mean(t['curve'][-4:]):.3f}"
+                              for t in joint["tasks"]) + "."]
+    lines += ["",
              "| MACs | arm | seeds | best proxy | mean proxy, all updates | first update | last update | val top-1 |",
              "|---|---|---|---|---|---|---|---|"]
     for target, entry in d["summary"].items():
@@ -389,17 +503,18 @@ def section(path: Path) -> list[str]:
             n = len([r for r in d["runs"] if f"{r['target']:g}" == target and r["arm"] == arm])
             lines.append(f"| {target} | {arm} | {n} | {m['best_proxy']:.4f} | {m['mean_proxy_all_updates']:.4f} | "
                          f"{m['mean_proxy_first_update']:.4f} | {m['mean_proxy_last_update']:.4f} | {m['val_top1']:.4f} |")
-    lines += ["", "Paired differences, pretrained minus the other arm (mean ± s.e. over seeds; * beyond two s.e.):", "",
-              "| MACs | vs | best proxy | mean proxy, all updates | first update | last update | val top-1 |",
+    lines += ["", "Paired differences between arms (mean ± s.e. over seeds; * beyond two s.e.):", "",
+              "| MACs | difference | best proxy | mean proxy, all updates | first update | last update | val top-1 |",
               "|---|---|---|---|---|---|---|"]
     for target, entry in d["summary"].items():
-        for other in ("scratch", "prior"):
-            diffs = entry.get(f"pretrained_minus_{other}")
-            if not diffs:
+        for key, diffs in entry.items():
+            if "_minus_" not in key:
                 continue
+            arm, other = key.split("_minus_")
             cells = [f"{v['mean']:+.4f} ± {'-' if v['se'] is None else format(v['se'], '.4f')}"
                      f"{' *' if v['above_2se'] or v['below_2se'] else ''}" for v in (diffs[m] for m in METRICS)]
-            lines.append(f"| {target} | {other} (n={next(iter(diffs.values()))['n']}) | " + " | ".join(cells) + " |")
+            lines.append(f"| {target} | {arm} - {other} (n={next(iter(diffs.values()))['n']}) | " + " | ".join(cells)
+                         + " |")
     lines.append("")
     return lines
 
@@ -420,7 +535,8 @@ def main() -> None:
     ap.add_argument("--target-model", default=str(TARGET))
     ap.add_argument("--targets", type=float, nargs="+", default=[0.5])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
+    ap.add_argument("--arms", nargs="+", default=list(DEFAULT_ARMS), choices=ARMS,
+                    help="joint: also pre-train jointly (multi-graph PPO) and search from that policy")
     ap.add_argument("--episodes", type=int, default=48)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--eval-images", type=int, default=256)
@@ -441,7 +557,7 @@ def main() -> None:
         return
     if args.tiny:
         args.archs, args.rounds, args.pretrain_targets, args.pretrain_episodes = ["resnet_tiny"], 1, [0.5], 16
-        args.train_epochs, args.episodes, args.seeds, args.arms, args.pretrain_steps = 3, 16, [0], list(ARMS), 10
+        args.train_epochs, args.episodes, args.seeds, args.pretrain_steps = 3, 16, [0], 10
         args.eval_images, args.val_images, args.threads = 128, 150, 1
         args.target_model = str(digits_net("plain5", 3, args.cache)[0])
     print(run(args))

@@ -1,7 +1,7 @@
 """gat-ppo transfer across graphs (issue 14, item 5): a policy pre-trained on one graph loads and
 searches another graph with a different number of groups, and `python -m
-benchmarks.gat_ppo_transfer --tiny` runs end to end (pre-training, the three arms, the summary,
-the plot and the report section)."""
+benchmarks.gat_ppo_transfer --tiny` runs end to end (both pre-training schedules, the four arms,
+the summary, the plot and the report section) and resumes."""
 
 from __future__ import annotations
 
@@ -61,13 +61,17 @@ def test_a_policy_trained_on_one_graph_searches_another(tiny, tmp_path: Path) ->
 
 
 def test_the_transfer_benchmark_runs_end_to_end_on_its_tiny_setting(tmp_path: Path) -> None:
-    argv = ["gat_ppo_transfer", "--tiny", "--out-dir", str(tmp_path / "out"), "--cache", str(tmp_path / "cache")]
+    argv = ["gat_ppo_transfer", "--tiny", "--out-dir", str(tmp_path / "out"), "--cache", str(tmp_path / "cache"),
+            "--arms", "scratch", "pretrained", "prior", "joint"]
     with mock.patch.object(sys, "argv", argv):
         gat_ppo_transfer.main()
     out = tmp_path / "out" / "transfer__plain5-digits-e3.json"
     data = json.loads(out.read_text())
-    assert {r["arm"] for r in data["runs"]} == {"scratch", "pretrained", "prior"}
+    assert {r["arm"] for r in data["runs"]} == {"scratch", "pretrained", "prior", "joint"}
     by = {r["arm"]: r for r in data["runs"]}
+    # with one pre-training task the joint schedule is the sequential one: the joint loss is PPO's
+    assert data["pretrain_joint"]["tasks"][0]["curve"] == data["pretrain"]["stages"][0]["curve"]
+    assert by["joint"]["proxies"] == by["pretrained"]["proxies"]
     # equal evaluations: the controls spend the sensitivity measurement as candidates
     assert by["scratch"]["candidates"] + by["scratch"]["setup_evaluations"] == by["prior"]["candidates"]
     assert by["scratch"]["pretrain_loss"] is not None and by["pretrained"]["pretrain_loss"] is None
@@ -77,7 +81,7 @@ def test_the_transfer_benchmark_runs_end_to_end_on_its_tiny_setting(tmp_path: Pa
     assert diff["n"] == 1 and diff["se"] is None and not diff["above_2se"]
     assert out.with_suffix(".png").stat().st_size > 0
     text = "\n".join(gat_ppo_transfer.section(out))
-    assert "| 0.5 | pretrained | 1 |" in text and "| 0.5 | scratch (n=1) |" in text
+    assert "| 0.5 | pretrained | 1 |" in text and "| 0.5 | joint - scratch (n=1) |" in text
     # resumable: a second run finds every arm done and changes no run
     with mock.patch.object(sys, "argv", argv):
         gat_ppo_transfer.main()

@@ -63,29 +63,52 @@ def advantages(episodes: list[list[Transition]], returns: list[float], baseline:
     return adv, np.asarray(tgts, np.float32)
 
 
+@dataclass(frozen=True, eq=False)
+class PpoBatch:
+    """The steps of a batch of episodes of one graph, as tensors on the policy's device."""
+
+    x: torch.Tensor  # (S, N, F)
+    nodes: torch.Tensor  # (S, N) bool
+    actions: torch.Tensor
+    old_logp: torch.Tensor  # (S,)
+    adv: torch.Tensor  # (S,)
+    targets: torch.Tensor  # (S,)
+
+    @classmethod
+    def of(cls, edges: Edges, episodes: list[list[Transition]], adv: np.ndarray, targets: np.ndarray) -> PpoBatch:
+        flat = [t for ep in episodes for t in ep]
+        dev = edges.device  # where the policy runs
+        return cls(torch.from_numpy(np.stack([t.x for t in flat])).to(dev),
+                   torch.from_numpy(np.stack([t.nodes for t in flat])).to(dev),
+                   torch.from_numpy(np.stack([t.actions for t in flat])).to(dev),
+                   torch.tensor([t.logp for t in flat], dtype=torch.float32, device=dev),
+                   torch.from_numpy(adv).to(dev), torch.from_numpy(targets).to(dev))
+
+
+def ppo_loss(policy: ActorCritic, edges: Edges, b: PpoBatch, clip: float, entropy_coef: float,
+             value_coef: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The clipped PPO loss of one batch (policy + value - entropy bonus) and its parts."""
+    logits, value = policy(edges, b.x)
+    logp, ent = policy.log_prob_entropy(logits, b.nodes, b.actions)
+    ratio = torch.exp(logp - b.old_logp)
+    policy_loss = -torch.min(ratio * b.adv, ratio.clamp(1 - clip, 1 + clip) * b.adv).mean()
+    value_loss = (value - b.targets).pow(2).mean()
+    loss = policy_loss + value_coef * value_loss - entropy_coef * ent.mean()
+    return loss, {"policy_loss": policy_loss, "value_loss": value_loss, "entropy": ent.mean(),
+                  "clip_fraction": ((ratio - 1).abs() > clip).float().mean()}
+
+
 def ppo_update(policy: ActorCritic, opt: torch.optim.Optimizer, edges: Edges, episodes: list[list[Transition]],
                adv: np.ndarray, targets: np.ndarray, clip: float, entropy_coef: float, value_coef: float,
                epochs: int, max_grad_norm: float = 0.5) -> dict[str, float]:
     """`epochs` full-batch PPO steps over every step of `episodes`; the last step's losses."""
-    flat = [t for ep in episodes for t in ep]
-    dev = edges.device  # where the policy runs
-    x = torch.from_numpy(np.stack([t.x for t in flat])).to(dev)  # (S, N, F)
-    nodes = torch.from_numpy(np.stack([t.nodes for t in flat])).to(dev)  # (S, N)
-    actions = torch.from_numpy(np.stack([t.actions for t in flat])).to(dev)
-    old = torch.tensor([t.logp for t in flat], dtype=torch.float32, device=dev)
-    adv_t, ret_t = torch.from_numpy(adv).to(dev), torch.from_numpy(targets).to(dev)
+    b = PpoBatch.of(edges, episodes, adv, targets)
     stats: dict[str, float] = {}
     for _ in range(epochs):
-        logits, value = policy(edges, x)
-        logp, ent = policy.log_prob_entropy(logits, nodes, actions)
-        ratio = torch.exp(logp - old)
-        policy_loss = -torch.min(ratio * adv_t, ratio.clamp(1 - clip, 1 + clip) * adv_t).mean()
-        value_loss = (value - ret_t).pow(2).mean()
-        loss = policy_loss + value_coef * value_loss - entropy_coef * ent.mean()
+        loss, parts = ppo_loss(policy, edges, b, clip, entropy_coef, value_coef)
         opt.zero_grad()
         loss.backward()
         nn.utils.clip_grad_norm_(policy.parameters(), max_grad_norm)
         opt.step()
-        stats = {"policy_loss": policy_loss.item(), "value_loss": value_loss.item(), "entropy": ent.mean().item(),
-                 "clip_fraction": ((ratio - 1).abs() > clip).float().mean().item()}
+        stats = {k: v.item() for k, v in parts.items()}
     return stats
