@@ -55,10 +55,11 @@ OUT = ROOT / "benchmarks" / "results" / "gat_ppo"
 CACHE = Path.home() / ".cache" / "onnxprune" / "transfer"
 TARGET = ROOT / "benchmarks" / "models" / "resnet20_folded.onnx"
 LOAD_NOTE = "measured on the shared 2-core CPU machine while other engineers' tests and a training job ran (under load)"
-ARMS = ("scratch", "pretrained", "prior", "joint")
+ARMS = ("scratch", "pretrained", "prior", "joint", "joint-lr0.001")
 DEFAULT_ARMS = ARMS[:3]
 METRICS = ("best_proxy", "best_first_update", "mean_proxy_all_updates", "mean_proxy_first_update", "mean_proxy_last_update", "val_top1")
-COLORS = {"scratch": "tab:blue", "pretrained": "tab:green", "prior": "tab:gray", "joint": "tab:orange"}
+COLORS = {"scratch": "tab:blue", "pretrained": "tab:green", "prior": "tab:gray", "joint": "tab:orange",
+          "joint-lr0.001": "tab:red"}
 
 
 # -- the pre-training graphs ------------------------------------------------------------------
@@ -346,7 +347,7 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
         }
         entry: dict[str, Any] = {"seeds": seeds}
         for arm, other in (("pretrained", "scratch"), ("pretrained", "prior"), ("joint", "scratch"),
-                           ("joint", "prior")):
+                           ("joint", "prior"), ("joint-lr0.001", "scratch"), ("joint-lr0.001", "joint")):
             ok = [s for s in seeds if (s, other) in by and (s, arm) in by]
             if ok:
                 entry[f"{arm}_minus_{other}"] = {
@@ -361,7 +362,7 @@ def run(args: argparse.Namespace) -> Path:
     torch.set_num_threads(args.threads)
     base = {"batch": args.batch, "gat_backend": "torch", "pretrain_steps": args.pretrain_steps}
     policy, pre = pretrain(args, base)
-    joint = pretrain(args, base, "joint") if "joint" in args.arms else None
+    joint = pretrain(args, base, "joint") if any(a.startswith("joint") for a in args.arms) else None
     model = Path(args.target_model)
     out = args.out_dir / f"transfer__{model.stem}.json"
     data: dict[str, Any] = json.loads(out.read_text()) if out.exists() else {"runs": []}
@@ -377,11 +378,13 @@ def run(args: argparse.Namespace) -> Path:
                     "scratch": "the default start (encoder pre-trained as a graph auto-encoder on the target)",
                     "pretrained": "policy= the pre-trained policy (no encoder pre-training)",
                     "joint": "policy= the jointly pre-trained policy (multi-graph PPO, same candidates)",
+                    "joint-lr0.001": "the joint arm with lr=0.001 on the target (default 0.01)",
                     "prior": "learner=prior: the untrained policy's prior alone, best of N (sensitivity evaluations "
                              "spent as candidates)"})
     done = {(r["target"], r["seed"], r["arm"]) for r in data["runs"]}
     arm_options = {"scratch": {}, "pretrained": {"policy": str(policy)}, "prior": {"learner": "prior"},
-                   "joint": {"policy": str(joint[0]) if joint else ""}}
+                   "joint": {"policy": str(joint[0]) if joint else ""},
+                   "joint-lr0.001": {"policy": str(joint[0]) if joint else "", "lr": 0.001}}
     for target in args.targets:
         for seed in args.seeds:
             splits = _target_splits(model, args.val_images, seed)
@@ -542,7 +545,8 @@ def main() -> None:
     ap.add_argument("--targets", type=float, nargs="+", default=[0.5])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--arms", nargs="+", default=list(DEFAULT_ARMS), choices=ARMS,
-                    help="joint: also pre-train jointly (multi-graph PPO) and search from that policy")
+                    help="joint: also pre-train jointly (multi-graph PPO) and search from that policy; "
+                         "joint-lr0.001: the same at lr=0.001 on the target")
     ap.add_argument("--episodes", type=int, default=48)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--eval-images", type=int, default=256)
