@@ -361,6 +361,10 @@ def report(_args: argparse.Namespace) -> Path:
                   f"top-1 on the first {st['test_images']} t10k images. Searches: {st['episodes']} candidates "
                   f"(batch {st['batch']}), proxy on {st['eval_images']} validation images with BatchNorm "
                   f"re-estimated on {st['bn_batches']} x 128 train images (`{path.relative_to(ROOT)}`).", "",
+                  "This short-fine-tune comparison was made before candidates were generated at rounded widths "
+                  "and before the 128-image proxy became the default; the comparison at the benchmark "
+                  "protocol's full fine-tune (one epoch, 5 paired seeds, gat-ppo's controls included) is in "
+                  "BENCHMARKS.md (`python -m benchmarks.run`).", "",
                   "| method | mean test top-1 | per seed | gat-ppo minus method, paired (mean ± s.e.) | MACs | search s |",
                   "|---|---|---|---|---|---|"]
         for m in methods:
