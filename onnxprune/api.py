@@ -140,7 +140,9 @@ def prune(src: str | os.PathLike[str] | onnx.ModelProto, cfg: PruneConfig,
         raise InputError(f"{option('eval_images')} must be >= 0 (0: the whole split), got {cfg.eval_images}")
     if cfg.finetune_images is not None and cfg.finetune_images < 1:
         raise InputError(f"{option('finetune_images')} must be >= 1, got {cfg.finetune_images}")
-    torch_side = bool(cfg.data) and (chosen.needs_data or cfg.finetune_epochs > 0)
+    # with data, every method's written model gets its BatchNorm re-estimated under the mask
+    # (data-free criteria included: on a folded model, pruning without it can collapse accuracy)
+    torch_side = bool(cfg.data)
     device = _device(cfg.device, torch_side)
     searching = chosen.searches
     if searching:
@@ -159,7 +161,7 @@ def prune(src: str | os.PathLike[str] | onnx.ModelProto, cfg: PruneConfig,
         check_runtime(analysis.graph.model, analysis.graph.source)
     times["analyze"] = time.perf_counter() - t0
     splits = copy = None
-    if cfg.data and (chosen.needs_data or cfg.finetune_epochs > 0):
+    if cfg.data:
         from onnxprune.data import load_dataset
 
         t0 = time.perf_counter()

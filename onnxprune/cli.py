@@ -223,7 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--no-verify", dest="verify", action="store_false",
                     help="skip the equivalence check (the ONNX checker still runs)")
     pr.add_argument("--input-shape", action="append", metavar="NAME:1x3x224x224", help=SHAPE_HELP)
-    pr.add_argument("--data", metavar="SPEC", help=DATA_HELP + " (taylor, search methods, fine-tuning)")
+    pr.add_argument("--data", metavar="SPEC", help=DATA_HELP + " (taylor, search methods, fine-tuning; with any "
+                    "method, BatchNorm is re-estimated under the mask)")
     pr.add_argument("--finetune-epochs", type=int, default=0, metavar="N",
                     help="fine-tune the pruned model for N epochs with knowledge distillation from the original "
                          "(needs --data; default 0)")

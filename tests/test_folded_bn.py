@@ -162,6 +162,23 @@ def test_recalibrate_batchnorm_of_a_pruned_folded_model(folded) -> None:
     assert abs(after - bn_kept) < 0.05
 
 
+def test_prune_with_data_reestimates_batchnorm_for_data_free_methods(folded) -> None:
+    """`prune --method l1 --data X` on a folded model: the written model gets its BatchNorm
+    re-estimated under the mask like the data-driven methods' (without it, accuracy collapses)."""
+    from onnxprune.api import PruneConfig, prune
+
+    splits, fold, _ = folded
+    x_val, y_val = splits.val
+    plain = prune(fold, PruneConfig(method="l1", sparsity=0.6))
+    with_data = prune(fold, PruneConfig(method="l1", sparsity=0.6, data="digits"))
+    assert np.array_equal(plain.keep, with_data.keep)  # same mask: only the weights are re-estimated
+    assert "bn_recalibration" in with_data.seconds and "bn_recalibration" not in plain.seconds
+    assert _structure(with_data.model) == _structure(plain.model)
+    before = evaluate_onnx(plain.model, x_val, y_val).top1
+    after = evaluate_onnx(with_data.model, x_val, y_val).top1
+    assert after > before + 0.2
+
+
 def test_folded_model_fine_tunes_above_its_start(folded) -> None:
     splits, fold, _ = folded
     x_test, y_test = splits.test
