@@ -1,6 +1,6 @@
 """Training time per epoch of each benchmark base on this machine (why a base is not trained here).
 
-    python -m benchmarks.epoch_time [--steps 8]
+    python -m benchmarks.epoch_time [--steps 8] [--threads 2] [--note "quiet pass, nothing else ran"]
 
 Times `steps` SGD steps of batch 128 on Fashion-MNIST (28x28, channels-last as `models.train` uses
 on the CPU, augmentation left out) after one warm-up step, and scales the mean step to one epoch of
@@ -47,8 +47,12 @@ def time_epoch(arch: str, steps: int) -> dict[str, float]:
 def main() -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.epoch_time", description=__doc__.split("\n\n")[0])
     ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--threads", type=int, default=torch.get_num_threads(),
+                    help="torch threads (default: torch's default, as `models.train` trains with)")
+    ap.add_argument("--note", default=None,
+                    help="the conditions, recorded (default: the load average at the start)")
     args = ap.parse_args()
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    torch.set_num_threads(args.threads)
     load = os.getloadavg()
     res = {m: time_epoch(m, args.steps) for m in MODELS}
     for m, v in res.items():
@@ -57,7 +61,7 @@ def main() -> int:
               "threads": torch.get_num_threads(), "machine": machine(),
               "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
               "load_start": [round(x, 2) for x in load], "load_end": [round(x, 2) for x in os.getloadavg()],
-              "note": "under load (other engineers' tests and a training job shared the 2 cores)"}
+              "note": args.note or f"load average {load[0]:.2f} at the start"}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "epoch_time.json").write_text(json.dumps(record, indent=1) + "\n")
     return 0
