@@ -5,7 +5,9 @@ and per group when groups are ranked together (the default global ranking).
 `per_cost`: unnormalized importance (an estimate of the loss change when a unit is removed,
 comparable across groups) divided by the MACs removing that unit saves: global ranking by
 estimated loss impact per unit of cost (Molchanov et al.'s FLOPs-aware Taylor ranking).
-`cross_group`: the one function a global ranking calls to compare units of different groups.
+`cross_group`: the one function a global ranking calls to compare units of different groups;
+`cross_group_importance`: the same scale as importance that adds up over units (what a swap of
+blocks between groups gains and loses).
 """
 
 from __future__ import annotations
@@ -55,3 +57,15 @@ def cross_group(analysis: "Analysis", scores: np.ndarray, by_cost: bool = False)
         values = per_cost(analysis, scores)
         return [values[g.unit_slice] for g in analysis.prunable()]
     return [mean_normalized(scores[g.unit_slice]) for g in analysis.prunable()]
+
+
+def cross_group_importance(analysis: "Analysis", scores: np.ndarray, by_cost: bool = False) -> np.ndarray:
+    """(num_units,) each prunable unit's importance on the scale a global ranking compares groups
+    on, to be summed over units (0 outside prunable groups): its score divided by its group's
+    mean (`by_cost` False), or the unnormalized impact itself (`by_cost` True: `cross_group`
+    ranks it per MACs, but importance lost and gained add up in impact)."""
+    out = np.zeros(analysis.groups.num_units)
+    for g in analysis.prunable():
+        local = np.asarray(scores[g.unit_slice], dtype=np.float64)
+        out[g.unit_slice] = local if by_cost else mean_normalized(local)
+    return out

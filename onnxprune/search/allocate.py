@@ -7,7 +7,8 @@ unit costs (`criteria.normalize.cross_group`). A MACs target
 is met by bisection on the sparsity, using the cost model (no rewrite); under width rounding
 (`round_to`, see `onnxprune.search.rounding`) the unused budget is then given back block by block
 (global ranking: then by swaps, one group growing while another shrinks, where blocks alone do not
-fit), so the result lands just under the target.
+fit and the swap gains more importance than it loses), so the result lands just under the target
+or where no further block or swap is worth its MACs.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Mapping
 
 import numpy as np
 
-from onnxprune.criteria.normalize import cross_group
+from onnxprune.criteria.normalize import cross_group, cross_group_importance
 from onnxprune.deps import Analysis, ChannelGroup
 from onnxprune.errors import InputError, UnsupportedModelError, option
 from onnxprune.search.rounding import (RoundTo, check_runtime, fill_rounded, parse_round_to, swap_rounded,
@@ -153,7 +154,9 @@ def allocate(analysis: Analysis, scores: np.ndarray, cfg: AllocationConfig) -> n
         best = fill(best)
         if cfg.global_ranking and macs(best) < target - 0.002 * full:
             # Blocks alone cannot reach the target (a wide group's next block is too big): one
-            # group grows while another gives blocks back. Uniform allocations stay uniform.
+            # group grows while another gives blocks back, where that gains more importance (on
+            # the ranking's scale) than it loses. Uniform allocations stay uniform.
             best = swap_rounded(analysis, best, scores, multiples, macs, target, 0.002 * full,
-                                cfg.min_keep_fraction, fill)
+                                cfg.min_keep_fraction, fill,
+                                values=cross_group_importance(analysis, scores, cfg.per_cost))
     return best

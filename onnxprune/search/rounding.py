@@ -221,22 +221,28 @@ def _prev_block(keep: np.ndarray, g: ChannelGroup, m: int, normed: np.ndarray, f
 def swap_rounded(analysis: Analysis, keep: np.ndarray, scores: np.ndarray, multiples: dict[int, int],
                  cost: Callable[[np.ndarray], float], limit: float, tolerance: float = 0.0,
                  min_keep_fraction: float = 0.05, fill: Callable[[np.ndarray], np.ndarray] | None = None,
-                 rounds: int = 8, may_shrink: Callable[[ChannelGroup, np.ndarray], bool] | None = None) -> np.ndarray:
+                 rounds: int = 8, may_shrink: Callable[[ChannelGroup, np.ndarray], bool] | None = None,
+                 values: np.ndarray | None = None) -> np.ndarray:
     """Use the budget that block filling cannot reach: when no block fits, one group takes its
     next block and another gives back blocks until the mask fits again (e.g. a 32-unit group in
-    steps of 8 grows while a narrow group in steps of 1 gives two units). The swap that uses the
-    most budget is kept, then `fill` (if given) runs again; up to `rounds` swaps, until within
-    `tolerance` of `limit` or no swap uses more. `may_shrink(group, keep)`: which groups may
-    give units (default: any above its floor). `keep` must be within `limit`."""
+    steps of 8 grows while a narrow group in steps of 1 gives two units).
+
+    Among the swaps that fit and use more budget than now: with `values` (each unit's importance
+    on one scale across groups, `criteria.normalize.cross_group_importance`), the swap with the
+    largest importance gained minus lost is kept, and only if that is positive; without, the
+    swap that uses the most budget. Then `fill` (if given) runs again; up to `rounds` swaps,
+    until within `tolerance` of `limit` or no swap qualifies. `may_shrink(group, keep)`: which
+    groups may give units (default: any above its floor). `keep` must be within `limit`."""
     keep = np.asarray(keep, dtype=bool).copy()
     current = cost(keep)
     groups = analysis.prunable()
     normed = {g.id: _normalized(scores, g) for g in groups}
     floors = {g.id: max(1, math.ceil(min_keep_fraction * g.units)) for g in groups}
+    worth = None if values is None else np.asarray(values, dtype=np.float64)
     for _ in range(rounds):
         if current >= limit - tolerance or current > limit:
             break
-        best: tuple[float, np.ndarray] | None = None
+        best: tuple[tuple[float, float], np.ndarray] | None = None
         for g in groups:
             grow = _next_block(keep, g, multiples.get(g.id, 1), normed[g.id])
             if grow is None:
@@ -254,8 +260,17 @@ def swap_rounded(analysis: Analysis, keep: np.ndarray, scores: np.ndarray, multi
                         break
                     cand[drop] = False
                     c = cost(cand)
-                if current < c <= limit and (best is None or c > best[0]):
-                    best = (c, cand)
+                if not current < c <= limit:
+                    continue
+                if worth is None:
+                    rank = (c, 0.0)
+                else:
+                    net = float(worth[cand & ~keep].sum() - worth[keep & ~cand].sum())
+                    if net <= 0:
+                        continue  # loses more importance than the extra budget buys
+                    rank = (net, c)
+                if best is None or rank > best[0]:
+                    best = (rank, cand)
         if best is None:
             break
         keep = fill(best[1]) if fill is not None else best[1]
@@ -309,8 +324,9 @@ def fill_to_budget(meter: BudgetMeter, keep: np.ndarray, scores: np.ndarray, mul
     """A feasible rounded `keep` filled up to the budget: blocks added while they fit
     (`fill_rounded`, `prefer`), then swaps where blocks alone cannot get within
     `FILL_TOLERANCE` of it (`swap_rounded`: among the groups `may_shrink` allows first, among
-    all while still more than `BUDGET_TOLERANCE` below). Widths stay multiples; the result
-    stays within the budget."""
+    all while still more than `BUDGET_TOLERANCE` below; the swap that uses the most budget, since
+    a search's widths come from its policy and `scores` only order units within a group). Widths
+    stay multiples; the result stays within the budget."""
     target = meter.budget.target
 
     def fill(k: np.ndarray) -> np.ndarray:
