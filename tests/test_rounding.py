@@ -4,17 +4,21 @@ within 2%, in every method (search methods round their result in `SearchContext.
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Callable
 
 import numpy as np
 import pytest
 
 from onnxprune.api import PruneConfig, prune
 from onnxprune.criteria import weight_scores
-from onnxprune.deps import Analysis, analyze
+from onnxprune.criteria.normalize import cross_group_importance
+from onnxprune.deps import Analysis, ChannelGroup, analyze
 from onnxprune.errors import InputError
 from onnxprune.search import AllocationConfig, Budget, BudgetMeter, allocate
 from onnxprune.search.rounding import (RUNTIME_WIDTHS, channel_multiples, fill_rounded, floor_rounded,
-                                       group_multiple, is_rounded, parse_round_to, width_multiples)
+                                       group_multiple, is_rounded, parse_round_to, swap_rounded,
+                                       width_multiples)
 from tests import graphs, zoo
 from tests.test_zoo import FAST
 
@@ -92,6 +96,80 @@ def test_global_allocation_swaps_into_the_budget_blocks_cannot_reach() -> None:
     assert_rounded(analysis, keep, width_multiples(analysis, "auto", "cpu"))
     ratio = analysis.cost.macs(keep) / analysis.macs
     assert 0.498 <= ratio <= 0.5, ratio
+
+
+def _groups(*units: int) -> tuple[SimpleNamespace, list[ChannelGroup]]:
+    """A stand-in analysis whose prunable groups have `units` units each (one channel a unit)."""
+    groups, start = [], 0
+    for i, n in enumerate(units):
+        groups.append(ChannelGroup(i, n, n, True, None, (), (), start, np.arange(n)))
+        start += n
+    return SimpleNamespace(prunable=lambda: groups, groups=SimpleNamespace(num_units=start)), groups
+
+
+#   A: 16 units in blocks of 8, 8 kept (scored 1.0; its 8 removed units score `a_removed`)
+#   B:  8 units in steps of 1, all kept, every unit scores 1.0
+#   C:  4 units in steps of 1, all kept (`scores_c`), each unit costs 2 (the others 1)
+# cost 24 of a limit 27: A's next block (+8) does not fit alone. The swaps: A grows and B gives 5
+# units (cost 27: the most budget), or A grows and C gives its 3 worst (cost 26).
+UNIT_COST = np.array([1.0] * 16 + [1.0] * 8 + [2.0] * 4)
+MULTIPLES = {0: 8, 1: 1, 2: 1}
+
+
+def _swap_case(a_removed: float, scores_c: list[float]) -> tuple[SimpleNamespace, np.ndarray, np.ndarray,
+                                                                  Callable[[np.ndarray], float]]:
+    analysis, _ = _groups(16, 8, 4)
+    scores = np.array([1.0] * 8 + [a_removed] * 8 + [1.0] * 8 + scores_c)
+    keep = np.array([True] * 8 + [False] * 8 + [True] * 12)
+    return analysis, scores, keep, lambda k: float(UNIT_COST[k].sum())
+
+
+def _values(analysis: SimpleNamespace, scores: np.ndarray) -> np.ndarray:
+    return cross_group_importance(analysis, scores)  # type: ignore[arg-type]
+
+
+def test_swap_takes_the_net_positive_swap_not_the_one_using_most_budget() -> None:
+    """A's block gains 8 x 0.571 (normalized); B's swap loses 5 x 1.0 (net -0.43), C's loses its
+    3 worst, 0.02 + 0.02 + 1.88 (net +2.65): C's is taken although B's uses more budget."""
+    analysis, scores, keep, cost = _swap_case(0.4, [10.0, 9.0, 0.1, 0.1])
+    multiples = MULTIPLES
+    values = _values(analysis, scores)
+    out = swap_rounded(analysis, keep, scores, multiples, cost, 27.0, rounds=1, values=values)  # type: ignore[arg-type]
+    assert out[:24].all() and out[24:].tolist() == [True, False, False, False], out.astype(int)
+    assert cost(out) == 26.0
+    assert values[out & ~keep].sum() > values[keep & ~out].sum()
+    # without `values` (the searches' use): the swap that uses the most budget, as before
+    most = swap_rounded(analysis, keep, scores, multiples, cost, 27.0, rounds=1)  # type: ignore[arg-type]
+    assert cost(most) == 27.0 and int(most[16:24].sum()) == 3 and most[24:].all()
+
+
+def test_swap_declines_a_swap_that_loses_more_importance_than_it_gains() -> None:
+    """A's block gains 8 x 0.18 (normalized); B's swap loses 5 x 1.0, C's 3 x 1.0: both declined,
+    the mask stays 3 under the limit rather than trading importance for MACs."""
+    analysis, scores, keep, cost = _swap_case(0.1, [1.0, 1.0, 1.0, 1.0])
+    multiples = MULTIPLES
+    out = swap_rounded(analysis, keep, scores, multiples, cost, 27.0, values=_values(analysis, scores))  # type: ignore[arg-type]
+    assert out.tolist() == keep.tolist()
+    assert cost(swap_rounded(analysis, keep, scores, multiples, cost, 27.0)) == 27.0  # type: ignore[arg-type]
+
+
+def test_global_allocation_declines_a_net_negative_swap(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The shipped ResNet-20 at 50% MACs with L2 scores: blocks alone keep 0.4899; the swap that
+    uses the most budget (0.4972) would lose 7.95 of importance (per-group normalized scores, the
+    ranking's scale) for 6.88 gained, and no swap gains more than it loses: none is made."""
+    import sys
+
+    analysis = analyze(str(ROOT / "benchmarks" / "models" / "resnet20_folded.onnx"))
+    scores = weight_scores(analysis, "l2")
+    cfg = AllocationConfig(target_flops=0.5, global_ranking=True)
+    keep = allocate(analysis, scores, cfg)
+    module = sys.modules["onnxprune.search.allocate"]
+    monkeypatch.setattr(module, "swap_rounded", lambda analysis, keep, *args, **kwargs: keep)
+    filled = allocate(analysis, scores, cfg)
+    values = cross_group_importance(analysis, scores)
+    assert analysis.cost.macs(filled) < 0.498 * analysis.macs  # room a swap could use
+    gained, lost = values[keep & ~filled].sum(), values[filled & ~keep].sum()
+    assert (keep == filled).all(), (gained, lost)
 
 
 @pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
