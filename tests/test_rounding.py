@@ -153,6 +153,19 @@ def test_swap_declines_a_swap_that_loses_more_importance_than_it_gains() -> None
     assert cost(swap_rounded(analysis, keep, scores, multiples, cost, 27.0)) == 27.0  # type: ignore[arg-type]
 
 
+def test_swap_with_per_cost_weighs_unnormalized_impact() -> None:
+    """With `per_cost` the scores are loss estimates comparable across groups: A's block, worth
+    8 x 10 in impact, pays for 3 of C's units (worth 1 each) although, divided by their group's
+    mean, the same scores decline every swap (as in the test above)."""
+    analysis, scores, keep, cost = _swap_case(0.1, [1.0, 1.0, 1.0, 1.0])
+    scores[:16] *= 100.0  # A: 100 and 10 per unit; B and C: 1
+    by_impact = cross_group_importance(analysis, scores, by_cost=True)  # type: ignore[arg-type]
+    out = swap_rounded(analysis, keep, scores, MULTIPLES, cost, 27.0, rounds=1, values=by_impact)  # type: ignore[arg-type]
+    assert out[:24].all() and int(out[24:].sum()) == 1 and cost(out) == 26.0
+    normed = swap_rounded(analysis, keep, scores, MULTIPLES, cost, 27.0, values=_values(analysis, scores))  # type: ignore[arg-type]
+    assert normed.tolist() == keep.tolist()
+
+
 def test_global_allocation_declines_a_net_negative_swap(monkeypatch: pytest.MonkeyPatch) -> None:
     """The shipped ResNet-20 at 50% MACs with L2 scores: blocks alone keep 0.4899; the swap that
     uses the most budget (0.4972) would lose 7.95 of importance (per-group normalized scores, the
