@@ -80,16 +80,19 @@ TRAINING: dict[str, dict[str, Any]] = {
                                "settings, both exports from the same weights); shipped in benchmarks/models/"},
     "resnet56": {"settings": {"epochs": 15, "seed": 0, "lr": 0.1, "batch_size": 128, "weight_decay": 5e-4,
                               "augment": True},
-                 "command": "python -m models.train --arch resnet56 --epochs 15 --seed 0",
-                 "not_trained": "not trained here: CPU time (see the measured epoch times)"},
+                 "command": "python -m benchmarks.run --train resnet56",
+                 "trained_by": "the project lead, 2026-11-29 14:40-15:40 UTC, 2 torch threads (a helper's "
+                               "tests shared the cores during epochs 4-7); shipped in benchmarks/models/"},
     "mobilenetv2": {"settings": {"epochs": 15, "seed": 0, "lr": 0.1, "batch_size": 128, "weight_decay": 5e-4,
                                  "augment": True},
                     "command": "python -m models.train --arch mobilenetv2 --epochs 15 --seed 0",
-                    "not_trained": "not trained here: CPU time (see the measured epoch times)"},
+                    "not_trained": "not trained yet: 15 epochs at about 11 min each (the measured epoch "
+                                   "time) did not fit a session beside the ResNet-56 runs"},
     "vgg19_bn": {"settings": {"epochs": 15, "seed": 0, "lr": 0.05, "batch_size": 128, "weight_decay": 5e-4,
                               "augment": True},
                  "command": "python -m models.train --arch vgg19_bn --epochs 15 --seed 0 --lr 0.05",
-                 "not_trained": "not trained here: CPU time (see the measured epoch times)"},
+                 "not_trained": "not trained yet: 15 epochs at about 16 min each (the measured epoch "
+                                "time) did not fit a session beside the ResNet-56 runs"},
 }
 
 
@@ -171,20 +174,27 @@ def base_record(arch: str) -> dict[str, Any]:
     return {}
 
 
-def train_base(arch: str) -> None:
-    """Train `arch` with its TRAINING settings and export both forms and the record to MODEL_DIR."""
+def train_base(arch: str) -> Path:
+    """Train `arch` with its TRAINING settings and export both forms and the record to MODEL_DIR
+    (`python -m benchmarks.run --train ARCH`); returns the record's path."""
     from models.train import export_onnx, train
 
     spec = TRAINING[arch]
-    print(f"training {arch} ({spec['command']})", flush=True)
+    print(f"training {arch} ({spec['command']}), {torch.get_num_threads()} torch threads", flush=True)
+    started, load = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), _load()
     r = train(arch, "fashion-mnist", export=False, **spec["settings"])
     MODEL_DIR.mkdir(parents=True, exist_ok=True)
     export_onnx(r.model, r.input_shape, MODEL_DIR / f"{arch}_bn.onnx", fold_bn=False)
     export_onnx(r.model, r.input_shape, MODEL_DIR / f"{arch}_folded.onnx", fold_bn=True)
     record = {"arch": arch, "data": r.data, "test_top1": r.test_top1, "val_top1": list(r.val_top1),
               "train_seconds": r.train_seconds, "train_images": r.train_images, **spec["settings"],
-              "command": spec["command"], "torch": torch.__version__}
-    (MODEL_DIR / f"{arch}.json").write_text(json.dumps(record, indent=2) + "\n")
+              "settings": spec["settings"], "command": spec["command"], "torch": torch.__version__,
+              "threads": torch.get_num_threads(), "machine": machine(), "started": started,
+              "ended": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "load_start": load,
+              "load_end": _load()}
+    path = MODEL_DIR / f"{arch}.json"
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    return path
 
 
 def run_key(arch: str, form: str, method: str, target: str, seed: int, mode: str = "protocol") -> str:
@@ -561,7 +571,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--latency-only", action="store_true",
                     help="quiet pass: time every stored model interleaved with its original, then report")
     ap.add_argument("--rounds", type=int, default=5, help="--latency-only: rounds (default 5)")
+    ap.add_argument("--train", choices=MODELS, metavar="ARCH",
+                    help="train a base with its TRAINING settings into the model cache (torch's default "
+                         "threads), then stop; ship it by copying the three files into benchmarks/models/")
     args = ap.parse_args(argv)
+    if args.train:
+        print(f"wrote {train_base(args.train)}", flush=True)
+        return 0
     mode = MODES[args.mode]
     for name, value in (("models", args.models), ("forms", args.forms), ("targets", args.targets),
                         ("methods", args.methods), ("seeds", args.seeds)):
