@@ -85,14 +85,14 @@ TRAINING: dict[str, dict[str, Any]] = {
                                "tests shared the cores during epochs 4-7); shipped in benchmarks/models/"},
     "mobilenetv2": {"settings": {"epochs": 15, "seed": 0, "lr": 0.1, "batch_size": 128, "weight_decay": 5e-4,
                                  "augment": True},
-                    "command": "python -m models.train --arch mobilenetv2 --epochs 15 --seed 0",
-                    "not_trained": "not trained yet: 15 epochs at about 11 min each (the measured epoch "
-                                   "time) did not fit a session beside the ResNet-56 runs"},
+                    "command": "python -m benchmarks.run --train mobilenetv2",
+                    "not_trained": "not trained yet: 15 epochs at about 8 min each (the quiet measured "
+                                   "epoch time) did not fit a session beside the ResNet-56 runs"},
     "vgg19_bn": {"settings": {"epochs": 15, "seed": 0, "lr": 0.05, "batch_size": 128, "weight_decay": 5e-4,
                               "augment": True},
-                 "command": "python -m models.train --arch vgg19_bn --epochs 15 --seed 0 --lr 0.05",
-                 "not_trained": "not trained yet: 15 epochs at about 16 min each (the measured epoch "
-                                "time) did not fit a session beside the ResNet-56 runs"},
+                 "command": "python -m benchmarks.run --train vgg19_bn",
+                 "not_trained": "not trained yet: 15 epochs at about 9 min each (the quiet measured "
+                                "epoch time) did not fit a session beside the ResNet-56 runs"},
 }
 
 
