@@ -199,7 +199,7 @@ def prune(src: str | os.PathLike[str] | onnx.ModelProto, cfg: PruneConfig,
     t0 = time.perf_counter()
     say("rewriting")
     model, verified = rewrite_and_verify(analysis, keep, searched, cfg.verify, cfg.seed, cfg.input_shapes, cfg.exclude,
-                                         data=_verify_data(cfg, splits, analysis),
+                                         data=_verify_data(splits),
                                          original=original.model if simplified.applied else None)
     times["rewrite"] = time.perf_counter() - t0
     if splits is not None and (searched is None or not searched.trained):
@@ -436,21 +436,12 @@ def rewrite_and_verify(analysis: Analysis, keep: np.ndarray, searched: Any = Non
     return model, verified
 
 
-def _verify_data(cfg: PruneConfig, splits: Any, analysis: Analysis) -> Callable[[], np.ndarray | None] | None:
-    """Validation images for verification, loaded only if it needs them (tiny outputs)."""
-    if not cfg.data:
+def _verify_data(splits: Any) -> Callable[[], np.ndarray | None] | None:
+    """Validation images for verification (tiny outputs), when data was given (`--data` loads the
+    splits for every method)."""
+    if splits is None:
         return None
-
-    def load() -> np.ndarray | None:
-        if splits is not None:
-            return splits.val[0][:4]
-        from onnxprune.data import load_dataset
-
-        first = analysis.graph.inputs[0].name
-        return load_dataset(cfg.data, input_shape=analysis.graph.shapes[first], seed=cfg.seed,
-                            **dict(cfg.data_options)).val[0][:4]
-
-    return load
+    return lambda: splits.val[0][:4]
 
 
 def check_loads(model: onnx.ModelProto, what: str) -> None:

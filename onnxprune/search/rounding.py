@@ -24,6 +24,7 @@ from typing import Callable
 
 import numpy as np
 
+from onnxprune.criteria.normalize import mean_normalized
 from onnxprune.deps import Analysis, ChannelGroup
 from onnxprune.errors import InputError, option
 from onnxprune.search.budget import BudgetMeter, make_feasible
@@ -138,10 +139,8 @@ def is_rounded(analysis: Analysis, keep: np.ndarray, multiples: dict[int, int]) 
 
 
 def _normalized(scores: np.ndarray, g: ChannelGroup) -> np.ndarray:
-    local = scores[g.unit_slice].astype(np.float64)
-    finite = local[np.isfinite(local)]
-    scale = finite.mean() if finite.size and finite.mean() > 0 else 1.0
-    return local / scale
+    """`g`'s scores divided by their mean: the scale `cross_group_importance` sums."""
+    return mean_normalized(scores[g.unit_slice])
 
 
 def _next_block(keep: np.ndarray, g: ChannelGroup, m: int, normed: np.ndarray) -> np.ndarray | None:
