@@ -414,10 +414,13 @@ def finetune_run(record: dict[str, Any], pruned: Any, mode: Mode) -> None:
                             optimizer=p.finetune_optimizer,  # type: ignore[arg-type]
                             lr=p.finetune_lr, tau=p.finetune_tau, temperature=p.finetune_temperature, seed=seed,
                             max_train=p.finetune_images, progress=sys.stderr.isatty())
-    tuned = finetune(pruned, to_torch(original, seed=seed), splits, ft_cfg)
+    teacher = to_torch(original, seed=seed)
+    logits, teacher_note = shared_teacher_logits(path, p.data, seed, teacher, splits)
+    tuned = finetune(pruned, teacher, splits, ft_cfg, teacher_logits=logits)
     model = tuned.model
     record["finetune_s"] = time.perf_counter() - t1
-    record["finetune"] = {"initial_val_top1": tuned.initial_val_top1, "val_top1": list(tuned.val_top1_history),
+    record["finetune"] = {"teacher_logits": teacher_note,
+                          "initial_val_top1": tuned.initial_val_top1, "val_top1": list(tuned.val_top1_history),
                           "best_epoch": tuned.best_epoch, "train_loss": list(tuned.train_loss_history),
                           "write_back_max_abs_diff": tuned.verify_max_abs_diff,
                           "started_load": record.get("load_end"), "ended": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
@@ -428,6 +431,29 @@ def finetune_run(record: dict[str, Any], pruned: Any, mode: Mode) -> None:
     lat = latency_ms(model.SerializeToString(), (1, 32), p)
     record["latency_run"] = {"b1_ms": lat[1], "b32_ms": lat[32], "note": "measured right after the run, under load"}
     record["load_end"] = _load()
+
+
+def shared_teacher_logits(base: Path, data: str, seed: int, teacher: Any, splits: Any) -> tuple[Any, str]:
+    """The base's logits on the seed's training split, computed by the first fine-tune of that base
+    and seed and cached beside the bases (the teacher and the split are the same for every method
+    at that seed, so each run would otherwise repeat the same forward pass); with a note for the
+    run record."""
+    import numpy as np
+
+    from onnxprune.torchcopy import train_logits
+
+    cache = MODEL_DIR / "teacher" / f"{base.stem}_{_sha256(base)}_{data}_s{seed}.npy"
+    if cache.exists():
+        logits = np.load(cache)
+        if logits.shape[0] == len(splits.train[0]):
+            return logits, f"shared: read from the cache ({cache.name})"
+    t0 = time.perf_counter()
+    logits = train_logits(teacher, splits)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_name(cache.stem + ".tmp.npy")
+    np.save(tmp, logits)
+    tmp.replace(cache)
+    return logits, f"shared: computed by this run in {time.perf_counter() - t0:.1f} s and cached ({cache.name})"
 
 
 def original_record(arch: str, form: str, protocol: Protocol) -> dict[str, Any]:

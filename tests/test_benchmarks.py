@@ -70,3 +70,26 @@ def test_rows_under_their_macs_budget_are_marked_unequal() -> None:
     assert report.macs_mark("macs-0.5", 0.499) == "" and report.macs_mark("macs-0.5", 0.491) == ""
     assert report.macs_mark("macs-0.5", 0.473) == "†" and report.macs_mark("macs-0.25", 0.2) == "†"
     assert report.macs_mark("latency-0.5", 0.2) == ""
+
+
+def test_teacher_logits_are_computed_once_per_base_and_seed(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fine-tunes of one base and seed share the teacher's pass (cached beside the bases)."""
+    import numpy as np
+    import onnx
+
+    from onnxprune.data import load_dataset
+    from onnxprune.torchcopy import to_torch
+    from tests.tiny import digits_model
+
+    monkeypatch.setattr(run, "MODEL_DIR", tmp_path)
+    splits, model = digits_model(epochs=1)
+    base = tmp_path / "tiny_folded.onnx"
+    onnx.save(model, str(base))
+    teacher = to_torch(model)
+    first, note = run.shared_teacher_logits(base, "digits", 0, teacher, splits)
+    assert note.startswith("shared: computed") and first.shape == (len(splits.train[0]), 10)
+    again, note = run.shared_teacher_logits(base, "digits", 0, teacher, splits)
+    assert note.startswith("shared: read") and np.array_equal(again, first)
+    other = load_dataset("digits", input_shape=(1, 1, 8, 8), seed=1)  # another seed, another split
+    _, note = run.shared_teacher_logits(base, "digits", 1, teacher, other)
+    assert note.startswith("shared: computed") and len(list((tmp_path / "teacher").glob("*.npy"))) == 2

@@ -27,8 +27,8 @@ from onnxprune.deps import Analysis, analyze
 from onnxprune.errors import InputError, UnsupportedModelError, VerificationError
 from onnxprune.rewrite import apply_keep
 from onnxprune.search import AllocationConfig, allocate
-from onnxprune.torchcopy import (FinetuneConfig, MaskedModel, finetune, taylor_scores, to_torch, verify_write_back,
-                                 write_back)
+from onnxprune.torchcopy import (FinetuneConfig, MaskedModel, finetune, taylor_scores, to_torch, train_logits,
+                                 verify_write_back, write_back)
 from onnxprune.torchcopy import converters
 from onnxprune.numerics import compare_outputs, random_feeds, session
 from onnxprune.torchcopy.convert import ATOL, RTOL, torch_outputs
@@ -443,6 +443,28 @@ def test_finetune_with_distillation_recovers_accuracy(digits_teacher) -> None:
                if not np.array_equal(numpy_helper.to_array(t),
                                      numpy_helper.to_array(next(p for p in pruned.graph.initializer if p.name == t.name)))]
     assert changed  # the weights really moved
+
+
+def test_finetune_with_precomputed_teacher_logits_matches_and_uses_them(digits_teacher) -> None:
+    """One teacher pass shared by several fine-tunes (`train_logits`) trains the same student as
+    the teacher computed inside; the logits handed over are the ones used; a wrong shape is refused."""
+    splits, teacher = digits_teacher
+    analysis = analyze(teacher)
+    pruned = apply_keep(analysis, allocate(analysis, weight_scores(analysis, "l1"), AllocationConfig(sparsity=0.5)))
+    cfg = FinetuneConfig(epochs=1, batch_size=32, lr=0.05, progress=False, seed=1, tau=1.0)
+
+    def weights(model: onnx.ModelProto) -> np.ndarray:
+        return np.concatenate([numpy_helper.to_array(t).ravel() for t in model.graph.initializer])
+
+    logits = train_logits(teacher, splits)
+    assert logits.shape == (len(splits.train[0]), 10) and logits.dtype == np.float32
+    inside = weights(finetune(pruned, teacher, splits, cfg).model)
+    shared = weights(finetune(pruned, teacher, splits, cfg, teacher_logits=logits).model)
+    assert np.allclose(shared, inside, rtol=1e-4, atol=1e-5)
+    shuffled = weights(finetune(pruned, teacher, splits, cfg, teacher_logits=logits[::-1].copy()).model)
+    assert not np.allclose(shuffled, inside, rtol=1e-3, atol=1e-3)  # tau=1: the logits alone teach
+    with pytest.raises(InputError, match="one row per training image"):
+        finetune(pruned, teacher, splits, cfg, teacher_logits=logits[:-1])
 
 
 @pytest.mark.parametrize("bad", [{"tau": 1.5}, {"temperature": 0.0}, {"optimizer": "lbfgs"}, {"epochs": -1}])

@@ -10,12 +10,12 @@ knowledge distillation, and weights written back into ONNX.
 from onnxprune.torchcopy.convert import Binding, RoundTripCheck, TorchCopy, check_against_ort, to_torch
 from onnxprune.torchcopy.converters import register as register_converters
 from onnxprune.torchcopy.finetune import (FinetuneConfig, FinetuneResult, finetune, recalibrate_batchnorm,
-                                          verify_write_back, write_back)
+                                          train_logits, verify_write_back, write_back)
 from onnxprune.torchcopy.masked import MaskedModel
 from onnxprune.torchcopy.taylor import taylor_scores
 
 __all__ = [
     "Binding", "FinetuneConfig", "FinetuneResult", "MaskedModel", "RoundTripCheck", "TorchCopy",
     "check_against_ort", "finetune", "recalibrate_batchnorm", "register_converters", "taylor_scores", "to_torch",
-    "verify_write_back", "write_back",
+    "train_logits", "verify_write_back", "write_back",
 ]

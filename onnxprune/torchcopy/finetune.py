@@ -264,7 +264,8 @@ def _finite(tensors: list[torch.Tensor]) -> bool:
 
 
 def finetune(pruned: onnx.ModelProto, teacher: onnx.ModelProto | TorchCopy, splits: Splits,
-             cfg: FinetuneConfig = FinetuneConfig(), console: Console | None = None) -> FinetuneResult:
+             cfg: FinetuneConfig = FinetuneConfig(), console: Console | None = None,
+             teacher_logits: np.ndarray | None = None) -> FinetuneResult:
     """Fine-tune `pruned` with `teacher` distilled into it; return the trained ONNX model.
 
     Args:
@@ -273,6 +274,9 @@ def finetune(pruned: onnx.ModelProto, teacher: onnx.ModelProto | TorchCopy, spli
         splits: data (`onnxprune.data.load_dataset`); trains on `train`, selects on `val`.
         cfg: optimizer, schedule, distillation settings.
         console: where the progress bar and restart notices go (default: stderr).
+        teacher_logits: the teacher's logits for every image of `splits.train`, in its order
+            (`train_logits`), when several fine-tunes share one teacher and one split; None:
+            computed here, once per image.
 
     Raises:
         UnsupportedModelError: a model cannot be converted to torch.
@@ -280,22 +284,39 @@ def finetune(pruned: onnx.ModelProto, teacher: onnx.ModelProto | TorchCopy, spli
             restarts with a lower learning rate.
         VerificationError: the written-back model disagrees with the torch student.
     """
+    if teacher_logits is not None:
+        shape = np.shape(teacher_logits)
+        if len(shape) != 2 or shape[0] != len(splits.train[0]):
+            raise InputError(f"teacher_logits must hold one row per training image ({len(splits.train[0])}), "
+                             f"got shape {shape}")
+        if not np.all(np.isfinite(teacher_logits)):
+            raise InputError("teacher_logits holds non-finite values")
     with torch_threads(cfg.threads):
-        return _finetune(pruned, teacher, splits, cfg, console or Console(stderr=True))
+        return _finetune(pruned, teacher, splits, cfg, console or Console(stderr=True), teacher_logits)
+
+
+def train_logits(teacher: onnx.ModelProto | TorchCopy, splits: Splits, batch_size: int = 512,
+                 threads: int | None = None) -> np.ndarray:
+    """The teacher's (N, classes) float32 logits for every image of `splits.train`, in order: what
+    `finetune(..., teacher_logits=...)` takes, to share one teacher pass among fine-tunes."""
+    copy = teacher if isinstance(teacher, TorchCopy) else to_torch(teacher)
+    copy.module.eval()
+    with torch_threads(threads):
+        return batched_logits(copy, splits.train[0], batch_size).float().cpu().numpy()
 
 
 def _finetune(pruned: onnx.ModelProto, teacher: onnx.ModelProto | TorchCopy, splits: Splits,
-              cfg: FinetuneConfig, console: Console) -> FinetuneResult:
+              cfg: FinetuneConfig, console: Console, teacher_logits: np.ndarray | None) -> FinetuneResult:
     teacher_copy = teacher if isinstance(teacher, TorchCopy) else to_torch(teacher, seed=cfg.seed)
     home = teacher_copy.device
     try:
-        return _finetune_on(pruned, teacher_copy, splits, cfg, console)
+        return _finetune_on(pruned, teacher_copy, splits, cfg, console, teacher_logits)
     finally:
         teacher_copy.to(home)
 
 
 def _finetune_on(pruned: onnx.ModelProto, teacher_copy: TorchCopy, splits: Splits, cfg: FinetuneConfig,
-                 console: Console) -> FinetuneResult:
+                 console: Console, precomputed: np.ndarray | None) -> FinetuneResult:
     start = time.perf_counter()
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device or "cpu")
@@ -325,11 +346,13 @@ def _finetune_on(pruned: onnx.ModelProto, teacher_copy: TorchCopy, splits: Split
 
     # The teacher is fixed and the data is not augmented: its logits are computed once per
     # image, from the batch that first holds it (with --finetune-images only a subset is ever
-    # used), and kept on the CPU.
+    # used), and kept on the CPU; or taken from `precomputed` (`train_logits`).
     teacher_copy.module.eval()
     teacher_cache: dict[int, torch.Tensor] = {}
 
     def teacher_logits(idx: np.ndarray, xb: np.ndarray) -> torch.Tensor:
+        if precomputed is not None:
+            return torch.from_numpy(np.ascontiguousarray(precomputed[idx], dtype=np.float32)).to(device)
         todo = [k for k, i in enumerate(idx) if int(i) not in teacher_cache]
         if todo:
             fresh = batched_logits(teacher_copy, xb[np.asarray(todo)], cfg.eval_batch_size).float().cpu()
