@@ -201,6 +201,19 @@ def plots(originals: dict[tuple[str, str], dict[str, Any]], cells: dict[Cell, li
     return made
 
 
+def _teacher_line(runs: list[dict[str, Any]]) -> list[str]:
+    """How the fine-tunes got the teacher's logits (shared per base and seed since commit 1add6ab)."""
+    shared = sum(1 for r in runs if "teacher_logits" in r.get("finetune", {}))
+    tuned = sum(1 for r in runs if "finetune" in r)
+    if not shared:
+        return []
+    return [f"- Teacher logits: in {shared} of the {tuned} fine-tuned runs, the original's logits on the seed's "
+            "training split were computed once per base and seed and shared by the fine-tunes at that seed "
+            "(`finetune.teacher_logits` in the run; `benchmarks.run.shared_teacher_logits`); the others computed "
+            "them inside their fine-tune. The values are the same up to float rounding (batches of 512 "
+            "instead of the fine-tune's 64; a test checks the trained weights agree)."]
+
+
 def _protocol_lines(runs: list[dict[str, Any]]) -> list[str]:
     protocols = {json.dumps(r["protocol"], sort_keys=True) for r in runs if "protocol" in r}
     out = []
@@ -317,7 +330,8 @@ def write_report(mode_name: str = "protocol") -> Path:
             "seeds, and each method's paired difference against gat-ppo (mean ± SE over the seeds both have).",
             "- rl-pruner post-trains between its pruning steps (part of that method; extra training the others "
             "do not get); `rl-pruner-nopost` is the same search without it.",
-            ] + _protocol_lines([r for rs in cells.values() for r in rs])
+            ] + _teacher_line([r for rs in cells.values() for r in rs]) \
+        + _protocol_lines([r for rs in cells.values() for r in rs])
     out += ["", "## Bases", "",
             "| model | form | test top-1 (%) | MACs | params | trained | settings |", "|---|---|---|---|---|---|---|"]
     for model in mode.models:
