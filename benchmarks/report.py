@@ -92,9 +92,13 @@ def _current_sha(model: str, form: str) -> str | None:
         return None
 
 
-def _latency(rec: dict[str, Any], originals: dict[tuple[str, str], dict[str, Any]], batch: int) -> tuple[float | None, bool]:
-    """(speed-up over the original at `batch`, from the quiet pass?)."""
+def _latency(rec: dict[str, Any], originals: dict[tuple[str, str], dict[str, Any]], batch: int,
+             one_thread: bool = False) -> tuple[float | None, bool]:
+    """(speed-up over the original at `batch`, from the quiet pass?); `one_thread`: onnxruntime
+    on one thread (timed by quiet passes since session 5 only)."""
     quiet = rec.get("latency_quiet")
+    if one_thread:
+        return (quiet or {}).get(f"speedup_b{batch}_t1"), bool(quiet)
     if quiet:
         return quiet[f"speedup_b{batch}"], True
     base = originals.get((rec["model"], rec["form"]), {}).get("latency_run", {})
@@ -201,10 +205,51 @@ def plots(originals: dict[tuple[str, str], dict[str, Any]], cells: dict[Cell, li
     return made
 
 
+def _drift_lines() -> list[str]:
+    """How far two quiet passes disagreed on the same files (`benchmarks.latency_drift`)."""
+    path = RESULTS / "latency_drift.json"
+    if not path.exists():
+        return []
+    d = json.loads(path.read_text())
+    col = d["second_over_first"]
+
+    def agree(key: str) -> str:
+        c = col[key]
+        return f"{100 * c['within_10pct']:.0f}% (ratios {c['min_ratio']:.2f}-{c['max_ratio']:.2f})"
+
+    lines = ["", f"Between two quiet passes ({d['pass_started'][0]} and {d['pass_started'][1]}; `{d['command']}`, "
+             f"`results/latency_drift.json`), the speed-ups of the same {d['models']} pruned files agreed within 10% "
+             f"for {agree('speedup_b1')} at batch 1 and {agree('speedup_b32')} at batch 32 with onnxruntime's "
+             "default threads; the originals' batch-1 time alone moved between "
+             f"{d['original_b1_ms_seen']['min']:.3f} and {d['original_b1_ms_seen']['max']:.3f} ms."]
+    if "speedup_b1_t1" in col:
+        lines[-1] += f" On one thread the batch-1 speed-ups agreed within 10% for {agree('speedup_b1_t1')}."
+    else:
+        c = col["speedup_b1"]
+        lines[-1] += (f" So one pass's batch-1 speed-up at the default threads can be off by a factor of up to "
+                      f"{max(c['max_ratio'], 1 / c['min_ratio']):.1f}. The one-thread column was added because "
+                      "the latency table's validation found one-thread timings consistent"
+                      + _table_agreement() + "; it has not been compared across two passes yet.")
+    return lines
+
+
+def _table_agreement() -> str:
+    """The latency table's whole-model agreement at one and at the default threads, from its files."""
+    files = {"one thread": "latency_table__resnet20_folded__cpu__threads1.json",
+             "the default threads": "latency_table__resnet20_folded__cpu.json"}
+    parts = []
+    for label, name in files.items():
+        if (RESULTS / name).exists():
+            sm = json.loads((RESULTS / name).read_text())["summary"]
+            parts.append(f"{round(sm['within_10pct'] * sm['masks'])} of {sm['masks']} ResNet-20 masks within 10% "
+                         f"of the table at {label} (`results/{name}`)")
+    return f" ({'; '.join(parts)})" if parts else ""
+
+
 def _teacher_line(runs: list[dict[str, Any]]) -> list[str]:
     """How the fine-tunes got the teacher's logits (shared per base and seed since commit 1add6ab)."""
-    shared = sum(1 for r in runs if "teacher_logits" in r.get("finetune", {}))
-    tuned = sum(1 for r in runs if "finetune" in r)
+    shared = sum(1 for r in runs if "teacher_logits" in (r.get("finetune") or {}))
+    tuned = sum(1 for r in runs if r.get("finetune"))
     if not shared:
         return []
     return [f"- Teacher logits: in {shared} of the {tuned} fine-tuned runs, the original's logits on the seed's "
@@ -370,7 +415,8 @@ def write_report(mode_name: str = "protocol") -> Path:
             out += [f"## {model}, {'BatchNorm folded' if form == 'folded' else 'BatchNorm kept'}", "",
                     f"Original: {100 * base.get('test_top1', float('nan')):.2f}% test top-1.", "",
                     f"| target | method | seeds | no fine-tune (%) | fine-tuned (%) | vs {ref} (points) | MACs | "
-                    "params | speed-up b1 | speed-up b32 | search (s) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+                    "params | speed-up b1 | speed-up b32 | speed-up b1, 1 thread | search (s) |",
+                    "|---|---|---|---|---|---|---|---|---|---|---|---|"]
             for target in mode.targets:
                 for method in METHOD_ORDER:
                     recs = cells.get((model, form, target, method))
@@ -389,6 +435,8 @@ def write_report(mode_name: str = "protocol") -> Path:
                     b1 = mean_se(x for x, _ in lat)[0]
                     b32 = mean_se(_latency(r, originals, 32)[0] for r in recs)[0]
                     q = "" if lat and all(qq for _, qq in lat) else "*"
+                    t1 = [_latency(r, originals, 1, one_thread=True)[0] for r in recs]
+                    b1_t1 = f"{mean_se(t1)[0]:.2f}x" if all(x is not None for x in t1) else "-"
                     tuned = [r["seed"] for r in recs if r.get("test_top1") is not None]
                     seeds = _seeds(r["seed"] for r in recs) + (
                         "" if len(tuned) == len(recs) else f" ({_seeds(tuned) or 'none'} fine-tuned)")
@@ -396,10 +444,13 @@ def write_report(mode_name: str = "protocol") -> Path:
                                f"{_pct([r.get('test_top1_noft') for r in recs])} | {_pct([r.get('test_top1') for r in recs])} | "
                                f"{diff} | {mean_se(r['macs_ratio'] for r in recs)[0]:.3f}"
                                f"{macs_mark(target, mean_se(r['macs_ratio'] for r in recs)[0])} | "
-                               f"{mean_se(r['params_ratio'] for r in recs)[0]:.3f} | {b1:.2f}x{q} | {b32:.2f}x{q} | "
+                               f"{mean_se(r['params_ratio'] for r in recs)[0]:.3f} | {b1:.2f}x{q} | {b32:.2f}x{q} | {b1_t1} | "
                                f"{mean_se(r.get('search_s') for r in recs)[0]:.1f} |")
             out += ["", "Speed-ups marked * were timed right after their run, under load (not yet re-timed by the "
-                    "quiet `--latency-only` pass); unmarked ones come from that pass. MACs marked † are more than "
+                    "quiet `--latency-only` pass); unmarked ones come from that pass. The one-thread column (onnxruntime on one thread, timed by the "
+                    "quiet pass only; - where a run has not been re-timed since it was added) is there because the "
+                    "default-thread batch-1 times moved between passes (see \"Latency pass\"), while one-thread "
+                    "timings were consistent in the latency table's validation. MACs marked † are more than "
                     f"{100 * MACS_SLACK:.0f}% under the MACs budget: that method was compared at fewer MACs than the "
                     "others could use (not at equal cost).", ""]
     out += ["## Missing runs", ""] + (_missing(mode, cells, failed, present) or ["None."]) + [""]
@@ -407,13 +458,15 @@ def write_report(mode_name: str = "protocol") -> Path:
     if quiet:
         out.append(f"`python -m benchmarks.run --latency-only` on {quiet['started']}: {quiet['models']} pruned models, "
                    f"each timed interleaved with its original ({quiet['rounds']} rounds; {quiet['statistic']}; "
-                   f"batch 1 and 32; {quiet['provider']}). Machine: {quiet['machine']}. Other processes used "
+                   f"batch 1 and 32" + (", and batch 1 on one thread" if quiet.get("one_thread_batches") else "")
+                   + f"; {quiet['provider']}). Machine: {quiet['machine']}. Other processes used "
                    f"{quiet['other_cores_busy']} cores on average during the pass (load average "
                    f"{quiet['load_start']} at the start, {quiet['load_end']} at the end)"
                    + (": nothing else ran." if (quiet['other_cores_busy'] or 0) < 0.05 else
                       ": other work shared the machine, so these latencies are not quiet."))
     else:
         out.append("Not run yet: every speed-up above was timed right after its run, under load.")
+    out += _drift_lines()
     out.append("")
     coverage = RESULTS / "zoo_coverage.md"
     if coverage.exists():
