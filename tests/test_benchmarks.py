@@ -93,3 +93,38 @@ def test_teacher_logits_are_computed_once_per_base_and_seed(tmp_path, monkeypatc
     other = load_dataset("digits", input_shape=(1, 1, 8, 8), seed=1)  # another seed, another split
     _, note = run.shared_teacher_logits(base, "digits", 1, teacher, other)
     assert note.startswith("shared: computed") and len(list((tmp_path / "teacher").glob("*.npy"))) == 2
+
+
+def test_latency_pass_times_every_stored_model_also_on_one_thread(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--latency-only` re-times a stored run's pruned model against its original: batch 1 and 32 at
+    the default threads and batch 1 on one thread, into the run record and the pass summary."""
+    import json
+
+    import numpy as np
+    import onnx
+
+    from onnxprune.deps import analyze
+    from onnxprune.rewrite import apply_keep
+    from tests.tiny import digits_model
+
+    for name in ("SHIPPED", "MODEL_DIR", "RUNS", "RESULTS"):
+        monkeypatch.setattr(run, name, tmp_path / name.lower())
+    monkeypatch.setattr(run, "MODEL_OUT", tmp_path / "model_dir" / "pruned")
+    _, model = digits_model(epochs=1)
+    run.MODEL_OUT.mkdir(parents=True)
+    run.RUNS.mkdir(parents=True)
+    base = run.MODEL_DIR / "tiny_folded.onnx"
+    onnx.save(model, str(base))
+    a = analyze(model)
+    keep = a.full_keep()
+    keep[a.prunable()[0].unit_start] = False
+    onnx.save(apply_keep(a, keep), str(run.MODEL_OUT / "tiny__folded__l1-uniform__macs-0.5__s0.onnx"))
+    record = run.RUNS / "tiny__folded__l1-uniform__macs-0.5__s0.json"
+    record.write_text(json.dumps({"model": "tiny", "form": "folded", "base": {"sha256": run._sha256(base)}}))
+    info = run.latency_pass(rounds=1, runs=2, warmup=0)
+    assert info["models"] == 1 and info["one_thread_batches"] == [1]
+    quiet = json.loads(record.read_text())["latency_quiet"]
+    for col in ("b1", "b32", "b1_t1"):
+        assert quiet[f"original_{col}_ms"] > 0 and quiet[f"pruned_{col}_ms"] > 0
+        assert quiet[f"speedup_{col}"] == pytest.approx(quiet[f"original_{col}_ms"] / quiet[f"pruned_{col}_ms"])
+    assert json.loads((run.RESULTS / "latency_pass.json").read_text())["models"] == 1
