@@ -255,8 +255,8 @@ def _teacher_line(runs: list[dict[str, Any]]) -> list[str]:
     return [f"- Teacher logits: in {shared} of the {tuned} fine-tuned runs, the original's logits on the seed's "
             "training split were computed once per base and seed and shared by the fine-tunes at that seed "
             "(`finetune.teacher_logits` in the run; `benchmarks.run.shared_teacher_logits`); the others computed "
-            "them inside their fine-tune. The values are the same up to float rounding (batches of 512 "
-            "instead of the fine-tune's 64; a test checks the trained weights agree)."]
+            "them inside their fine-tune. The values are the same up to float rounding (a test checks the "
+            "trained weights agree); the note in each run says how the logits were batched."]
 
 
 def _protocol_lines(runs: list[dict[str, Any]]) -> list[str]:
