@@ -353,6 +353,7 @@ def write_report(mode_name: str = "protocol") -> Path:
     if other_modes:
         out.append("- Not tabled: " + ", ".join(f"{n} run(s) of mode `{m}`" for m, n in sorted(other_modes.items()))
                    + " (another protocol).")
+    all_runs = [r for rs in cells.values() for r in rs]
     out += ["", "## Protocol", "",
             "- Bases: `models/` nets trained on Fashion-MNIST with `models.train` (settings below and in "
             "`benchmarks/run.py::TRAINING`), exported twice from the same weights: BatchNorm folded into "
@@ -375,8 +376,7 @@ def write_report(mode_name: str = "protocol") -> Path:
             "seeds, and each method's paired difference against gat-ppo (mean ± SE over the seeds both have).",
             "- rl-pruner post-trains between its pruning steps (part of that method; extra training the others "
             "do not get); `rl-pruner-nopost` is the same search without it.",
-            ] + _teacher_line([r for rs in cells.values() for r in rs]) \
-        + _protocol_lines([r for rs in cells.values() for r in rs])
+            ] + _teacher_line(all_runs) + _protocol_lines(all_runs)
     out += ["", "## Bases", "",
             "| model | form | test top-1 (%) | MACs | params | trained | settings |", "|---|---|---|---|---|---|---|"]
     for model in mode.models:
