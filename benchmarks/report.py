@@ -438,8 +438,9 @@ def write_report(mode_name: str = "protocol") -> Path:
                     t1 = [_latency(r, originals, 1, one_thread=True)[0] for r in recs]
                     b1_t1 = f"{mean_se(t1)[0]:.2f}x" if all(x is not None for x in t1) else "-"
                     tuned = [r["seed"] for r in recs if r.get("test_top1") is not None]
-                    seeds = _seeds(r["seed"] for r in recs) + (
-                        "" if len(tuned) == len(recs) else f" ({_seeds(tuned) or 'none'} fine-tuned)")
+                    seeds = _seeds(r["seed"] for r in recs)
+                    if len(tuned) < len(recs):
+                        seeds += f" (fine-tuned: seed(s) {_seeds(tuned)})" if tuned else " (none fine-tuned)"
                     out.append(f"| {target} | {method} | {seeds} | "
                                f"{_pct([r.get('test_top1_noft') for r in recs])} | {_pct([r.get('test_top1') for r in recs])} | "
                                f"{diff} | {mean_se(r['macs_ratio'] for r in recs)[0]:.3f}"
