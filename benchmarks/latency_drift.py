@@ -43,10 +43,8 @@ def drift(first: str, second: str) -> dict[str, Any]:
         col[key] = {"median_ratio": round(float(np.median(r)), 3), "min_ratio": round(float(r.min()), 3),
                     "max_ratio": round(float(r.max()), 3),
                     "within_10pct": round(float(np.mean(np.abs(r - 1) <= 0.1)), 3)}
-    orig = np.array([[a[n]["original_b1_ms"], b[n]["original_b1_ms"]] for n in names])
     return {"passes": [first, second], "pass_started": [a[names[0]]["pass"], b[names[0]]["pass"]] if names else [],
             "models": len(names), "second_over_first": col,
-            "original_b1_ms_seen": {"min": round(float(orig.min()), 3), "max": round(float(orig.max()), 3)},
             "command": f"python -m benchmarks.latency_drift {first} {second}"}
 
 

@@ -495,7 +495,7 @@ def latency_pass(rounds: int = 5, runs: int = 30, warmup: int = 5) -> dict[str, 
     The one-thread column is there because the default-thread batch-1 times of these
     sub-millisecond models move between two levels from one pass to the next (the same original
     0.33 or 0.44 ms, its pruned models by about the same amount), which moved their speed-ups by
-    up to a factor of 1.7 (`benchmarks.latency_drift`); one thread measured consistently in the
+    up to a factor of 2 (`benchmarks.latency_drift`); one thread measured consistently in the
     latency table's validation."""
     protocol = Protocol(latency_runs=runs, latency_warmup=warmup)
     hz = os.sysconf("SC_CLK_TCK")
