@@ -340,7 +340,7 @@ def test_state_changes_within_an_episode(tiny, planted) -> None:
 # -- a real search on the digits model ------------------------------------------------------
 OPTIONS = {"episodes": 32, "batch": 8, "gat_backend": "torch", "pretrain_steps": 30, "final_top": 2}
 TRAJECTORY_FIELDS = {"update", "episode", "learner", "proxy", "reward", "macs", "params", "latency", "feasible",
-                     "budget_ratio", "scale", "ratios"}
+                     "budget_ratio", "scale", "repeat", "ratios"}
 
 
 def _search(tiny: tuple[Any, Analysis], options: dict[str, Any], **cfg: Any) -> SearchResult:
@@ -412,6 +412,31 @@ def test_search_on_the_digits_model(tiny, searched: SearchResult) -> None:
     assert picked == "greedy" or (picked.startswith("episode ") and int(picked.split()[1]) in episodes)
 
 
+def _distinct(records: list[dict[str, Any]]) -> int:
+    return len({tuple(r["ratios"]) for r in records})
+
+
+@pytest.mark.parametrize("learner", ["ppo", "random"])
+def test_count_distinct_spends_the_budget_on_distinct_candidates(tiny, learner: str) -> None:
+    options = {**OPTIONS, "learner": learner, "pretrain": False}
+    budget = OPTIONS["episodes"] + (5 if learner != "ppo" else 0)  # controls get the sensitivity's evaluations
+    # by default repeats count as episodes (the evaluator does not re-run them) ...
+    default = _search(tiny, options, round_to=1)
+    records = default.trajectory.records
+    assert len(records) == budget and default.summary["count"] == "episodes"
+    assert sum(not r["repeat"] for r in records) == _distinct(records) == default.summary["distinct_candidates"]
+    # ... with count=distinct the search samples until `episodes` distinct candidates are scored
+    # (at most max_factor = 4 times as many samples), never more
+    result = _search(tiny, {**options, "count": "distinct"}, round_to=1)
+    records, s = result.trajectory.records, result.summary
+    assert s["count"] == "distinct" and s["distinct_candidates"] == _distinct(records)
+    assert sum(not r["repeat"] for r in records) == s["distinct_candidates"] <= budget
+    assert s["distinct_candidates"] == budget or len(records) == 4 * budget
+    if learner == "ppo":  # PPO repeats itself, so it samples more to score more distinct candidates
+        assert _distinct(default.trajectory.records) < s["distinct_candidates"] and len(records) > budget
+    assert s["evaluations"] <= (5 if learner == "ppo" else 0) + budget + len(result.trajectory.meta["finalists"])
+
+
 def test_resume_continues_exactly(tiny, searched: SearchResult, tmp_path: Path) -> None:
     path = str(tmp_path / "search.ckpt")
     save = Checkpoint.save
@@ -470,6 +495,8 @@ def test_short_search_with_the_dgl_backend(tiny) -> None:
     ({"learner": "sgd"}, "learner must be one of"),
     ({"project": "false"}, "project=false needs action=blocks"),
     ({"levels": "1"}, "levels must be >= 2"),
+    ({"count": "evaluations"}, "count must be one of episodes, distinct"),
+    ({"max_factor": "0"}, "max_factor must be >= 1"),
 ])
 def test_bad_options_are_input_errors(options: dict[str, str], needle: str) -> None:
     with pytest.raises(InputError, match=needle):

@@ -43,13 +43,17 @@ from onnxprune.search.gat_ppo.reward import REWARDS, SelfCompetitionReward, amc,
 METHOD = GAT_PPO.name
 LEARNERS = ("ppo", "prior", "random", "cem")
 ACTIONS = ("levels", "blocks")
+COUNTS = ("episodes", "distinct")
 
 
 @dataclass(frozen=True)
 class GatPpoConfig:
     """gat-ppo options (CPU-scale defaults; `--preset paper` for paper-scale values).
 
-    episodes: candidates sampled (and evaluated) in all; batch: episodes per update;
+    episodes: candidates evaluated in all; count: what `episodes` counts: `episodes` (every
+    sampled candidate, repeats included; a repeat is not re-evaluated) or `distinct` (sample until
+    `episodes` distinct candidates are scored, at most `max_factor` times as many samples: equal
+    evaluations for learners that repeat themselves and those that do not); batch: episodes per update;
     learner: ppo | prior | random | cem (controls); action: levels | blocks (the seed's binary
     blocks); levels, level_min: keep ratios evenly spaced from level_min to 1; steps: decision
     steps per episode (0: one group per step; 1: all groups at once, the seed's one shot);
@@ -70,6 +74,8 @@ class GatPpoConfig:
     """
 
     episodes: int = 160
+    count: str = "episodes"
+    max_factor: int = 4
     batch: int = 16
     learner: str = "ppo"
     action: str = "levels"
@@ -113,13 +119,14 @@ class GatPpoConfig:
             if not ok:
                 raise InputError(f"{METHOD}: {what}")
 
-        for name in ("episodes", "batch", "hidden", "heads", "layers", "ppo_epochs", "final_top"):
+        for name in ("episodes", "batch", "hidden", "heads", "layers", "ppo_epochs", "final_top", "max_factor"):
             need(getattr(self, name) >= 1, f"option {name} must be >= 1, got {getattr(self, name)}")
         need(self.levels >= 2, f"option levels must be >= 2, got {self.levels}")
         need(0 < self.level_min < 1, f"option level_min must be in (0, 1), got {self.level_min}")
         need(self.steps >= 0, f"option steps must be >= 0, got {self.steps}")
         need(self.block >= 0 and self.blocks_per_group >= 0, "block and blocks_per_group must be >= 0")
         need(not (self.block > 0 and self.blocks_per_group > 0), "give --block or --blocks-per-group, not both")
+        need(self.count in COUNTS, f"option count must be one of {', '.join(COUNTS)}, got {self.count!r}")
         need(self.learner in LEARNERS, f"option learner must be one of {', '.join(LEARNERS)}, got {self.learner!r}")
         need(self.action in ACTIONS, f"option action must be one of {', '.join(ACTIONS)}, got {self.action!r}")
         need(self.reward in REWARDS, f"option reward must be one of {', '.join(REWARDS)}, got {self.reward!r}")
@@ -250,6 +257,7 @@ class _Search:
             self.cem = np.where(valid, 1.0 / (1.0 + np.exp(-prior)), 0.0)
         self.episode = 0
         self.update = 0
+        self.seen: set[bytes] = set()  # the distinct candidates scored so far
         self.best: list[tuple[float, int, np.ndarray]] = []  # (proxy, episode, keep)
         self.updates: list[dict[str, float]] = []
         self.pretrain_losses: list[float] = []
@@ -267,6 +275,7 @@ class _Search:
             "rng": self.ctx.rng.bit_generator.state, "torch_rng": self.gen.get_state(), "cem": self.cem.copy(),
             "best": list(self.best), "updates": list(self.updates), "pretrain_losses": list(self.pretrain_losses),
             "records": copy.deepcopy(self.ctx.trajectory.records), "sensitivity": self.sensitivity,
+            "seen": _key_rows(self.seen),
         }
 
     def load(self, state: dict[str, Any]) -> None:
@@ -280,6 +289,7 @@ class _Search:
         self.best = list(state["best"])
         self.updates = list(state["updates"])
         self.pretrain_losses = list(state["pretrain_losses"])
+        self.seen = {row.tobytes() for row in state.get("seen", ())}
         self.ctx.trajectory.records = copy.deepcopy(state["records"])
 
     # -- episodes ----------------------------------------------------------------------------
@@ -357,6 +367,11 @@ class _Search:
         proxies: list[float | None] = [None] * size
         for i, v in zip(idx, scored):
             proxies[i] = float(v)
+        repeat = [False] * size
+        for i in idx:
+            key = mask_key(keeps[i])
+            repeat[i] = key in self.seen
+            self.seen.add(key)
         returns: list[float] = []
         for i, (keep, scale, _, ep) in enumerate(rolled):
             proxy = proxies[i]
@@ -379,7 +394,8 @@ class _Search:
                 update=self.update, episode=self.episode, learner=cfg.learner, proxy=proxy, reward=r,
                 macs=macs / max(analysis.macs, 1), params=analysis.cost.params(keep) / max(analysis.params, 1),
                 latency=meter.ratio(keep) if meter.budget.kind == "latency" else None, feasible=proxy is not None,
-                budget_ratio=meter.ratio(keep), scale=scale, ratios=self.graph.keep_ratios(keep).round(4))
+                budget_ratio=meter.ratio(keep), scale=scale, repeat=repeat[i],
+                ratios=self.graph.keep_ratios(keep).round(4))
             self.episode += 1
         stats: dict[str, Any] = {}
         if cfg.learner == "ppo":
@@ -394,7 +410,8 @@ class _Search:
         self.updates.append({"update": self.update, "episode": self.episode,
                              "mean_proxy": float(np.mean(valid)) if valid else None,
                              "max_proxy": max(valid) if valid else None, "mean_reward": float(np.mean(returns)),
-                             "feasible_share": len(valid) / size, **stats})
+                             "feasible_share": len(valid) / size,
+                             "distinct": len(self.seen), **stats})
         self.update += 1
         return self.updates[-1]
 
@@ -432,7 +449,8 @@ class _Search:
         curve = [u["mean_proxy"] for u in self.updates if u["mean_proxy"] is not None]
         summary = {
             "gat_backend": self.backend, "learner": cfg.learner, "action": cfg.action, "reward": cfg.reward,
-            "episodes": self.episode, "updates": self.update, "setup_evaluations": extra_evaluations,
+            "episodes": self.episode, "distinct_candidates": len(self.seen), "count": cfg.count,
+            "updates": self.update, "setup_evaluations": extra_evaluations,
             "pretrain_loss": _mean_tail(self.pretrain_losses),
             "pretrain_loss_start": round(self.pretrain_losses[0], 5) if self.pretrain_losses else None,
             "best_subset_val_top1": self.best[0][0] if self.best else None,
@@ -440,6 +458,12 @@ class _Search:
             "picked": names[pick],
         }
         return ctx.finish(keeps[pick], val_top1=float(full[pick]), **summary)
+
+
+def _key_rows(keys: set[bytes]) -> np.ndarray:
+    """Mask keys as the rows of a uint8 array (what a checkpoint can store), in sorted order."""
+    rows = [np.frombuffer(k, dtype=np.uint8) for k in sorted(keys)]
+    return np.stack(rows) if rows else np.zeros((0, 0), dtype=np.uint8)
 
 
 def _mean_tail(values: list[float], n: int = 10) -> float | None:
@@ -481,15 +505,24 @@ def run(ctx: SearchContext) -> SearchResult:
                                                       cfg.pretrain_steps, cfg.pretrain_lr, ctx.rng)
         ctx.checkpoint.save(search.state())
     fields = {"proxy": "mean proxy", "best": "best proxy"}
+    distinct = cfg.count == "distinct"
+    samples = episodes * cfg.max_factor if distinct else episodes  # the most episodes sampled
+
+    def done() -> int:  # the budget spent so far, in what `count` counts
+        return len(search.seen) if distinct else search.episode
+
     with progress_bar(f"{METHOD} ({cfg.learner})", episodes, ctx.cfg.progress, fields=fields) as update:
-        update(search.episode)
-        while search.episode < episodes:
-            size = min(cfg.batch, episodes - search.episode)
+        update(done())
+        while done() < episodes and search.episode < samples:
+            before = done()
+            # `distinct`: a batch adds at most `size` distinct candidates, so the budget is never exceeded
+            size = min(cfg.batch, episodes - before, samples - search.episode)
             stats = search.run_batch(size)
             best = search.best[0][0] if search.best else "-"
-            update(size, proxy=stats["mean_proxy"] if stats["mean_proxy"] is not None else "-", best=best)
+            update(done() - before, proxy=stats["mean_proxy"] if stats["mean_proxy"] is not None else "-",
+                   best=best)
             ctx.checkpoint.save(search.state())
     return search.finish(setup)
 
 
-__all__ = ["ACTIONS", "LEARNERS", "PRESETS", "GatPpoConfig", "kept_count", "parse_config", "run"]
+__all__ = ["ACTIONS", "COUNTS", "LEARNERS", "PRESETS", "GatPpoConfig", "kept_count", "parse_config", "run"]
