@@ -260,6 +260,10 @@ def _teacher_line(runs: list[dict[str, Any]]) -> list[str]:
             "trained weights agree); the note in each run says how the logits were batched."]
 
 
+def _threads(n: int) -> str:
+    return "at onnxruntime's default threads" if n == 0 else f"on {n} onnxruntime thread{'s' if n > 1 else ''}"
+
+
 def _protocol_lines(runs: list[dict[str, Any]]) -> list[str]:
     protocols = {json.dumps(r["protocol"], sort_keys=True) for r in runs if "protocol" in r}
     out = []
@@ -272,7 +276,8 @@ def _protocol_lines(runs: list[dict[str, Any]]) -> list[str]:
                    f"{p['finetune_optimizer']} lr {p['finetune_lr']} cosine, tau {p['finetune_tau']}, "
                    f"T {p['finetune_temperature']}, best validation epoch kept); search proxy on "
                    f"{p['eval_images']} validation images; latency: median of {p['latency_runs']} onnxruntime CPU "
-                   f"runs after {p['latency_warmup']} warm-up, latency targets at batch {p['latency_target_batch']}; "
+                   f"runs after {p['latency_warmup']} warm-up, latency targets at batch {p['latency_target_batch']} "
+                   f"{_threads(p.get('latency_target_threads', 0))}; "
                    f"round-to {p['round_to']}.")
     return out
 

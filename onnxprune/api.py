@@ -47,6 +47,7 @@ class PruneConfig:
     target_params: float | None = None  # fraction of the params kept (at most)
     target_latency: float | None = None  # fraction of the measured onnxruntime latency (at most)
     latency_table: bool = True  # target_latency: per-layer latency table (False: time every candidate)
+    latency_threads: int = 0  # target_latency: onnxruntime intra-op threads it is measured at (0: the default)
     workers: int = 1  # evaluation processes (local) or actors (Ray)
     eval_images: int | None = 1000  # validation images per candidate evaluation and for fine-tuning's selection
     # the PyTorch side (Taylor, masked evaluation, BatchNorm re-estimation, fine-tuning)
@@ -136,6 +137,8 @@ def prune(src: str | os.PathLike[str] | onnx.ModelProto, cfg: PruneConfig,
         raise InputError(f"{option('finetune_epochs')} must be >= 0, got {cfg.finetune_epochs}")
     if cfg.calib_images < 1:
         raise InputError(f"{option('calib_images')} must be >= 1, got {cfg.calib_images}")
+    if cfg.latency_threads < 0:
+        raise InputError(f"{option('latency_threads')} must be >= 0 (0: onnxruntime's default), got {cfg.latency_threads}")
     if cfg.eval_images is not None and cfg.eval_images < 0:
         raise InputError(f"{option('eval_images')} must be >= 0 (0: the whole split), got {cfg.eval_images}")
     if cfg.finetune_images is not None and cfg.finetune_images < 1:
@@ -179,7 +182,8 @@ def prune(src: str | os.PathLike[str] | onnx.ModelProto, cfg: PruneConfig,
 
         copy = to_torch(analysis, seed=cfg.seed, device=device)
         search_cfg = _fit_search(search_cfg, analysis, device, cfg.calib_images)
-        searched = run_search(cfg.method, analysis, copy, splits, search_cfg, say, **search_callables(analysis, splits, search_cfg, say, cfg.latency_table))
+        searched = run_search(cfg.method, analysis, copy, splits, search_cfg, say, **search_callables(
+            analysis, splits, search_cfg, say, cfg.latency_table, cfg.latency_threads))
         keep = searched.keep
     else:
         calib: dict[str, Any] = {}
@@ -363,7 +367,8 @@ def _fit_search(search_cfg: Any, analysis: Analysis, device: Any, calib_images: 
 
 
 def search_callables(analysis: Analysis, splits: Any, search_cfg: Any = None,
-                     say: Callable[[str], None] | None = None, latency_table: bool = True) -> dict[str, Callable[..., Any]]:
+                     say: Callable[[str], None] | None = None, latency_table: bool = True,
+                     latency_threads: int = 0) -> dict[str, Callable[..., Any]]:
     """What a search method may ask of the layers it must not import (`run_search` keywords):
     `materialize(keep)` the pruned ONNX model, `latency(keep)` its onnxruntime latency at batch 1
     in seconds, `score_model(model)` an ONNX model's top-1 on the validation split.
@@ -371,14 +376,15 @@ def search_callables(analysis: Analysis, splits: Any, search_cfg: Any = None,
     With a latency budget in `search_cfg` and `latency_table`, `latency` is a per-layer latency
     table (`onnxprune.bench.latency_table`: measured once on `search_cfg.runtime`'s provider at
     the widths of `search_cfg.round_to`, cached on disk), else every candidate is rewritten and
-    timed on the CPU."""
+    timed on the CPU; both at `latency_threads` onnxruntime intra-op threads (0: its default)."""
     from onnxprune.bench import BenchConfig, benchmark_model, evaluate_onnx
 
     def materialize(keep: np.ndarray) -> onnx.ModelProto:
         return apply_keep(analysis, keep)
 
     def latency(keep: np.ndarray) -> float:
-        result = benchmark_model(materialize(keep).SerializeToString(), BenchConfig(batch_sizes=(1,), warmup=3, runs=15))
+        result = benchmark_model(materialize(keep).SerializeToString(),
+                                 BenchConfig(batch_sizes=(1,), warmup=3, runs=15, threads=latency_threads))
         return result[0].median_ms / 1000.0
 
     def score_model(model: onnx.ModelProto) -> float:
@@ -391,7 +397,8 @@ def search_callables(analysis: Analysis, splits: Any, search_cfg: Any = None,
         (say or (lambda _m: None))(f"latency table ({search_cfg.runtime}, batch 1): measuring once, then cached")
         table = build_latency_table(analysis, materialize, width_multiples(analysis, search_cfg.round_to,
                                                                             search_cfg.runtime),
-                                    BenchConfig(provider=search_cfg.runtime, batch_sizes=(1,), warmup=5, runs=30),
+                                    BenchConfig(provider=search_cfg.runtime, batch_sizes=(1,), warmup=5, runs=30,
+                                                threads=latency_threads),
                                     say=say or (lambda _m: None))
         return {"materialize": materialize, "latency": table, "score_model": score_model}
     return {"materialize": materialize, "latency": latency, "score_model": score_model}

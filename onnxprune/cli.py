@@ -199,6 +199,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="search methods: keep at most F of the onnxruntime latency (batch 1, on the "
                              "--runtime's provider), read from a per-layer latency table measured once and "
                              "cached (~/.cache/onnxprune/latency)")
+    pr.add_argument("--latency-threads", type=int, default=0, metavar="N",
+                    help="with --target-latency: onnxruntime intra-op threads the latency is measured at (default 0: "
+                         "onnxruntime's default; 1 gives steadier timings on a shared machine and matches "
+                         "single-threaded deployments)")
     pr.add_argument("--latency-per-candidate", action="store_true",
                     help="with --target-latency: rewrite and time every candidate on the CPU instead of the table")
     pr.add_argument("--global", dest="global_ranking", action="store_true",
@@ -404,7 +408,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         data=args.data, finetune_epochs=args.finetune_epochs, finetune_images=args.finetune_images,
         finetune_lr=args.finetune_lr,
         data_options=data_kwargs(args), target_params=args.target_params, target_latency=args.target_latency,
-        latency_table=not args.latency_per_candidate,
+        latency_table=not args.latency_per_candidate, latency_threads=args.latency_threads,
         workers=args.workers, eval_images=args.eval_images, checkpoint=args.checkpoint, resume=args.resume,
         trajectory=args.trajectory, plot=args.plot, options=search_options(args),
         device=args.device, amp=args.amp, calib_images=args.calib_images, data_workers=args.data_workers,

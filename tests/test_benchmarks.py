@@ -128,3 +128,66 @@ def test_latency_pass_times_every_stored_model_also_on_one_thread(tmp_path, monk
         assert quiet[f"original_{col}_ms"] > 0 and quiet[f"pruned_{col}_ms"] > 0
         assert quiet[f"speedup_{col}"] == pytest.approx(quiet[f"original_{col}_ms"] / quiet[f"pruned_{col}_ms"])
     assert json.loads((run.RESULTS / "latency_pass.json").read_text())["models"] == 1
+
+
+def test_a_latency_target_is_measured_on_the_protocols_threads(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """latency-0.5: every timing that decides the target is taken on `latency_target_threads` (one
+    thread: the steady figure), score methods bisect their MACs target under it, searches get it
+    as `latency_threads`, and the record keeps the check. The clock is faked (MACs-proportional)."""
+    import onnx
+
+    import onnxprune.api
+    from onnxprune.deps import analyze
+    from tests.tiny import digits_model
+
+    for name in ("RUNS", "TRAJECTORIES", "MODEL_OUT"):
+        monkeypatch.setattr(run, name, tmp_path / name.lower())
+    _, model = digits_model(epochs=1, folded=True)
+    base = tmp_path / "tiny_folded.onnx"
+    onnx.save(model, str(base))
+    monkeypatch.setattr(run, "base_path", lambda arch, form: base)
+    monkeypatch.setattr(run, "base_record", lambda arch: {})
+    threads: list[int] = []
+
+    def fake_latency(blob: bytes, batches: tuple[int, ...], protocol: run.Protocol, threads_: int = 0,
+                     **kw: int) -> dict[int, float]:
+        threads.append(kw.get("threads", threads_))
+        return {b: analyze(onnx.load_from_string(blob)).macs * 1e-6 * b for b in batches}
+
+    monkeypatch.setattr(run, "latency_ms", fake_latency)
+    mode = run.Mode(models=("tiny",), forms=("folded",), targets=("latency-0.5",), methods=("l1-uniform",),
+                    seeds=(0,), protocol=run.Protocol(data="digits"))
+    record = run.run_one("tiny", "folded", "l1-uniform", "latency-0.5", 0, "test", mode, with_finetune=False)
+    check = record["latency_target_check"]
+    assert check["threads"] == 1 and check["batch"] == 1 and check["ratio"] <= 0.5
+    assert record["macs_target_used"] is not None and record["macs_ratio"] <= 0.5 + 1e-9
+    # the base, every bisection step and the check on one thread; the run's own b1/b32 figure at the default
+    assert threads.count(0) == 1 and set(threads) == {0, 1} and len(threads) >= 4
+
+    class Stop(Exception):
+        pass
+
+    given: list[onnxprune.api.PruneConfig] = []
+
+    def fake_prune(path: object, cfg: onnxprune.api.PruneConfig) -> None:
+        given.append(cfg)
+        raise Stop
+
+    monkeypatch.setattr(onnxprune.api, "prune", fake_prune)
+    with pytest.raises(Stop):
+        run.run_one("tiny", "folded", "gat-ppo", "latency-0.5", 0, "test", mode, with_finetune=False)
+    assert given[0].target_latency == 0.5 and given[0].latency_threads == 1
+
+
+def test_latency_bisection_treats_unreachable_fractions_as_too_small() -> None:
+    from onnxprune.errors import UnsupportedModelError
+
+    def make(f: float) -> float:
+        if f < 0.3:  # below the method's smallest reachable MACs
+            raise UnsupportedModelError("out of reach")
+        return f
+
+    model, f = run._bisect_latency(make, lambda m: m <= 0.32)
+    assert model == f and 0.3 <= f <= 0.32
+    with pytest.raises(RuntimeError, match="not reached"):
+        run._bisect_latency(make, lambda m: m <= 0.2)

@@ -139,6 +139,8 @@ def test_bad_flag_values(model_file: Path, tmp_path: Path) -> None:
     assert_one_line_error(run("prune", str(model_file), "-o", str(out), "--sparsity", "1.5"), "sparsity")
     assert_one_line_error(run("prune", str(model_file), "-o", str(out), "--sparsity", "0.3", "--exclude", "nope"),
                           "nope")
+    assert_one_line_error(run("prune", str(model_file), "-o", str(out), "--sparsity", "0.3", "--latency-threads",
+                              "-1"), "--latency-threads")
     assert run("prune", str(model_file), "-o", str(out)).returncode == 2
     assert not out.exists()
 

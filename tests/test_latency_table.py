@@ -261,3 +261,7 @@ def test_the_api_hands_latency_searches_the_cached_table(tiny, monkeypatch: pyte
     assert not isinstance(search_callables(analysis, splits, cfg, latency_table=False)["latency"], lt.LatencyTable)
     macs = SearchConfig(budget=Budget("macs", 0.5), progress=False)
     assert not isinstance(search_callables(analysis, splits, macs)["latency"], lt.LatencyTable)
+    # --latency-threads: another table, measured at that many onnxruntime threads
+    one = search_callables(analysis, splits, cfg, latency_threads=1)["latency"]
+    assert isinstance(one, lt.LatencyTable) and one.meta["threads"] == 1 and calls["latency"].meta["threads"] == 0
+    assert len(list((tmp_path / "onnxprune" / "latency").glob("*.json"))) == 2
