@@ -54,6 +54,14 @@ def macs_mark(target: str, macs_ratio: float) -> str:
     return "†" if kind == "macs" and macs_ratio < (1.0 - MACS_SLACK) * float(value) else ""
 
 
+def latency_mark(target: str, speedup_one_thread: float | None) -> str:
+    """The mark "‡" when a `latency-F` row's quiet one-thread batch-1 latency is over F of the
+    original's (speed-up below 1/F: it used more latency than its budget), else ""."""
+    kind, _, value = target.partition("-")
+    over = kind == "latency" and speedup_one_thread is not None and speedup_one_thread * float(value) < 1.0
+    return "‡" if over else ""
+
+
 def mean_se(values: Iterable[float | None]) -> tuple[float, float, int]:
     """Mean, standard error of the mean (nan for one value) and count of the finite values."""
     v = np.array([x for x in values if x is not None and np.isfinite(x)], dtype=float)
@@ -442,7 +450,8 @@ def write_report(mode_name: str = "protocol") -> Path:
                     b32 = mean_se(_latency(r, originals, 32)[0] for r in recs)[0]
                     q = "" if lat and all(qq for _, qq in lat) else "*"
                     t1 = [_latency(r, originals, 1, one_thread=True)[0] for r in recs]
-                    b1_t1 = f"{mean_se(t1)[0]:.2f}x" if all(x is not None for x in t1) else "-"
+                    t1_mean = mean_se(t1)[0] if all(x is not None for x in t1) else None
+                    b1_t1 = "-" if t1_mean is None else f"{t1_mean:.2f}x{latency_mark(target, t1_mean)}"
                     tuned = [r["seed"] for r in recs if r.get("test_top1") is not None]
                     seeds = _seeds(r["seed"] for r in recs)
                     if len(tuned) < len(recs):
@@ -459,7 +468,10 @@ def write_report(mode_name: str = "protocol") -> Path:
                     "default-thread batch-1 times moved between passes (see \"Latency pass\"), while one-thread "
                     "timings were consistent in the latency table's validation. MACs marked † are more than "
                     f"{100 * MACS_SLACK:.0f}% under the MACs budget: that method was compared at fewer MACs than the "
-                    "others could use (not at equal cost).", ""]
+                    "others could use (not at equal cost). One-thread speed-ups marked ‡ belong to latency-target "
+                    "rows whose mean quiet one-thread batch-1 latency is over the budget (the latency target is "
+                    "measured at batch 1 on `latency_target_threads` threads; each run's own check is "
+                    "`latency_target_check` in its record).", ""]
     out += ["## Missing runs", ""] + (_missing(mode, cells, failed, present) or ["None."]) + [""]
     out += ["## Latency pass", ""]
     if quiet:
