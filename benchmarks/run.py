@@ -60,8 +60,8 @@ PEER_METHODS = tuple(PEERS)
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     f"{RL_PRUNER.name}-nopost": (RL_PRUNER.name, {"post_epochs": 0}),
     **{f"{GAT_PPO.name}-{learner}": (GAT_PPO.name, {"learner": learner}) for learner in ("prior", "random", "cem")},
-    # PPO (and its prior) repeat candidates, which the evaluator does not re-run: with
-    # count=distinct PPO gets as many distinct evaluations as random search makes
+    # PPO (and its prior) repeat candidates, which the evaluator does not re-run: count=distinct
+    # samples until 160 distinct candidates are scored (at most 4x the episodes), as random search does
     f"{GAT_PPO.name}-distinct": (GAT_PPO.name, {"count": "distinct"}),
 }
 SEARCHES = names_of("search") + tuple(VARIANTS)  # every registered search method

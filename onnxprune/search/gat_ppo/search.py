@@ -50,7 +50,7 @@ COUNTS = ("episodes", "distinct")
 class GatPpoConfig:
     """gat-ppo options (CPU-scale defaults; `--preset paper` for paper-scale values).
 
-    episodes: candidates evaluated in all; count: what `episodes` counts: `episodes` (every
+    episodes: the candidate budget; count: what `episodes` counts: `episodes` (every
     sampled candidate, repeats included; a repeat is not re-evaluated) or `distinct` (sample until
     `episodes` distinct candidates are scored, at most `max_factor` times as many samples: equal
     evaluations for learners that repeat themselves and those that do not); batch: episodes per update;
