@@ -44,6 +44,7 @@ def load_runs() -> tuple[dict[tuple[str, str], dict[str, Any]], list[dict[str, A
     return originals, runs
 
 
+LATENCY_SLACK = 0.1  # latency rows: timing noise is larger than the MACs rounding
 MACS_SLACK = 0.02  # a MACs-budget row keeping less than (1 - this) of its budget is marked unequal
 
 
@@ -55,11 +56,14 @@ def macs_mark(target: str, macs_ratio: float) -> str:
 
 
 def latency_mark(target: str, speedup_one_thread: float | None) -> str:
-    """The mark "‡" when a `latency-F` row's quiet one-thread batch-1 latency is over F of the
-    original's (speed-up below 1/F: it used more latency than its budget), else ""."""
+    """For a `latency-F` row, by its quiet one-thread batch-1 latency as a share of the original's
+    (1 / speed-up): "‡" when over F (it used more latency than its budget), "†" when under
+    (1 - LATENCY_SLACK) * F (compared at less latency than the others could use), else ""."""
     kind, _, value = target.partition("-")
-    over = kind == "latency" and speedup_one_thread is not None and speedup_one_thread * float(value) < 1.0
-    return "‡" if over else ""
+    if kind != "latency" or speedup_one_thread is None:
+        return ""
+    share = 1.0 / speedup_one_thread
+    return "‡" if share > float(value) else "†" if share < (1.0 - LATENCY_SLACK) * float(value) else ""
 
 
 def mean_se(values: Iterable[float | None]) -> tuple[float, float, int]:
@@ -468,8 +472,9 @@ def write_report(mode_name: str = "protocol") -> Path:
                     "default-thread batch-1 times moved between passes (see \"Latency pass\"), while one-thread "
                     "timings were consistent in the latency table's validation. MACs marked † are more than "
                     f"{100 * MACS_SLACK:.0f}% under the MACs budget: that method was compared at fewer MACs than the "
-                    "others could use (not at equal cost). One-thread speed-ups marked ‡ belong to latency-target "
-                    "rows whose mean quiet one-thread batch-1 latency is over the budget (the latency target is "
+                    "others could use (not at equal cost). One-thread speed-ups of latency-target rows are marked ‡ "
+                    "when their mean quiet one-thread batch-1 latency is over the budget, † when it is more than "
+                    f"{100 * LATENCY_SLACK:.0f}% under it (the latency target is "
                     "measured at batch 1 on `latency_target_threads` threads; each run's own check is "
                     "`latency_target_check` in its record).", ""]
     out += ["## Missing runs", ""] + (_missing(mode, cells, failed, present) or ["None."]) + [""]

@@ -70,8 +70,9 @@ def test_rows_under_their_macs_budget_are_marked_unequal() -> None:
     assert report.macs_mark("macs-0.5", 0.499) == "" and report.macs_mark("macs-0.5", 0.491) == ""
     assert report.macs_mark("macs-0.5", 0.473) == "†" and report.macs_mark("macs-0.25", 0.2) == "†"
     assert report.macs_mark("latency-0.5", 0.2) == ""
-    # latency rows: marked when the quiet one-thread latency is over the budget (speed-up < 1/F)
+    # latency rows, by the quiet one-thread latency share (1 / speed-up): over the budget, or 10% under it
     assert report.latency_mark("latency-0.5", 2.01) == "" and report.latency_mark("latency-0.5", 1.81) == "‡"
+    assert report.latency_mark("latency-0.5", 2.2) == "" and report.latency_mark("latency-0.5", 2.3) == "†"
     assert report.latency_mark("latency-0.5", None) == "" and report.latency_mark("macs-0.5", 1.2) == ""
 
 
