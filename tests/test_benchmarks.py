@@ -151,11 +151,11 @@ def test_a_latency_target_is_measured_on_the_protocols_threads(tmp_path, monkeyp
     onnx.save(model, str(base))
     monkeypatch.setattr(run, "base_path", lambda arch, form: base)
     monkeypatch.setattr(run, "base_record", lambda arch: {})
-    threads: list[int] = []
+    timed_on: list[int] = []  # the thread count of every timing
 
-    def fake_latency(blob: bytes, batches: tuple[int, ...], protocol: run.Protocol, threads_: int = 0,
-                     **kw: int) -> dict[int, float]:
-        threads.append(kw.get("threads", threads_))
+    def fake_latency(blob: bytes, batches: tuple[int, ...], protocol: run.Protocol,
+                     threads: int = 0) -> dict[int, float]:
+        timed_on.append(threads)
         return {b: analyze(onnx.load_from_string(blob)).macs * 1e-6 * b for b in batches}
 
     monkeypatch.setattr(run, "latency_ms", fake_latency)
@@ -166,7 +166,7 @@ def test_a_latency_target_is_measured_on_the_protocols_threads(tmp_path, monkeyp
     assert check["threads"] == 1 and check["batch"] == 1 and check["ratio"] <= 0.5
     assert record["macs_target_used"] is not None and record["macs_ratio"] <= 0.5 + 1e-9
     # the base, every bisection step and the check on one thread; the run's own b1/b32 figure at the default
-    assert threads.count(0) == 1 and set(threads) == {0, 1} and len(threads) >= 4
+    assert timed_on.count(0) == 1 and set(timed_on) == {0, 1} and len(timed_on) >= 4
 
     class Stop(Exception):
         pass
