@@ -1,7 +1,9 @@
 """How much the quiet `--latency-only` timings of the same files moved between two passes, read
-from the run records as git stored them after each pass; writes `results/latency_drift.json`.
+from the run records as git stored them after each pass; writes `results/latency_drift.json`
+(or `--out`).
 
     python -m benchmarks.latency_drift 9fd8886 bf7b5f9    # session 3's and session 4's passes
+    python -m benchmarks.latency_drift 2d464b8 ba423df --out benchmarks/results/latency_drift__s6_s7.json
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ def quiet_timings(commit: str) -> dict[str, dict[str, Any]]:
     return out
 
 
-def drift(first: str, second: str) -> dict[str, Any]:
+def drift(first: str, second: str, out: str | None = None) -> dict[str, Any]:
     a, b = quiet_timings(first), quiet_timings(second)
     names = sorted(k for k in a if k in b and a[k]["pass"] != b[k]["pass"]
                    and a[k]["run_started"] == b[k]["run_started"])
@@ -45,16 +47,18 @@ def drift(first: str, second: str) -> dict[str, Any]:
                     "within_10pct": round(float(np.mean(np.abs(r - 1) <= 0.1)), 3)}
     return {"passes": [first, second], "pass_started": [a[names[0]]["pass"], b[names[0]]["pass"]] if names else [],
             "models": len(names), "second_over_first": col,
-            "command": f"python -m benchmarks.latency_drift {first} {second}"}
+            "command": f"python -m benchmarks.latency_drift {first} {second}" + (f" --out {out}" if out else "")}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("first")
     ap.add_argument("second")
+    ap.add_argument("--out", default=None, help="result file (default: benchmarks/results/latency_drift.json, "
+                                                 "which BENCHMARKS.md cites)")
     args = ap.parse_args()
-    res = drift(args.first, args.second)
-    (RESULTS / "latency_drift.json").write_text(json.dumps(res, indent=1) + "\n")
+    res = drift(args.first, args.second, args.out)
+    (Path(args.out) if args.out else RESULTS / "latency_drift.json").write_text(json.dumps(res, indent=1) + "\n")
     print(json.dumps(res, indent=1))
 
 
