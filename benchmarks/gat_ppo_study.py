@@ -195,16 +195,17 @@ def proxy_study(args: argparse.Namespace) -> Path:
     rows: list[dict[str, Any]] = []
     t_start = time.perf_counter()
     out = Path(args.out or OUT / f"proxy__{s.model.stem}__macs{s.target}.json")
+    stored = _stored_targets(args, masks, s)
 
     def save() -> dict[str, float]:  # after every mask: a stopped run keeps what it measured
         target_vals = [r["target_test_top1"] for r in rows]
-        tiers = [k for k in rows[0] if k.startswith(("masked_", "tier2_")) and not k.endswith("_seconds")]
+        tiers = [k for k in rows[0] if k.startswith(("masked_", "tier2_", "retest_")) and not k.endswith("_seconds")]
         rho = {t: spearman([r[t] for r in rows], target_vals) for t in tiers}
-        cost = {t: float(np.mean([r["tier1_seconds"] if t.startswith("masked") else r.get("tier2_seconds", 0.0)
+        cost = {t: float(np.mean([r.get(f"{t}_seconds", r["tier1_seconds"] if t.startswith("masked") else 0.0)
                                   for r in rows])) for t in tiers}
         _write(out, {"kind": "proxy", "model": str(s.model), "target_macs": s.target, "seed": s.seed,
                      "masks": len(rows), "masks_planned": len(masks),
-                     "settings": {k: v for k, v in vars(args).items() if k != "func"}, "note": LOAD_NOTE,
+                     "settings": {k: v for k, v in vars(args).items() if k != "func"}, "note": args.note,
                      "spearman": rho, "mean_seconds_tier1_all_image_counts_or_tier2": cost,
                      "seconds": time.perf_counter() - t_start, "rows": rows,
                      "target": f"test top-1 on {args.test_images} t10k images after "
@@ -222,19 +223,28 @@ def proxy_study(args: argparse.Namespace) -> Path:
             row[f"masked_bn_{n}"] = ev_recal.evaluate([keep], images=n)[0]
         row[f"masked_nobn_{max(args.tier_images)}"] = ev_plain.evaluate([keep], images=max(args.tier_images))[0]
         row["tier1_seconds"] = time.perf_counter() - t0
-        tier2 = short_finetune(s, keep, args.tier2_steps, 0, s.seed) if args.tier2_steps else None
-        if tier2 is not None:
-            row[f"tier2_{args.tier2_steps}steps"] = tier2["val_after"]
-            row["tier2_seconds"] = tier2["seconds"]
-        if args.protocol_finetune:  # the benchmark protocol's fine-tune: one full epoch, its lr
+        for steps in args.tier2_steps:
+            tier2 = short_finetune(s, keep, steps, 0, s.seed, lr=args.tier2_lr)
+            row[f"tier2_{steps}steps"] = tier2["val_after"]
+            row[f"tier2_{steps}steps_seconds"] = tier2["seconds"]
+        if args.retest_seed is not None:  # the target's own noise: the same fine-tune, another seed
+            from benchmarks.run import Protocol
+
+            retest = short_finetune(s, keep, None, args.test_images, args.retest_seed, lr=Protocol().finetune_lr)
+            row[f"retest_seed{args.retest_seed}"] = retest["test_top1"]
+            row[f"retest_seed{args.retest_seed}_seconds"] = retest["seconds"]
+        if name in stored:  # the target measured by an earlier run of the same masks
+            row.update(stored[name])
+        elif args.protocol_finetune:  # the benchmark protocol's fine-tune: one full epoch, its lr
             from benchmarks.run import Protocol
 
             target = short_finetune(s, keep, None, args.test_images, s.seed, lr=Protocol().finetune_lr)
         else:
             target = short_finetune(s, keep, args.finetune_steps, args.test_images, s.seed)
-        row["target_test_top1"] = target["test_top1"]
-        row["target_val"] = target["val_after"]
-        row["target_seconds"] = target["seconds"]
+        if name not in stored:
+            row["target_test_top1"] = target["test_top1"]
+            row["target_val"] = target["val_after"]
+            row["target_seconds"] = target["seconds"]
         rows.append(row)
         rho = save()
         print(f"[{time.strftime('%H:%M:%S')}] {name}: " + ", ".join(
@@ -242,6 +252,26 @@ def proxy_study(args: argparse.Namespace) -> Path:
     ev_recal.close()
     ev_plain.close()
     print(json.dumps(rho, indent=1))
+    return out
+
+
+def _stored_targets(args: argparse.Namespace, masks: dict[str, np.ndarray], s: Setup) -> dict[str, dict[str, Any]]:
+    """`--targets-from FILE`: the targets of an earlier proxy run, by mask name. The masks are made
+    again from the same seed and settings; one whose MACs differ from the stored row is an error."""
+    if not args.targets_from:
+        return {}
+    d = json.loads(Path(args.targets_from).read_text())
+    for key in ("seed", "masks", "prior_samples"):
+        if d["settings"][key] != getattr(args, key):
+            raise SystemExit(f"--targets-from {args.targets_from}: its {key} is {d['settings'][key]}, "
+                             f"this run's {getattr(args, key)}: the masks would differ")
+    out: dict[str, dict[str, Any]] = {}
+    for r in d["rows"]:
+        macs = s.analysis.cost.macs(masks[r["mask"]]) / s.analysis.macs
+        if abs(macs - r["macs"]) > 1e-9:
+            raise SystemExit(f"--targets-from: mask {r['mask']} has {macs:.6f} of the MACs now, "
+                             f"{r['macs']:.6f} there")
+        out[r["mask"]] = {k: r[k] for k in ("target_test_top1", "target_val", "target_seconds")}
     return out
 
 
@@ -312,7 +342,7 @@ def compare(args: argparse.Namespace) -> Path:
 def report(_args: argparse.Namespace) -> Path:
     lines = ["# gat-ppo study (issue 14)", "",
              "Generated by `python -m benchmarks.gat_ppo_study report` from `benchmarks/results/gat_ppo/*.json`.",
-             f"All numbers were {LOAD_NOTE}.", ""]
+             f"Unless a section says otherwise, numbers were {LOAD_NOTE}.", ""]
     planted = OUT / "planted.json"
     if planted.exists():
         d = json.loads(planted.read_text())
@@ -336,7 +366,8 @@ def report(_args: argparse.Namespace) -> Path:
         lines += [f"## Proxy validation: {Path(d['model']).name}, {d['target_macs']:g} of the MACs, {d['masks']} masks"
                   f"{partial}",
                   "", f"Target: {d['target']}. Masks: heuristics, random per-group allocations, samples of "
-                  f"gat-ppo's prior, random channels (`{path.relative_to(ROOT)}`).", "",
+                  f"gat-ppo's prior, random channels (`{path.relative_to(ROOT)}`)."
+                  + ("" if d.get("note", LOAD_NOTE) == LOAD_NOTE else f" Conditions: {d['note']}."), "",
                   "| proxy | Spearman rho vs target | rho, better half of the masks | mean seconds per mask |",
                   "|---|---|---|---|"]
         tv = [r["target_test_top1"] for r in d["rows"]]
@@ -348,7 +379,11 @@ def report(_args: argparse.Namespace) -> Path:
         lines += ["", f"Target spread: {min(tv):.4f} to {max(tv):.4f} (std {np.std(tv):.4f}). "
                   f"tier 1 seconds are for all image counts of one mask together; BatchNorm re-estimated on "
                   f"{st['bn_batches']} x 128 train images; tier 2 = validation top-1 on {st['val_images']} images "
-                  f"after {st['tier2_steps']} distillation steps of 64 images.", ""]
+                  f"after N distillation steps of 64 images (lr {st.get('tier2_lr') or 'the default, 0.01'})"
+                  + (f"; retest = the target's fine-tune again with seed {st['retest_seed']} (its rho is the "
+                     "target's own test-retest agreement, a ceiling for any proxy)" if st.get("retest_seed") is not None
+                     else "")
+                  + (f"; targets reused from `{st['targets_from']}`" if st.get("targets_from") else "") + ".", ""]
     for path in sorted(OUT.glob("compare__*.json")):
         d = json.loads(path.read_text())
         st = d["settings"]
@@ -416,7 +451,13 @@ def main() -> None:
     p.add_argument("--masks", type=int, default=30)
     p.add_argument("--prior-samples", type=int, default=6)
     p.add_argument("--tier-images", type=int, nargs="+", default=[128, 256, 512, 1000])
-    p.add_argument("--tier2-steps", type=int, default=8)
+    p.add_argument("--tier2-steps", type=int, nargs="*", default=[8])
+    p.add_argument("--tier2-lr", type=float, default=None, help="tier 2's learning rate (default: the fine-tune's)")
+    p.add_argument("--retest-seed", type=int, default=None,
+                   help="also repeat the protocol fine-tune with this seed: the target's own noise")
+    p.add_argument("--targets-from", default=None,
+                   help="reuse the targets of an earlier proxy run (same seed, masks, prior samples)")
+    p.add_argument("--note", default=LOAD_NOTE, help="how the machine was shared, recorded in the result")
     p.add_argument("--protocol-finetune", action="store_true",
                    help="target: test top-1 after the benchmark protocol's fine-tune (one full epoch; minutes per mask)")
     p.set_defaults(func=proxy_study)
