@@ -218,7 +218,8 @@ def proxy_study(args: argparse.Namespace) -> Path:
     rho: dict[str, float] = {}
     for name, keep in masks.items():
         t0 = time.perf_counter()
-        row: dict[str, Any] = {"mask": name, "macs": s.analysis.cost.macs(keep) / s.analysis.macs}
+        row: dict[str, Any] = {"mask": name, "macs": s.analysis.cost.macs(keep) / s.analysis.macs,
+                               "keep_bits": np.packbits(keep).tobytes().hex()}  # a rerun can reuse the mask
         for n in args.tier_images:
             row[f"masked_bn_{n}"] = ev_recal.evaluate([keep], images=n)[0]
         row[f"masked_nobn_{max(args.tier_images)}"] = ev_plain.evaluate([keep], images=max(args.tier_images))[0]
@@ -256,11 +257,17 @@ def proxy_study(args: argparse.Namespace) -> Path:
 
 
 def _stored_targets(args: argparse.Namespace, masks: dict[str, np.ndarray], s: Setup) -> dict[str, dict[str, Any]]:
-    """`--targets-from FILE`: the targets of an earlier proxy run, by mask name. The masks are made
-    again from the same seed and settings; one whose MACs differ from the stored row is an error."""
+    """`--targets-from FILE`: the targets of an earlier proxy run, by mask name. Its stored masks
+    replace this run's (`keep_bits`); without them the masks are made again from the same seed and
+    settings, and one whose MACs differ from the stored row is an error."""
     if not args.targets_from:
         return {}
     d = json.loads(Path(args.targets_from).read_text())
+    if all("keep_bits" in r for r in d["rows"]):
+        n = len(s.analysis.full_keep())
+        masks.clear()
+        masks.update({r["mask"]: np.unpackbits(np.frombuffer(bytes.fromhex(r["keep_bits"]), np.uint8))[:n].astype(bool)
+                      for r in d["rows"]})
     for key in ("seed", "masks", "prior_samples"):
         if d["settings"][key] != getattr(args, key):
             raise SystemExit(f"--targets-from {args.targets_from}: its {key} is {d['settings'][key]}, "
