@@ -19,6 +19,7 @@ import onnx
 import pytest
 import torch
 
+from onnxprune.api import search_callables
 from onnxprune.cli import main
 from onnxprune.criteria import weight_scores
 from onnxprune.deps import Analysis
@@ -437,6 +438,24 @@ def test_count_distinct_spends_the_budget_on_distinct_candidates(tiny, learner: 
     assert s["evaluations"] <= (5 if learner == "ppo" else 0) + budget + len(result.trajectory.meta["finalists"])
 
 
+def test_finalist_images_picks_the_best_finalist_after_a_brief_distillation(tiny) -> None:
+    splits, analysis = tiny
+    scfg = SearchConfig(budget=Budget("macs", 0.5), seed=3, eval=EvalConfig(images=150, bn_batches=2),
+                        progress=False, round_to=1,
+                        options={**OPTIONS, "pretrain": False, "final_top": 3, "finalist_images": 256})
+    result = run_search("gat-ppo", analysis, to_torch(analysis), splits, scfg, **search_callables(analysis, splits))
+    finalists, s = result.trajectory.meta["finalists"], result.summary
+    tuned = [f["finetuned_val_top1"] for f in finalists]
+    assert len(finalists) >= 2 and s["finalist_images"] == 256
+    assert s["picked"] == finalists[int(np.argmax(tuned))]["from"] and s["picked_finetuned_val_top1"] == max(tuned)
+    # the distillation ran: it changes what the masked copy scored (BatchNorm re-estimated both times)
+    assert any(abs(f["finetuned_val_top1"] - f["val_top1"]) > 1e-9 for f in finalists)
+    assert analysis.cost.macs(result.keep) <= 0.5 * analysis.macs
+    off = _search(tiny, {**OPTIONS, "pretrain": False, "final_top": 3}, round_to=1)
+    assert off.summary["picked_finetuned_val_top1"] is None
+    assert all("finetuned_val_top1" not in f for f in off.trajectory.meta["finalists"])
+
+
 def test_resume_continues_exactly(tiny, searched: SearchResult, tmp_path: Path) -> None:
     path = str(tmp_path / "search.ckpt")
     save = Checkpoint.save
@@ -497,6 +516,7 @@ def test_short_search_with_the_dgl_backend(tiny) -> None:
     ({"levels": "1"}, "levels must be >= 2"),
     ({"count": "evaluations"}, "count must be one of episodes, distinct"),
     ({"max_factor": "0"}, "max_factor must be >= 1"),
+    ({"finalist_images": "-1"}, "finalist_images must be >= 0"),
 ])
 def test_bad_options_are_input_errors(options: dict[str, str], needle: str) -> None:
     with pytest.raises(InputError, match=needle):

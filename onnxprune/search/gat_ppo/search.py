@@ -69,7 +69,9 @@ class GatPpoConfig:
     self-competition reward; proxy_images: validation images each candidate is scored on (at most
     `--eval-images`; 0: `--eval-images`; 128 by default: the cheapest proxy tier with Spearman
     rho >= 0.6 against fine-tuned accuracy, docs/gat-ppo-study.md); final_top: candidates
-    re-scored on the whole validation split;
+    re-scored on the whole validation split; finalist_images: > 0 distils each finalist from
+    the original on that many training images (one pass, BatchNorm re-estimated first) and picks
+    the best by validation top-1 after it (the proxy's second tier; 0: off, the masked score picks);
     policy: a policy file to start from (`policy_out` writes one at the end).
     """
 
@@ -110,6 +112,7 @@ class GatPpoConfig:
     ema: float = 0.9
     penalty: float = 10.0
     final_top: int = 3
+    finalist_images: int = 0
     proxy_images: int = 128
     policy: str = ""
     policy_out: str = ""
@@ -121,6 +124,7 @@ class GatPpoConfig:
 
         for name in ("episodes", "batch", "hidden", "heads", "layers", "ppo_epochs", "final_top", "max_factor"):
             need(getattr(self, name) >= 1, f"option {name} must be >= 1, got {getattr(self, name)}")
+        need(self.finalist_images >= 0, f"option finalist_images must be >= 0, got {self.finalist_images}")
         need(self.levels >= 2, f"option levels must be >= 2, got {self.levels}")
         need(0 < self.level_min < 1, f"option level_min must be in (0, 1), got {self.level_min}")
         need(self.steps >= 0, f"option steps must be >= 0, got {self.steps}")
@@ -422,6 +426,18 @@ class _Search:
         keep, _, _, _ = self.rollout(greedy=True)
         return make_feasible(self.ctx.meter, keep, self.importance)
 
+    def finalists_finetuned(self, keeps: tuple[np.ndarray, ...]) -> list[float]:
+        """Validation top-1 of each finalist after a brief distillation (`finalist_images`)."""
+        from onnxprune.search.finalists import brief_finetune
+
+        out = []
+        for i, keep in enumerate(keeps):
+            self.ctx.say(f"{METHOD}: finalist {i + 1}/{len(keeps)}: distilling on {self.cfg.finalist_images} "
+                         "training images")
+            result = brief_finetune(self.ctx, keep, self.cfg.finalist_images)
+            out.append(float(result.val_top1_history[-1] if result.val_top1_history else result.initial_val_top1))
+        return out
+
     def finish(self, extra_evaluations: int) -> SearchResult:
         ctx, cfg = self.ctx, self.cfg
         candidates: dict[bytes, tuple[str, np.ndarray]] = {}
@@ -433,7 +449,8 @@ class _Search:
             greedy_is = candidates.setdefault(mask_key(greedy), ("greedy", greedy))[0]
         names, keeps = zip(*candidates.values())
         full = ctx.evaluator.evaluate(list(keeps), images=0)
-        pick = int(np.argmax(full))
+        tuned = self.finalists_finetuned(keeps) if cfg.finalist_images else None
+        pick = int(np.argmax(full if tuned is None else tuned))
         if cfg.policy_out:
             save_policy(self.policy, cfg.policy_out, self.policy_meta())
         ctx.trajectory.meta.update(
@@ -444,7 +461,8 @@ class _Search:
             group_ids=list(self.graph.group_ids),
             sensitivity=None if self.sensitivity is None else self.sensitivity.round(5).tolist(),
             reference_ratios=self.graph.keep_ratios(self.reference).round(4).tolist(),
-            finalists=[{"from": n, "val_top1": float(v)} for n, v in zip(names, full)],
+            finalists=[{"from": n, "val_top1": float(v)} | ({} if tuned is None else {"finetuned_val_top1": tuned[i]})
+                       for i, (n, v) in enumerate(zip(names, full))],
             greedy_is=greedy_is)
         curve = [u["mean_proxy"] for u in self.updates if u["mean_proxy"] is not None]
         summary = {
@@ -455,7 +473,8 @@ class _Search:
             "pretrain_loss_start": round(self.pretrain_losses[0], 5) if self.pretrain_losses else None,
             "best_subset_val_top1": self.best[0][0] if self.best else None,
             "first_mean_proxy": curve[0] if curve else None, "last_mean_proxy": curve[-1] if curve else None,
-            "picked": names[pick],
+            "picked": names[pick], "finalist_images": cfg.finalist_images,
+            "picked_finetuned_val_top1": None if tuned is None else tuned[pick],
         }
         return ctx.finish(keeps[pick], val_top1=float(full[pick]), **summary)
 

@@ -11,6 +11,7 @@ import torch
 from onnxprune.methods import L1
 from onnxprune.search.base import SearchContext, SearchResult, progress_bar
 from onnxprune.search.budget import Budget, BudgetMeter, make_feasible, mask_key
+from onnxprune.search.finalists import brief_finetune, materialize, recalibrated_model
 from onnxprune.search.sacp.config import METHOD, SacpConfig, sacp_options
 from onnxprune.search.sacp.encoder import GCNEncoder, similarity
 from onnxprune.search.sacp.graph import ConfigGraph, build_graph
@@ -49,26 +50,6 @@ def _candidate_masks(ctx: SearchContext, tables: UnitTables, cfg: SacpConfig,
         keep = make_feasible(ctx.meter, ctx.analysis.full_keep(), tables.scores)
         return keep[None], np.array([ctx.meter.ratio(keep)])
     return np.stack(keeps), np.array(ratios)
-
-
-def recalibrated_model(ctx: SearchContext, keep: np.ndarray) -> tuple[Any, float]:
-    """The pruned ONNX of `keep` with BatchNorm statistics re-estimated on training images (as the
-    evaluator scores masks), and its top-1 on the whole validation split."""
-    from onnxprune.torchcopy import recalibrate_batchnorm
-
-    ev = ctx.cfg.eval
-    model, _ = recalibrate_batchnorm(_materialize(ctx, keep), ctx.splits.train[0], batches=ev.bn_batches,
-                                     batch_size=ev.bn_batch_size, seed=ctx.cfg.seed, original=ctx.analysis, keep=keep,
-                                     device=ctx.device)
-    if ctx.score_model is None:
-        raise ValueError(f"{METHOD}: the search context has no score_model (the API passes one)")
-    return model, ctx.score_model(model)
-
-
-def _materialize(ctx: SearchContext, keep: np.ndarray) -> Any:
-    if ctx.materialize is None:
-        raise ValueError(f"{METHOD}: the search context has no materialize (the API passes one)")
-    return ctx.materialize(keep)
 
 
 def _train_on_proxy(ctx: SearchContext, graph: ConfigGraph, tables: UnitTables, full: np.ndarray, cfg: SacpConfig,
@@ -210,18 +191,8 @@ def run(ctx: SearchContext) -> SearchResult:
             acc = ctx.evaluator.evaluate([keep], images=0)[0]
             entry: dict[str, Any] = {"val_top1": acc, "model": None}
             if cfg.k_finetune_epochs > 0:
-                from onnxprune.torchcopy import FinetuneConfig, finetune
-
-                start_model = (recalibrated_model(ctx, keep)[0] if cfg.recalibrate_output
-                               else _materialize(ctx, keep))
-                from onnxprune.torchcopy.device import fit_batch_size
-
-                dev = ctx.device
-                tuned = finetune(start_model, ctx.copy, ctx.splits, FinetuneConfig(
-                    epochs=cfg.k_finetune_epochs, max_train=cfg.k_finetune_images or None, seed=ctx.cfg.seed,
-                    progress=False, threads=torch.get_num_threads(), device=str(dev),
-                    batch_size=fit_batch_size(ctx.analysis, 64, training=True, device=dev),
-                    eval_batch_size=fit_batch_size(ctx.analysis, 512, training=False, device=dev)))
+                tuned = brief_finetune(ctx, keep, cfg.k_finetune_images or None, epochs=cfg.k_finetune_epochs,
+                                       recalibrate=cfg.recalibrate_output)
                 entry = {"val_top1": tuned.best_val_top1, "masked_val_top1": acc,
                          "model": tuned.model.SerializeToString()}
             finals[i] = entry
@@ -240,7 +211,7 @@ def run(ctx: SearchContext) -> SearchResult:
         from onnx import numpy_helper
 
         tuned_model = onnx.load_from_string(finals[win]["model"])
-        names = {t.name for t in _materialize(ctx, keep).graph.initializer}
+        names = {t.name for t in materialize(ctx, keep).graph.initializer}
         pruned_weights = {t.name: numpy_helper.to_array(t) for t in tuned_model.graph.initializer if t.name in names}
     elif cfg.recalibrate_output:  # the API re-estimates BatchNorm the same way; score what it will write
         _, val_top1 = recalibrated_model(ctx, keep)
