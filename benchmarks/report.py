@@ -218,10 +218,13 @@ def plots(originals: dict[tuple[str, str], dict[str, Any]], cells: dict[Cell, li
 
 
 def _drift_lines() -> list[str]:
-    """How far two quiet passes disagreed on the same files (`benchmarks.latency_drift`)."""
-    path = RESULTS / "latency_drift.json"
-    if not path.exists():
-        return []
+    """How far two quiet passes disagreed on the same files (`benchmarks.latency_drift`), for
+    every comparison stored (`results/latency_drift*.json`), oldest first."""
+    paths = sorted(RESULTS.glob("latency_drift*.json"), key=lambda p: json.loads(p.read_text())["pass_started"])
+    return [line for path in paths for line in _drift_pair(path)]
+
+
+def _drift_pair(path: Path) -> list[str]:
     d = json.loads(path.read_text())
     col = d["second_over_first"]
 
@@ -230,7 +233,7 @@ def _drift_lines() -> list[str]:
         return f"{100 * c['within_10pct']:.0f}% (ratios {c['min_ratio']:.2f}-{c['max_ratio']:.2f})"
 
     lines = ["", f"Between two quiet passes ({d['pass_started'][0]} and {d['pass_started'][1]}; `{d['command']}`, "
-             f"`results/latency_drift.json`), the speed-ups of the same {d['models']} pruned files agreed within 10% "
+             f"`results/{path.name}`), the speed-ups of the same {d['models']} pruned files agreed within 10% "
              f"for {agree('speedup_b1')} at batch 1 and {agree('speedup_b32')} at batch 32 with onnxruntime's "
              "default threads; the originals' own batch-1 times (the same files, timed in both passes) changed by "
              f"ratios {col['original_b1_ms']['min_ratio']:.2f}-{col['original_b1_ms']['max_ratio']:.2f}, within 10% "
