@@ -63,6 +63,9 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     # PPO (and its prior) repeat candidates, which the evaluator does not re-run: count=distinct
     # samples until 160 distinct candidates are scored (at most 4x the episodes), as random search does
     f"{GAT_PPO.name}-distinct": (GAT_PPO.name, {"count": "distinct"}),
+    # the proxy's second tier: the best 5 candidates (and the greedy one) distilled for 200 steps of
+    # 64 images each, the best after it wins (more compute than gat-ppo: about 25 s a finalist on ResNet-20)
+    f"{GAT_PPO.name}-finalists": (GAT_PPO.name, {"final_top": 5, "finalist_images": 12800}),
 }
 SEARCHES = names_of("search") + tuple(VARIANTS)  # every registered search method
 METHODS = tuple(SCORE_METHODS) + PEER_METHODS + SEARCHES
