@@ -6,7 +6,8 @@ by default), the node features re-encoded after each step, the finished candidat
 onto the budget and scored by `ctx.evaluator` (the proxy: validation top-1 of the masked copy on
 a subset, BatchNorm re-estimated). Episodes are sampled `batch` at a time and scored with one
 `evaluate` call; then `ppo_epochs` PPO steps. At the end the best `final_top` candidates (by
-proxy) and the policy's greedy candidate are scored on the whole validation split; the best wins.
+proxy) and the policy's greedy candidate are scored on the whole validation split; the best wins
+(with `finalist_images`: the best after a brief distillation of each, `search.finalists`).
 
 `learner` picks who proposes candidates, everything else equal (controls for the ablation):
 `ppo` (the policy, learning), `prior` (the untrained policy: its prior alone, best of N),
