@@ -386,7 +386,7 @@ def report(_args: argparse.Namespace) -> Path:
         lines += ["", f"Target spread: {min(tv):.4f} to {max(tv):.4f} (std {np.std(tv):.4f}). "
                   f"tier 1 seconds are for all image counts of one mask together; BatchNorm re-estimated on "
                   f"{st['bn_batches']} x 128 train images; tier 2 = validation top-1 on {st['val_images']} images "
-                  f"after N distillation steps of 64 images (lr {st.get('tier2_lr') or 'the default, 0.01'})"
+                  f"after N distillation steps of 64 images (tier2_Nsteps; lr {st.get('tier2_lr') or 'the default, 0.01'})"
                   + (f"; retest = the target's fine-tune again with seed {st['retest_seed']} (its rho is the "
                      "target's own test-retest agreement, a ceiling for any proxy)" if st.get("retest_seed") is not None
                      else "")
