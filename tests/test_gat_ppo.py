@@ -34,6 +34,7 @@ from onnxprune.search.gat_ppo.env import Episode, Projector, block_space, kept_c
 from onnxprune.search.gat_ppo.search import _Search
 from onnxprune.search.rounding import is_rounded, width_multiples
 from onnxprune.torchcopy import to_torch
+from onnxprune.torchcopy.masked import batched_logits
 from tests.tiny import digits_model
 
 needs_dgl = pytest.mark.skipif(not dgl_available(), reason="DGL does not import here (bash scripts/dev.sh test-dgl)")
@@ -443,8 +444,21 @@ def test_finalist_images_picks_the_best_finalist_after_a_brief_distillation(tiny
     scfg = SearchConfig(budget=Budget("macs", 0.5), seed=3, eval=EvalConfig(images=150, bn_batches=2),
                         progress=False, round_to=1,
                         options={**OPTIONS, "pretrain": False, "final_top": 3, "finalist_images": 256})
-    result = run_search("gat-ppo", analysis, to_torch(analysis), splits, scfg, **search_callables(analysis, splits))
+    import onnxprune.torchcopy as torchcopy
+
+    real_finetune, x = torchcopy.finetune, splits.val[0][:64]
+    expected = batched_logits(to_torch(analysis), x)
+    teachers: list[float] = []
+
+    def finetune(model: Any, teacher: Any, *args: Any, **kwargs: Any) -> Any:
+        # the teacher is the original, not the copy the evaluator masks in place during the search
+        teachers.append(float((batched_logits(teacher, x) - expected).abs().max()))
+        return real_finetune(model, teacher, *args, **kwargs)
+
+    with mock.patch.object(torchcopy, "finetune", finetune):
+        result = run_search("gat-ppo", analysis, to_torch(analysis), splits, scfg, **search_callables(analysis, splits))
     finalists, s = result.trajectory.meta["finalists"], result.summary
+    assert len(teachers) == len(finalists) and max(teachers) < 1e-4
     tuned = [f["finetuned_val_top1"] for f in finalists]
     assert len(finalists) >= 2 and s["finalist_images"] == 256
     assert s["picked"] == finalists[int(np.argmax(tuned))]["from"] and s["picked_finetuned_val_top1"] == max(tuned)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Sequence
+from unittest import mock
 
 import numpy as np
 import onnx
@@ -238,7 +239,21 @@ def test_resume_continues_an_interrupted_search(tiny, tmp_path: Path) -> None:
 
 
 def test_top_k_fine_tune_returns_the_trained_model(tiny) -> None:
-    result = _search(tiny, options={"top_k": 1, "k_finetune_epochs": 1, "k_finetune_images": 300})
+    import onnxprune.torchcopy as torchcopy
+    from onnxprune.torchcopy.masked import batched_logits
+
+    real_finetune, x = torchcopy.finetune, tiny[0].val[0][:64]
+    expected = batched_logits(to_torch(tiny[1]), x)
+    teachers: list[float] = []
+
+    def finetune(model: Any, teacher: Any, *args: Any, **kwargs: Any) -> Any:
+        # the original distils, not the copy the evaluator has masked in place during the search
+        teachers.append(float((batched_logits(teacher, x) - expected).abs().max()))
+        return real_finetune(model, teacher, *args, **kwargs)
+
+    with mock.patch.object(torchcopy, "finetune", finetune):
+        result = _search(tiny, options={"top_k": 1, "k_finetune_epochs": 1, "k_finetune_images": 300})
+    assert len(teachers) == 1 and teachers[0] < 1e-4
     assert result.pruned_weights is not None and result.weights is None
     full = [r for r in result.trajectory.records if r.get("stage") == "full"]
     assert full[0]["finetuned"] and result.val_top1 == pytest.approx(full[0]["val_top1"])

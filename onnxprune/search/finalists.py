@@ -39,17 +39,29 @@ def recalibrated_model(ctx: SearchContext, keep: np.ndarray) -> tuple[Any, float
     return model, ctx.score_model(model)
 
 
-def brief_finetune(ctx: SearchContext, keep: np.ndarray, images: int | None, epochs: int = 1,
+def original_copy(ctx: SearchContext) -> Any:
+    """A fresh torch copy of the original, the teacher of any training inside a search.
+
+    Not `ctx.copy`: a local evaluator masks that one in place (and re-estimates its BatchNorm)
+    until the search ends, so mid-search it computes the last candidate scored, not the original.
+    """
+    from onnxprune.torchcopy import to_torch
+
+    return to_torch(ctx.analysis, check=False, seed=ctx.cfg.seed, device=ctx.device)
+
+
+def brief_finetune(ctx: SearchContext, keep: np.ndarray, images: int | None, teacher: Any, epochs: int = 1,
                    recalibrate: bool = True) -> Any:
-    """Distil the pruned model of `keep` from the original (`ctx.copy`) for `epochs` passes over
-    `images` training images (None: all), BatchNorm re-estimated first when `recalibrate`;
-    the `FinetuneResult` (validation top-1 after each epoch on the whole split, the model)."""
+    """Distil the pruned model of `keep` from `teacher` (`original_copy(ctx)`, made once per search)
+    for `epochs` passes over `images` training images (None: all), BatchNorm re-estimated first
+    when `recalibrate`; the `FinetuneResult` (validation top-1 after each epoch on the whole split,
+    the model)."""
     from onnxprune.torchcopy import FinetuneConfig, finetune
     from onnxprune.torchcopy.device import fit_batch_size
 
     start = recalibrated_model(ctx, keep)[0] if recalibrate else materialize(ctx, keep)
     dev = ctx.device
-    return finetune(start, ctx.copy, ctx.splits, FinetuneConfig(
+    return finetune(start, teacher, ctx.splits, FinetuneConfig(
         epochs=epochs, max_train=images or None, seed=ctx.cfg.seed, progress=False, threads=torch.get_num_threads(),
         device=str(dev), batch_size=fit_batch_size(ctx.analysis, 64, training=True, device=dev),
         eval_batch_size=fit_batch_size(ctx.analysis, 512, training=False, device=dev)))

@@ -429,13 +429,14 @@ class _Search:
 
     def finalists_finetuned(self, keeps: tuple[np.ndarray, ...]) -> list[float]:
         """Validation top-1 of each finalist after a brief distillation (`finalist_images`)."""
-        from onnxprune.search.finalists import brief_finetune
+        from onnxprune.search.finalists import brief_finetune, original_copy
 
+        teacher = original_copy(self.ctx)
         out = []
         for i, keep in enumerate(keeps):
             self.ctx.say(f"{METHOD}: finalist {i + 1}/{len(keeps)}: distilling on {self.cfg.finalist_images} "
                          "training images")
-            result = brief_finetune(self.ctx, keep, self.cfg.finalist_images)
+            result = brief_finetune(self.ctx, keep, self.cfg.finalist_images, teacher)
             out.append(float(result.val_top1_history[-1] if result.val_top1_history else result.initial_val_top1))
         return out
 

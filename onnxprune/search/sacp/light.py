@@ -15,6 +15,7 @@ class LightFinetune:
     cheap validation subset (the evaluator's). The weights only rank: they are not kept."""
 
     def __init__(self, ctx: SearchContext, cfg: SacpConfig) -> None:
+        from onnxprune.search.finalists import original_copy
         from onnxprune.search.rl_pruner.posttrain import state_of
         from onnxprune.torchcopy import to_torch
         from onnxprune.torchcopy.masked import MaskProjection
@@ -23,7 +24,7 @@ class LightFinetune:
         from onnxprune.data import take
 
         self.student = to_torch(ctx.analysis, check=False, seed=ctx.cfg.seed, device=ctx.device)
-        self.teacher = to_torch(ctx.analysis, check=False, seed=ctx.cfg.seed, device=ctx.device)
+        self.teacher = original_copy(ctx)
         self.original = state_of(self.student)
         self.projection = MaskProjection(self.student, ctx.analysis)
         x_val, y_val = ctx.splits.val

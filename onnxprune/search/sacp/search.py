@@ -11,7 +11,7 @@ import torch
 from onnxprune.methods import L1
 from onnxprune.search.base import SearchContext, SearchResult, progress_bar
 from onnxprune.search.budget import Budget, BudgetMeter, make_feasible, mask_key
-from onnxprune.search.finalists import brief_finetune, materialize, recalibrated_model
+from onnxprune.search.finalists import brief_finetune, materialize, original_copy, recalibrated_model
 from onnxprune.search.sacp.config import METHOD, SacpConfig, sacp_options
 from onnxprune.search.sacp.encoder import GCNEncoder, similarity
 from onnxprune.search.sacp.graph import ConfigGraph, build_graph
@@ -184,6 +184,7 @@ def run(ctx: SearchContext) -> SearchResult:
         finals: dict[int, dict[str, Any]] = state["full"]
         chosen = sorted(top_ids, key=lambda i: (-light[i], ranked[i]["rank"]))[:cfg.top_k]
         update(sum(1 for i in chosen if i in finals), stage="full")
+        teacher: Any = None  # the original, made on first use (ctx.copy is masked by the evaluator)
         for i in chosen:
             if i in finals:
                 continue
@@ -191,8 +192,9 @@ def run(ctx: SearchContext) -> SearchResult:
             acc = ctx.evaluator.evaluate([keep], images=0)[0]
             entry: dict[str, Any] = {"val_top1": acc, "model": None}
             if cfg.k_finetune_epochs > 0:
-                tuned = brief_finetune(ctx, keep, cfg.k_finetune_images or None, epochs=cfg.k_finetune_epochs,
-                                       recalibrate=cfg.recalibrate_output)
+                teacher = teacher or original_copy(ctx)
+                tuned = brief_finetune(ctx, keep, cfg.k_finetune_images or None, teacher,
+                                       epochs=cfg.k_finetune_epochs, recalibrate=cfg.recalibrate_output)
                 entry = {"val_top1": tuned.best_val_top1, "masked_val_top1": acc,
                          "model": tuned.model.SerializeToString()}
             finals[i] = entry
