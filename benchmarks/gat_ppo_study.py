@@ -388,7 +388,7 @@ def report(_args: argparse.Namespace) -> Path:
                   f"{st['bn_batches']} x 128 train images; tier 2 = validation top-1 on {st['val_images']} images "
                   f"after N distillation steps of 64 images (tier2_Nsteps; lr {st.get('tier2_lr') or 'the default, 0.01'})"
                   + (f"; retest = the target's fine-tune again with seed {st['retest_seed']} (its rho is the "
-                     "target's own test-retest agreement, a ceiling for any proxy)" if st.get("retest_seed") is not None
+                     "target's own test-retest agreement: how far its noise lets any proxy agree)" if st.get("retest_seed") is not None
                      else "")
                   + (f"; targets reused from `{st['targets_from']}`" if st.get("targets_from") else "") + ".", ""]
     for path in sorted(OUT.glob("compare__*.json")):
