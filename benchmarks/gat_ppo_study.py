@@ -268,8 +268,8 @@ def _stored_targets(args: argparse.Namespace, masks: dict[str, np.ndarray], s: S
         masks.clear()
         masks.update({r["mask"]: np.unpackbits(np.frombuffer(bytes.fromhex(r["keep_bits"]), np.uint8))[:n].astype(bool)
                       for r in d["rows"]})
-    for key in ("seed", "masks", "prior_samples"):
-        if d["settings"][key] != getattr(args, key):
+    for key in ("seed", "masks", "prior_samples"):  # only matters when the masks are made again
+        if "keep_bits" not in d["rows"][0] and d["settings"][key] != getattr(args, key):
             raise SystemExit(f"--targets-from {args.targets_from}: its {key} is {d['settings'][key]}, "
                              f"this run's {getattr(args, key)}: the masks would differ")
     out: dict[str, dict[str, Any]] = {}

@@ -25,15 +25,21 @@ def materialize(ctx: SearchContext, keep: np.ndarray) -> Any:
     return ctx.materialize(keep)
 
 
-def recalibrated_model(ctx: SearchContext, keep: np.ndarray) -> tuple[Any, float]:
+def recalibrated(ctx: SearchContext, keep: np.ndarray) -> Any:
     """The pruned ONNX of `keep` with BatchNorm statistics re-estimated on training images (as the
-    evaluator scores masks), and its top-1 on the whole validation split."""
+    evaluator scores masks)."""
     from onnxprune.torchcopy import recalibrate_batchnorm
 
     ev = ctx.cfg.eval
     model, _ = recalibrate_batchnorm(materialize(ctx, keep), ctx.splits.train[0], batches=ev.bn_batches,
                                      batch_size=ev.bn_batch_size, seed=ctx.cfg.seed, original=ctx.analysis, keep=keep,
                                      device=ctx.device)
+    return model
+
+
+def recalibrated_model(ctx: SearchContext, keep: np.ndarray) -> tuple[Any, float]:
+    """`recalibrated(ctx, keep)` and its top-1 on the whole validation split."""
+    model = recalibrated(ctx, keep)
     if ctx.score_model is None:
         raise ValueError(f"{ctx.method}: the search context has no score_model (the API passes one)")
     return model, ctx.score_model(model)
@@ -59,7 +65,7 @@ def brief_finetune(ctx: SearchContext, keep: np.ndarray, images: int | None, tea
     from onnxprune.torchcopy import FinetuneConfig, finetune
     from onnxprune.torchcopy.device import fit_batch_size
 
-    start = recalibrated_model(ctx, keep)[0] if recalibrate else materialize(ctx, keep)
+    start = recalibrated(ctx, keep) if recalibrate else materialize(ctx, keep)  # finetune scores it itself
     dev = ctx.device
     return finetune(start, teacher, ctx.splits, FinetuneConfig(
         epochs=epochs, max_train=images or None, seed=ctx.cfg.seed, progress=False, threads=torch.get_num_threads(),
