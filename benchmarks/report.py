@@ -120,6 +120,42 @@ def _latency(rec: dict[str, Any], originals: dict[tuple[str, str], dict[str, Any
     return None, False
 
 
+def _pass_sources(quiet: dict[str, Any], cells: dict[Cell, list[dict[str, Any]]]) -> list[str]:
+    """What the latest quiet pass timed (stored models, rebuilt twins, the check between them) and
+    the earlier passes that timed the rows it could not."""
+    lines = []
+    if "rebuilt" in quiet:
+        lines.append(f"Of the {quiet['models']} models, {quiet['stored']} were the runs' stored pruned models and "
+                     f"{quiet['rebuilt']} rebuilt twins (runs made in earlier sessions, whose pruned models were not "
+                     "on this machine: the widths each run recorded, cut from its base by our rewrite keeping each "
+                     "group's first channels; latency depends on the structure only).")
+        check = quiet.get("rebuilt_check") or {}
+        if check:
+            parts = []
+            for col, label in (("b1_t1", "batch 1 on one thread"), ("b1", "batch 1"), ("b32", "batch 32")):
+                ratios = [c[col] for c in check.values()]
+                within = sum(abs(r - 1) <= 0.1 for r in ratios) / len(ratios)
+                parts.append(f"{label} {min(ratios):.2f}-{max(ratios):.2f} ({100 * within:.0f}% within 10%)")
+            lines[-1] += (f" Check: each of the {len(check)} stored models was timed beside its rebuilt twin in the "
+                          "same rounds; twin/stored latency " + ", ".join(parts) + ".")
+        if quiet.get("not_timed"):
+            why: dict[str, int] = {}
+            for reason in quiet["not_timed"].values():
+                why[reason] = why.get(reason, 0) + 1
+            lines[-1] += " Not timed by this pass: " + "; ".join(f"{n} run(s): {r}" for r, n in sorted(why.items())) + "."
+    earlier = sorted({r["latency_quiet"]["pass"] for rs in cells.values() for r in rs
+                      if r.get("latency_quiet") and r["latency_quiet"].get("pass") != quiet["started"]})
+    for started in earlier:
+        name = f"{started[:16].replace(' ', 'T').replace(':', '')}.json"
+        old = RESULTS / "latency_passes" / name
+        head = json.loads(old.read_text()) if old.exists() else None
+        where = (f" (`results/latency_passes/{name}`: {head['models']} models, other processes "
+                 f"{head['other_cores_busy']} cores)" if head else "")
+        n = sum(1 for rs in cells.values() for r in rs if (r.get("latency_quiet") or {}).get("pass") == started)
+        lines.append(f"§ {n} run(s) keep their timings from the quiet pass of {started}{where}.")
+    return ["", *lines] if lines else []
+
+
 def plots(originals: dict[tuple[str, str], dict[str, Any]], cells: dict[Cell, list[dict[str, Any]]],
           form: str) -> list[str]:
     """Accuracy vs MACs and vs latency per model (mean ± SE over seeds), and learning curves."""
@@ -333,7 +369,10 @@ def write_report(mode_name: str = "protocol") -> Path:
     originals, runs = load_runs()
     RESULTS.mkdir(parents=True, exist_ok=True)
     shas = {(m, f): _current_sha(m, f) for m in bench.MODELS for f in bench.FORMS}
-    present = {k for k, sha in shas.items() if sha is not None}  # base files shipped or cached
+    absent = {k for k, sha in shas.items() if sha is None and k in originals}
+    for k in absent:  # a base not on this machine (its cache is per machine): its record names it
+        shas[k] = originals[k].get("sha256")
+    present = {k for k, sha in shas.items() if sha is not None}  # base files shipped or cached, or recorded
     originals = {k: o for k, o in originals.items() if shas.get(k) == o.get("sha256")}
     cells: dict[Cell, list[dict[str, Any]]] = defaultdict(list)
     failed: dict[Cell, list[dict[str, Any]]] = defaultdict(list)
@@ -408,8 +447,9 @@ def write_report(mode_name: str = "protocol") -> Path:
                 tr = o.get("training", {})
                 out.append(f"| {model} | {form} | {100 * o['test_top1']:.2f} | {o['macs'] / 1e6:.1f} M | "
                            f"{o['params'] / 1e6:.3f} M | {tr.get('epochs', '?')} epochs, "
-                           f"{tr.get('train_images', '?')} images, {tr.get('train_seconds', 0) / 60:.0f} min | "
-                           f"`{spec['command']}` |")
+                           f"{tr.get('train_images', '?')} images, {tr.get('train_seconds', 0) / 60:.0f} min"
+                           + ("; the base file was not on the machine that rendered this (its record is)"
+                              if (model, form) in absent else "") + f" | `{spec['command']}` |")
             elif (model, form) in present:
                 tr = bench.base_record(model)
                 out.append(f"| {model} | {form} | {100 * tr['test_top1']:.2f} (training record) | - | - | "
@@ -456,6 +496,8 @@ def write_report(mode_name: str = "protocol") -> Path:
                     b1 = mean_se(x for x, _ in lat)[0]
                     b32 = mean_se(_latency(r, originals, 32)[0] for r in recs)[0]
                     q = "" if lat and all(qq for _, qq in lat) else "*"
+                    if not q and quiet and any(r["latency_quiet"].get("pass") != quiet["started"] for r in recs):
+                        q = "§"  # timed by an earlier quiet pass
                     t1 = [_latency(r, originals, 1, one_thread=True)[0] for r in recs]
                     t1_mean = mean_se(t1)[0] if all(x is not None for x in t1) else None
                     b1_t1 = "-" if t1_mean is None else f"{t1_mean:.2f}x{latency_mark(target, t1_mean)}"
@@ -470,7 +512,8 @@ def write_report(mode_name: str = "protocol") -> Path:
                                f"{mean_se(r['params_ratio'] for r in recs)[0]:.3f} | {b1:.2f}x{q} | {b32:.2f}x{q} | {b1_t1} | "
                                f"{mean_se(r.get('search_s') for r in recs)[0]:.1f} |")
             out += ["", "Speed-ups marked * were timed right after their run, under load (not yet re-timed by the "
-                    "quiet `--latency-only` pass); unmarked ones come from that pass. The one-thread column (onnxruntime on one thread, timed by the "
+                    "quiet `--latency-only` pass); those marked § were timed by an earlier quiet pass (\"Latency pass\" lists "
+                    "it; the latest pass could not time them); unmarked ones come from the latest pass. The one-thread column (onnxruntime on one thread, timed by the "
                     "quiet pass only; - where a run has not been re-timed since it was added) is there because the "
                     "default-thread batch-1 times moved between passes (see \"Latency pass\"), while one-thread "
                     "timings were consistent in the latency table's validation. MACs marked † are more than "
@@ -491,6 +534,7 @@ def write_report(mode_name: str = "protocol") -> Path:
                    f"{quiet['load_start']} at the start, {quiet['load_end']} at the end)"
                    + (": nothing else ran." if (quiet['other_cores_busy'] or 0) < 0.05 else
                       ": other work shared the machine, so these latencies are not quiet."))
+        out += _pass_sources(quiet, cells)
     else:
         out.append("Not run yet: every speed-up above was timed right after its run, under load.")
     out += _drift_lines()

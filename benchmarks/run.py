@@ -45,6 +45,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 RUNS = RESULTS / "runs"
 TRAJECTORIES = RESULTS / "trajectories"
+PASSES = RESULTS / "latency_passes"  # every quiet pass's header (rows name theirs in `latency_quiet.pass`)
 SHIPPED = ROOT / "benchmarks" / "models"  # small bases shipped with the repo (ResNet-20)
 MODEL_DIR = Path(os.environ.get("ONNXPRUNE_BENCH_MODELS", Path.home() / ".cache" / "onnxprune" / "bench-models"))
 MODEL_OUT = MODEL_DIR / "pruned"  # every run's final ONNX (outside the repo), for `--latency-only`
@@ -274,6 +275,31 @@ def _kept_fractions(model: Any, original: Any) -> list[float]:
         now = widths.get(prod) if prod else None
         out.append(round(now / g.channels, 4) if now else float("nan"))
     return out
+
+
+def rebuilt_from_widths(rec: dict[str, Any], base: Any) -> Any | None:
+    """A model with the widths run `rec` recorded (`kept`), cut from its `base` (an ONNX model) by
+    our rewrite, keeping the first units of every group: latency depends on the structure only.
+    None when the recorded widths or MACs are not reproduced exactly (the pass then skips the run)."""
+    from onnxprune.deps import analyze
+    from onnxprune.rewrite.apply import apply_keep
+
+    kept = rec.get("kept")
+    analysis = analyze(base)
+    groups = analysis.prunable()
+    if not kept or len(kept) != len(groups):
+        return None
+    keep = analysis.full_keep()
+    for g, frac in zip(groups, kept):
+        n = round(frac * g.units)
+        if not 1 <= n <= g.units:
+            return None
+        local = np.zeros(g.units, dtype=bool)
+        local[:n] = True
+        keep[g.unit_slice] = local
+    model = apply_keep(analysis, keep)
+    same_macs = abs(analyze(model).macs / analysis.macs - rec.get("macs_ratio", -1.0)) < 1e-9
+    return model if same_macs and _kept_fractions(model, analysis) == list(kept) else None
 
 
 def _bisect_latency(make: Callable[[float], Any], fits: Callable[[Any], bool], steps: int = 8) -> tuple[Any, float]:
@@ -512,7 +538,12 @@ def latency_pass(rounds: int = 5, runs: int = 30, warmup: int = 5) -> dict[str, 
     """Time every stored model interleaved with its original: per round, original then pruned, at
     batch 1 and 32 with onnxruntime's default threads and at batch 1 with one thread; each model's
     latency is the minimum over rounds of the per-round medians. Writes the results into every
-    run record and `results/latency_pass.json`.
+    run record, `results/latency_pass.json` (the latest pass) and `results/latency_passes/`.
+
+    A run whose pruned model is not in this machine's cache (made in another session) is timed on
+    its rebuilt twin: the widths it recorded, cut from its base (`rebuilt_from_widths`). Where
+    the stored model exists the twin is timed beside it, and `rebuilt_check` records the ratio
+    of their latencies.
 
     The one-thread column is there because the default-thread batch-1 times of these
     sub-millisecond models move between two levels from one pass to the next (the same original
@@ -528,6 +559,7 @@ def latency_pass(rounds: int = 5, runs: int = 30, warmup: int = 5) -> dict[str, 
                             "batches": [1, 32], "one_thread_batches": [1],
                             "statistic": f"minimum over rounds of the median of {runs} timings",
                             "provider": "CPUExecutionProvider, onnxruntime default threads", "models": 0}
+    info.update({"stored": 0, "rebuilt": 0, "not_timed": {}})
     originals: dict[tuple[str, str], bytes] = {}
     for path in sorted(RUNS.glob("*.json")):
         rec = json.loads(path.read_text())
@@ -539,21 +571,40 @@ def latency_pass(rounds: int = 5, runs: int = 30, warmup: int = 5) -> dict[str, 
         try:
             base = base_path_if_present(rec["model"], rec.get("form", "bn"))
         except FileNotFoundError:
+            info["not_timed"][path.stem] = "base not on this machine"
             continue
-        if not model_file.exists() or _sha256(base) != rec.get("base", {}).get("sha256"):
+        if _sha256(base) != rec.get("base", {}).get("sha256"):
+            info["not_timed"][path.stem] = "base file changed since the run"
             continue
         orig = originals.setdefault((rec["model"], rec["form"]), base.read_bytes())
-        pruned = model_file.read_bytes()
+        import onnx
+
+        rebuilt = rebuilt_from_widths(rec, onnx.load_from_string(orig))
+        blobs = [("original", orig)]
+        if model_file.exists():  # timed beside its rebuilt twin, which checks the rebuilding
+            source = "stored"
+            blobs += [("pruned", model_file.read_bytes())] + ([("rebuilt", rebuilt.SerializeToString())]
+                                                              if rebuilt is not None else [])
+        elif rebuilt is not None:  # a run made on another machine: the same widths cut from its base
+            source = "rebuilt"
+            blobs += [("pruned", rebuilt.SerializeToString())]
+        else:
+            info["not_timed"][path.stem] = "pruned model not stored and its widths not reproduced"
+            continue
+        info[source] += 1
         best: dict[str, float] = {}
         for _ in range(rounds):
-            for name, blob in (("original", orig), ("pruned", pruned)):
+            for name, blob in blobs:
                 timed = {f"b{b}": ms for b, ms in latency_ms(blob, (1, 32), protocol).items()}
                 timed["b1_t1"] = latency_ms(blob, (1,), protocol, threads=1)[1]
                 for col, ms in timed.items():
                     k = f"{name}_{col}_ms"
                     best[k] = min(best.get(k, float("inf")), ms)
         q = {**best, **{f"speedup_{col}": best[f"original_{col}_ms"] / best[f"pruned_{col}_ms"]
-                        for col in ("b1", "b32", "b1_t1")}, "pass": info["started"]}
+                        for col in ("b1", "b32", "b1_t1")}, "pass": info["started"], "timed": source}
+        if "rebuilt_b1_ms" in best:
+            info.setdefault("rebuilt_check", {})[path.stem] = {
+                col: best[f"rebuilt_{col}_ms"] / best[f"pruned_{col}_ms"] for col in ("b1", "b32", "b1_t1")}
         rec["latency_quiet"] = q
         path.write_text(json.dumps(rec, indent=1) + "\n")
         info["models"] += 1
@@ -565,8 +616,11 @@ def latency_pass(rounds: int = 5, runs: int = 30, warmup: int = 5) -> dict[str, 
     info.update({"ended": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "wall_s": round(wall, 1),
                  "load_end": _load(), "other_cpu_s": round(other, 1),
                  "other_cores_busy": round(other / wall, 3) if wall > 0 else None})
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "latency_pass.json").write_text(json.dumps(info, indent=1) + "\n")
+    for folder in (RESULTS, PASSES):
+        folder.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(info, indent=1) + "\n"
+    (PASSES / f"{info['started'][:16].replace(' ', 'T').replace(':', '')}.json").write_text(text)
+    (RESULTS / "latency_pass.json").write_text(text)  # the latest pass
     return info
 
 

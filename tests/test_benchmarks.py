@@ -99,6 +99,12 @@ def test_teacher_logits_are_computed_once_per_base_and_seed(tmp_path, monkeypatc
     assert note.startswith("shared: computed") and len(list((tmp_path / "teacher").glob("*.npy"))) == 2
 
 
+def _isolate_results(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("SHIPPED", "MODEL_DIR", "RUNS", "RESULTS", "PASSES"):
+        monkeypatch.setattr(run, name, tmp_path / name.lower())
+    monkeypatch.setattr(run, "MODEL_OUT", tmp_path / "model_dir" / "pruned")
+
+
 def test_latency_pass_times_every_stored_model_also_on_one_thread(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`--latency-only` re-times a stored run's pruned model against its original: batch 1 and 32 at
     the default threads and batch 1 on one thread, into the run record and the pass summary."""
@@ -111,9 +117,7 @@ def test_latency_pass_times_every_stored_model_also_on_one_thread(tmp_path, monk
     from onnxprune.rewrite import apply_keep
     from tests.tiny import digits_model
 
-    for name in ("SHIPPED", "MODEL_DIR", "RUNS", "RESULTS"):
-        monkeypatch.setattr(run, name, tmp_path / name.lower())
-    monkeypatch.setattr(run, "MODEL_OUT", tmp_path / "model_dir" / "pruned")
+    _isolate_results(tmp_path, monkeypatch)
     _, model = digits_model(epochs=1)
     run.MODEL_OUT.mkdir(parents=True)
     run.RUNS.mkdir(parents=True)
@@ -195,3 +199,69 @@ def test_latency_bisection_treats_unreachable_fractions_as_too_small() -> None:
     assert model == f and 0.3 <= f <= 0.32
     with pytest.raises(RuntimeError, match="not reached"):
         run._bisect_latency(make, lambda m: m <= 0.2)
+
+
+def test_runs_made_elsewhere_are_timed_on_their_rebuilt_twins(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run whose pruned model is not on this machine is timed on the widths it recorded, cut from
+    its base; a stored model is timed beside its twin (the check); widths that do not reproduce the
+    recorded MACs are not timed, and the pass says why."""
+    import json
+
+    import onnx
+
+    from onnxprune.deps import analyze
+    from onnxprune.rewrite import apply_keep
+    from tests.tiny import digits_model
+
+    _isolate_results(tmp_path, monkeypatch)
+    _, model = digits_model(epochs=1)
+    run.MODEL_OUT.mkdir(parents=True)
+    run.RUNS.mkdir(parents=True)
+    base = run.MODEL_DIR / "tiny_folded.onnx"
+    onnx.save(model, str(base))
+    a = analyze(model)
+    keep = a.full_keep()
+    for g in a.prunable():  # every other unit: not the first ones, which the twin keeps
+        keep[g.unit_start + 1:g.unit_start + g.units:2] = False
+    pruned = apply_keep(a, keep)
+    rec = {"model": "tiny", "form": "folded", "base": {"sha256": run._sha256(base)},
+           "macs_ratio": analyze(pruned).macs / a.macs, "kept": run._kept_fractions(pruned, a)}
+    twin = run.rebuilt_from_widths(rec, model)
+    assert twin is not None and run._kept_fractions(twin, a) == rec["kept"]
+    assert analyze(twin).macs == analyze(pruned).macs
+    assert run.rebuilt_from_widths({**rec, "macs_ratio": rec["macs_ratio"] * 1.01}, model) is None
+    keys = {"stored": "tiny__folded__l1-uniform__macs-0.5__s0", "elsewhere": "tiny__folded__taylor-global__macs-0.5__s0",
+            "wrong": "tiny__folded__random__macs-0.5__s0"}
+    onnx.save(pruned, str(run.MODEL_OUT / f"{keys['stored']}.onnx"))
+    for what, key in keys.items():
+        (run.RUNS / f"{key}.json").write_text(json.dumps(
+            {**rec, "macs_ratio": rec["macs_ratio"] * (1.01 if what == "wrong" else 1.0)}))
+    info = run.latency_pass(rounds=1, runs=2, warmup=0)
+    assert (info["models"], info["stored"], info["rebuilt"]) == (2, 1, 1)
+    assert list(info["not_timed"]) == [keys["wrong"]]
+    assert set(info["rebuilt_check"]) == {keys["stored"]}
+    assert all(r > 0 for r in info["rebuilt_check"][keys["stored"]].values())
+    timed = {w: json.loads((run.RUNS / f"{k}.json").read_text()).get("latency_quiet") for w, k in keys.items()}
+    assert timed["stored"]["timed"] == "stored" and timed["elsewhere"]["timed"] == "rebuilt"
+    assert timed["wrong"] is None
+    passes = list(run.PASSES.glob("*.json"))
+    assert len(passes) == 1 and json.loads(passes[0].read_text())["started"] == info["started"]
+
+
+def test_rows_timed_by_an_earlier_pass_are_marked(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The report marks rows timed by an earlier quiet pass (§) and names that pass."""
+    monkeypatch.setattr(report, "RESULTS", tmp_path)
+    (tmp_path / "latency_passes").mkdir()
+    (tmp_path / "latency_passes" / "2026-11-29T0431.json").write_text(
+        '{"started": "2026-11-29 04:31:04 UTC", "models": 7, "other_cores_busy": 0.01}')
+    old = {**_rec(0, 0.9), "latency_quiet": {"pass": "2026-11-29 04:31:04 UTC"}}
+    new = {**_rec(1, 0.9), "latency_quiet": {"pass": "2026-11-30 07:00:00 UTC"}}
+    quiet = {"started": "2026-11-30 07:00:00 UTC", "models": 3, "stored": 1, "rebuilt": 2,
+             "rebuilt_check": {"a": {"b1_t1": 1.02, "b1": 0.95, "b32": 1.2}}, "not_timed": {"b": "base not on this machine"}}
+    lines = report._pass_sources(quiet, {("resnet20", "folded", "macs-0.5", "l1-uniform"): [old, new]})
+    text = "\n".join(lines)
+    assert "1 were the runs' stored pruned models and 2 rebuilt twins" in text
+    assert "batch 1 on one thread 1.02-1.02 (100% within 10%)" in text and "batch 32 1.20-1.20 (0% within 10%)" in text
+    assert "1 run(s): base not on this machine" in text
+    assert "§ 1 run(s) keep their timings from the quiet pass of 2026-11-29 04:31:04 UTC" in text
+    assert "`results/latency_passes/2026-11-29T0431.json`: 7 models" in text
