@@ -82,12 +82,50 @@ def _pct(values: list[float | None]) -> str:
     return f"{100 * m:.2f}" + (f" ± {100 * se:.2f}" if n > 1 else "")
 
 
-def paired_diff(runs_a: list[dict[str, Any]], runs_b: list[dict[str, Any]], key: str) -> tuple[float, float, int]:
-    """Mean and SE of a - b over the seeds both have (paired by seed)."""
+def paired_diff(runs_a: list[dict[str, Any]], runs_b: list[dict[str, Any]], key: str,
+                same_machine: bool = False) -> tuple[float, float, int]:
+    """Mean and SE of a - b over the seeds both have (paired by seed); `same_machine`: only pairs
+    made on the same machine (a latency target is a share of the measuring machine's latency)."""
     a = {r["seed"]: r.get(key) for r in runs_a}
     b = {r["seed"]: r.get(key) for r in runs_b}
+    if same_machine:
+        where = {r["seed"]: r.get("machine") for r in runs_b}
+        a = {s: v for s, v in a.items() if s in where and where[s] == _machine_of(runs_a, s)}
     d = [a[s] - b[s] for s in sorted(set(a) & set(b)) if a[s] is not None and b[s] is not None]
     return mean_se(d)
+
+
+def _machine_of(runs: list[dict[str, Any]], seed: int) -> str | None:
+    return next((r.get("machine") for r in runs if r["seed"] == seed), None)
+
+
+def _machine_lines(runs: list[dict[str, Any]]) -> list[str]:
+    """Which machines made the latency-target runs (their targets are each machine's own)."""
+    count: dict[str, int] = defaultdict(int)
+    for r in runs:
+        if str(r.get("target", "")).startswith("latency-"):
+            count[r.get("machine", "unknown machine")] += 1
+    if not count:
+        return []
+    return ["- Latency targets are a share of the original's latency measured on the machine that made the run, "
+            "so the methods of a latency cell are compared (paired differences) only on runs made on the same "
+            "machine: " + "; ".join(f"{n} run(s) on {m}" for m, n in sorted(count.items())) + "."]
+
+
+def _legacy_latency_lines() -> list[str]:
+    """Latency-target runs set aside because a later session ran on another machine."""
+    out = []
+    for folder in sorted(RESULTS.glob("legacy-latency-*")):
+        recs = [json.loads(f.read_text()) for f in sorted((folder / "runs").glob("*.json"))]
+        if not recs:
+            continue
+        machines = sorted({r.get("machine", "unknown machine") for r in recs})
+        base_ms = [r["latency_target_check"]["original_ms"] for r in recs if r.get("latency_target_check")]
+        out.append(f"{len(recs)} latency-target runs made on {', '.join(machines)} (the original's batch-1 latency "
+                   f"at the target's threads {np.median(base_ms):.2f} ms there, median over the runs) are kept under "
+                   f"`benchmarks/results/{folder.name}/`: the later runs were made on another machine, and a latency "
+                   "target is a share of the measuring machine's latency, so the two sets are not compared.")
+    return ["", *out] if out else []
 
 
 def _seeds(seeds: Iterable[int]) -> str:
@@ -436,7 +474,7 @@ def write_report(mode_name: str = "protocol") -> Path:
             "seeds, and each method's paired difference against gat-ppo (mean ± SE over the seeds both have).",
             "- rl-pruner post-trains between its pruning steps (part of that method; extra training the others "
             "do not get); `rl-pruner-nopost` is the same search without it.",
-            ] + _teacher_line(all_runs) + _protocol_lines(all_runs)
+            ] + _teacher_line(all_runs) + _protocol_lines(all_runs) + _machine_lines(all_runs)
     out += ["", "## Bases", "",
             "| model | form | test top-1 (%) | MACs | params | trained | settings |", "|---|---|---|---|---|---|---|"]
     for model in mode.models:
@@ -487,8 +525,8 @@ def write_report(mode_name: str = "protocol") -> Path:
                     if method == ref:
                         diff = "reference"
                     elif refs:
-                        dm, dse, dn = paired_diff(recs, refs, "test_top1")
-                        diff = "no paired seeds" if dn == 0 else (
+                        dm, dse, dn = paired_diff(recs, refs, "test_top1", same_machine=target.startswith("latency-"))
+                        diff = "no paired seeds on the same machine" if dn == 0 else (
                             f"{100 * dm:+.2f}" + (f" ± {100 * dse:.2f}" if dn > 1 else "") + f" (n={dn})")
                     else:
                         diff = f"{ref} missing"
@@ -547,7 +585,7 @@ def write_report(mode_name: str = "protocol") -> Path:
     out += ["## Earlier results", "",
             "The runs made before this protocol (BN-kept bases trained for 2-3 epochs to 80-91%, fine-tune "
             "on 5,000 images, mostly one seed) are kept under `benchmarks/results/legacy-2026-11-22/` for the "
-            "record. They cannot rank the methods and are not shown here.", ""]
+            "record. They cannot rank the methods and are not shown here."] + _legacy_latency_lines() + [""]
     out += ["## Commands", "", "```",
             "python -m benchmarks.run                       # the protocol; resumable, stored runs are skipped",
             "python -m benchmarks.run --models resnet20 --targets macs-0.5 --seeds 0 1 2 3 4",

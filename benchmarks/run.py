@@ -222,12 +222,17 @@ def _target(target: str) -> tuple[str, float]:
 
 
 def machine() -> str:
+    """The CPU (name, family and model: machines of one name differ, and a latency target is the
+    measuring machine's), core count, OS and library versions."""
     cpu = "unknown CPU"
     try:
+        fields: dict[str, str] = {}
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
+        cpu = fields.get("model name", cpu)
+        if "cpu family" in fields:
+            cpu += f" (family {fields['cpu family']}, model {fields.get('model', '?')})"
     except OSError:
         pass
     import onnxruntime

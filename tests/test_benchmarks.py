@@ -265,3 +265,15 @@ def test_rows_timed_by_an_earlier_pass_are_marked(tmp_path, monkeypatch: pytest.
     assert "1 run(s): base not on this machine" in text
     assert "§ 1 run(s) keep their timings from the quiet pass of 2026-11-29 04:31:04 UTC" in text
     assert "`results/latency_passes/2026-11-29T0431.json`: 7 models" in text
+
+
+def test_latency_cells_pair_only_runs_of_the_same_machine() -> None:
+    """A latency target is a share of the measuring machine's latency: runs made on another machine
+    are not paired with the reference."""
+    ref = [{**_rec(s, 0.90, "gat-ppo"), "machine": "A"} for s in range(3)]
+    other = [{**_rec(0, 0.95), "machine": "A"}, {**_rec(1, 0.99), "machine": "B"}, {**_rec(2, 0.93), "machine": "A"}]
+    assert report.paired_diff(other, ref, "test_top1")[2] == 3
+    m, _, n = report.paired_diff(other, ref, "test_top1", same_machine=True)
+    assert n == 2 and m == pytest.approx(0.04)
+    lines = report._machine_lines([{**r, "target": "latency-0.5"} for r in other] + [_rec(0, 0.9)])
+    assert lines and "2 run(s) on A; 1 run(s) on B" in lines[0]
