@@ -99,10 +99,21 @@ def test_teacher_logits_are_computed_once_per_base_and_seed(tmp_path, monkeypatc
     assert note.startswith("shared: computed") and len(list((tmp_path / "teacher").glob("*.npy"))) == 2
 
 
-def _isolate_results(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+def _tiny_base(tmp_path, monkeypatch: pytest.MonkeyPatch):  # noqa: ANN202
+    """Results and caches under tmp_path, and a small trained model saved there as the base "tiny"."""
+    import onnx
+
+    from tests.tiny import digits_model
+
     for name in ("SHIPPED", "MODEL_DIR", "RUNS", "RESULTS", "PASSES"):
         monkeypatch.setattr(run, name, tmp_path / name.lower())
     monkeypatch.setattr(run, "MODEL_OUT", tmp_path / "model_dir" / "pruned")
+    _, model = digits_model(epochs=1)
+    run.MODEL_OUT.mkdir(parents=True)
+    run.RUNS.mkdir(parents=True)
+    base = run.MODEL_DIR / "tiny_folded.onnx"
+    onnx.save(model, str(base))
+    return model, base
 
 
 def test_latency_pass_times_every_stored_model_also_on_one_thread(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -110,19 +121,12 @@ def test_latency_pass_times_every_stored_model_also_on_one_thread(tmp_path, monk
     the default threads and batch 1 on one thread, into the run record and the pass summary."""
     import json
 
-    import numpy as np
     import onnx
 
     from onnxprune.deps import analyze
     from onnxprune.rewrite import apply_keep
-    from tests.tiny import digits_model
 
-    _isolate_results(tmp_path, monkeypatch)
-    _, model = digits_model(epochs=1)
-    run.MODEL_OUT.mkdir(parents=True)
-    run.RUNS.mkdir(parents=True)
-    base = run.MODEL_DIR / "tiny_folded.onnx"
-    onnx.save(model, str(base))
+    model, base = _tiny_base(tmp_path, monkeypatch)
     a = analyze(model)
     keep = a.full_keep()
     keep[a.prunable()[0].unit_start] = False
@@ -211,14 +215,8 @@ def test_runs_made_elsewhere_are_timed_on_their_rebuilt_twins(tmp_path, monkeypa
 
     from onnxprune.deps import analyze
     from onnxprune.rewrite import apply_keep
-    from tests.tiny import digits_model
 
-    _isolate_results(tmp_path, monkeypatch)
-    _, model = digits_model(epochs=1)
-    run.MODEL_OUT.mkdir(parents=True)
-    run.RUNS.mkdir(parents=True)
-    base = run.MODEL_DIR / "tiny_folded.onnx"
-    onnx.save(model, str(base))
+    model, base = _tiny_base(tmp_path, monkeypatch)
     a = analyze(model)
     keep = a.full_keep()
     for g in a.prunable():  # every other unit: not the first ones, which the twin keeps
