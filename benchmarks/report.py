@@ -184,7 +184,7 @@ def _pass_sources(quiet: dict[str, Any], cells: dict[Cell, list[dict[str, Any]]]
     earlier = sorted({r["latency_quiet"]["pass"] for rs in cells.values() for r in rs
                       if r.get("latency_quiet") and r["latency_quiet"].get("pass") != quiet["started"]})
     for started in earlier:
-        name = f"{started[:16].replace(' ', 'T').replace(':', '')}.json"
+        name = bench.pass_file(started)
         old = RESULTS / "latency_passes" / name
         head = json.loads(old.read_text()) if old.exists() else None
         where = (f" (`results/latency_passes/{name}`: {head['models']} models, other processes "

@@ -542,6 +542,11 @@ def _cpu_jiffies() -> tuple[int, int]:
     return busy, int(own[11]) + int(own[12])  # utime + stime (threads included)
 
 
+def pass_file(started: str) -> str:
+    """The file name under `results/latency_passes/` of the pass that started at `started`."""
+    return f"{started[:16].replace(' ', 'T').replace(':', '')}.json"
+
+
 def latency_pass(rounds: int = 5, runs: int = 30, warmup: int = 5) -> dict[str, Any]:
     """Time every stored model interleaved with its original: per round, original then pruned, at
     batch 1 and 32 with onnxruntime's default threads and at batch 1 with one thread; each model's
@@ -558,6 +563,8 @@ def latency_pass(rounds: int = 5, runs: int = 30, warmup: int = 5) -> dict[str, 
     0.33 or 0.44 ms, its pruned models by about the same amount), which moved their speed-ups by
     up to a factor of 2 (`benchmarks.latency_drift`); one thread measured consistently in the
     latency table's validation."""
+    import onnx
+
     protocol = Protocol(latency_runs=runs, latency_warmup=warmup)
     hz = os.sysconf("SC_CLK_TCK")
     start_busy, start_own = _cpu_jiffies()
@@ -585,8 +592,6 @@ def latency_pass(rounds: int = 5, runs: int = 30, warmup: int = 5) -> dict[str, 
             info["not_timed"][path.stem] = "base file changed since the run"
             continue
         orig = originals.setdefault((rec["model"], rec["form"]), base.read_bytes())
-        import onnx
-
         rebuilt = rebuilt_from_widths(rec, onnx.load_from_string(orig))
         blobs = [("original", orig)]
         if model_file.exists():  # timed beside its rebuilt twin, which checks the rebuilding
@@ -627,7 +632,7 @@ def latency_pass(rounds: int = 5, runs: int = 30, warmup: int = 5) -> dict[str, 
     for folder in (RESULTS, PASSES):
         folder.mkdir(parents=True, exist_ok=True)
     text = json.dumps(info, indent=1) + "\n"
-    (PASSES / f"{info['started'][:16].replace(' ', 'T').replace(':', '')}.json").write_text(text)
+    (PASSES / pass_file(info["started"])).write_text(text)
     (RESULTS / "latency_pass.json").write_text(text)  # the latest pass
     return info
 
