@@ -538,7 +538,8 @@ def write_report(mode_name: str = "protocol") -> Path:
                         q = "§"  # timed by an earlier quiet pass
                     t1 = [_latency(r, originals, 1, one_thread=True)[0] for r in recs]
                     t1_mean = mean_se(t1)[0] if all(x is not None for x in t1) else None
-                    b1_t1 = "-" if t1_mean is None else f"{t1_mean:.2f}x{latency_mark(target, t1_mean)}"
+                    b1_t1 = "-" if t1_mean is None else (f"{t1_mean:.2f}x{latency_mark(target, t1_mean)}"
+                                                         + ("§" if q == "§" else ""))
                     tuned = [r["seed"] for r in recs if r.get("test_top1") is not None]
                     seeds = _seeds(r["seed"] for r in recs)
                     if len(tuned) < len(recs):
