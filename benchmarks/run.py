@@ -286,14 +286,15 @@ def _kept_fractions(model: Any, original: Any) -> list[float]:
 
 
 def rebuilt_from_widths(rec: dict[str, Any], base: Any) -> Any | None:
-    """A model with the widths run `rec` recorded (`kept`), cut from its `base` (an ONNX model) by
-    our rewrite, keeping the first units of every group: latency depends on the structure only.
-    None when the recorded widths or MACs are not reproduced exactly (the pass then skips the run)."""
-    from onnxprune.deps import analyze
+    """A model with the widths run `rec` recorded (`kept`), cut from its `base` (an ONNX model, or
+    its `Analysis`, which the pass reuses across the base's runs) by our rewrite, keeping the first
+    units of every group: latency depends on the structure only. None when the recorded widths or
+    MACs are not reproduced exactly (the pass then skips the run)."""
+    from onnxprune.deps import Analysis, analyze
     from onnxprune.rewrite.apply import apply_keep
 
     kept = rec.get("kept")
-    analysis = analyze(base)
+    analysis = base if isinstance(base, Analysis) else analyze(base)
     groups = analysis.prunable()
     if not kept or len(kept) != len(groups):
         return None
@@ -565,6 +566,8 @@ def latency_pass(rounds: int = 5, runs: int = 30, warmup: int = 5) -> dict[str, 
     latency table's validation."""
     import onnx
 
+    from onnxprune.deps import analyze
+
     protocol = Protocol(latency_runs=runs, latency_warmup=warmup)
     hz = os.sysconf("SC_CLK_TCK")
     start_busy, start_own = _cpu_jiffies()
@@ -576,6 +579,7 @@ def latency_pass(rounds: int = 5, runs: int = 30, warmup: int = 5) -> dict[str, 
                             "provider": "CPUExecutionProvider, onnxruntime default threads", "models": 0}
     info.update({"stored": 0, "rebuilt": 0, "not_timed": {}})
     originals: dict[tuple[str, str], bytes] = {}
+    analyses: dict[tuple[str, str], Any] = {}  # analysed once per base: apply_keep only reads it
     for path in sorted(RUNS.glob("*.json")):
         rec = json.loads(path.read_text())
         if "error" in rec or path.stem.endswith("__original"):
@@ -592,7 +596,10 @@ def latency_pass(rounds: int = 5, runs: int = 30, warmup: int = 5) -> dict[str, 
             info["not_timed"][path.stem] = "base file changed since the run"
             continue
         orig = originals.setdefault((rec["model"], rec["form"]), base.read_bytes())
-        rebuilt = rebuilt_from_widths(rec, onnx.load_from_string(orig))
+        key = (rec["model"], rec["form"])
+        if key not in analyses:
+            analyses[key] = analyze(onnx.load_from_string(orig))
+        rebuilt = rebuilt_from_widths(rec, analyses[key])
         blobs = [("original", orig)]
         if model_file.exists():  # timed beside its rebuilt twin, which checks the rebuilding
             source = "stored"

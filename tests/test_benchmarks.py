@@ -226,6 +226,8 @@ def test_runs_made_elsewhere_are_timed_on_their_rebuilt_twins(tmp_path, monkeypa
            "macs_ratio": analyze(pruned).macs / a.macs, "kept": run._kept_fractions(pruned, a)}
     twin = run.rebuilt_from_widths(rec, model)
     assert twin is not None and run._kept_fractions(twin, a) == rec["kept"]
+    for _ in range(2):  # the pass hands the base's analysis, reused across its runs: same twin each time
+        assert run.rebuilt_from_widths(rec, a).SerializeToString() == twin.SerializeToString()
     assert analyze(twin).macs == analyze(pruned).macs
     assert run.rebuilt_from_widths({**rec, "macs_ratio": rec["macs_ratio"] * 1.01}, model) is None
     keys = {"stored": "tiny__folded__l1-uniform__macs-0.5__s0", "elsewhere": "tiny__folded__taylor-global__macs-0.5__s0",
