@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -349,6 +349,17 @@ def _teacher_line(runs: list[dict[str, Any]]) -> list[str]:
             "trained weights agree); the note in each run says how the logits were batched."]
 
 
+def _torch_threads_line(runs: list[dict[str, Any]]) -> list[str]:
+    """How many torch threads the runs used (the count changes speed, not what a run computes)."""
+    counts = Counter(r["threads"] for r in runs if r.get("threads"))
+    if not counts:
+        return []
+    parts = ", ".join(f"{n} run(s) on {t}" for t, n in sorted(counts.items(), reverse=True))
+    return [f"- Torch threads (pruning, scoring, fine-tuning; `threads` in each run): {parts}. The count changes "
+            "timings and float rounding, not the data, its order or any setting; each run records the machine's "
+            "load at its start and end."]
+
+
 def _threads(n: int) -> str:
     return "at onnxruntime's default threads" if n == 0 else f"on {n} onnxruntime thread{'s' if n > 1 else ''}"
 
@@ -474,7 +485,7 @@ def write_report(mode_name: str = "protocol") -> Path:
             "seeds, and each method's paired difference against gat-ppo (mean ± SE over the seeds both have).",
             "- rl-pruner post-trains between its pruning steps (part of that method; extra training the others "
             "do not get); `rl-pruner-nopost` is the same search without it.",
-            ] + _teacher_line(all_runs) + _protocol_lines(all_runs) + _machine_lines(all_runs)
+            ] + _teacher_line(all_runs) + _torch_threads_line(all_runs) + _protocol_lines(all_runs) + _machine_lines(all_runs)
     out += ["", "## Bases", "",
             "| model | form | test top-1 (%) | MACs | params | trained | settings |", "|---|---|---|---|---|---|---|"]
     for model in mode.models:

@@ -18,6 +18,9 @@ Every (model, form, method, target, seed) run is one JSON file under `benchmarks
 holding its mode and every setting it used (protocol, method settings, base file hash, machine,
 load); a stored run is skipped (`--force` redoes it). The report (`benchmarks/report.py`) reads
 only these files and lists the runs of the protocol that are missing.
+
+Runs use every core for torch (`OMP_NUM_THREADS` overrides; each run records `threads`): run them
+one at a time on an otherwise idle machine, since OpenMP threads stall on shared cores.
 """
 
 from __future__ import annotations
@@ -743,7 +746,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"re-timed {info['models']} models in {info['wall_s']} s; other processes used "
               f"{info['other_cores_busy']} cores on average", flush=True)
     elif not args.report_only:
-        torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+        # every core unless OMP_NUM_THREADS says otherwise (recorded as `threads` in each run): the
+        # runs are meant to run alone, and one thread made ResNet-56's fine-tune 1.7x slower (0.33
+        # against 0.19 s a step, alone, on 2 cores). On shared cores 2 threads stall (6.5 s a step).
+        torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1))
         run_mode(args.mode, mode, args.force, with_finetune=not args.no_finetune)
     print(f"wrote {write_report()}", flush=True)
     return 0

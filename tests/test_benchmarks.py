@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 
 import pytest
 
@@ -277,3 +278,27 @@ def test_latency_cells_pair_only_runs_of_the_same_machine() -> None:
     assert n == 2 and m == pytest.approx(0.04)
     lines = report._machine_lines([{**r, "target": "latency-0.5"} for r in other] + [_rec(0, 0.9)])
     assert lines and "2 run(s) on A; 1 run(s) on B" in lines[0]
+
+
+def test_torch_thread_counts_are_reported() -> None:
+    runs = [{**_rec(0, 0.9), "threads": 2}, {**_rec(1, 0.9), "threads": 2}, {**_rec(2, 0.9), "threads": 1}, _rec(3, 0.9)]
+    (line,) = report._torch_threads_line(runs)
+    assert "2 run(s) on 2, 1 run(s) on 1." in line
+    assert report._torch_threads_line([_rec(0, 0.9)]) == []
+
+
+def test_benchmark_runs_use_every_core_unless_told(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    seen: list[int] = []
+    monkeypatch.setattr(run, "run_mode", lambda *a, **k: seen.append(torch.get_num_threads()))
+    monkeypatch.setattr(report, "write_report", lambda: "BENCHMARKS.md")
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        assert run.main(["--models", "resnet20"]) == 0
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        assert run.main(["--models", "resnet20"]) == 0
+    finally:
+        torch.set_num_threads(before)
+    assert seen == [os.cpu_count(), 1]
