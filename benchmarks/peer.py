@@ -159,9 +159,9 @@ def tp_export(arch: str, bn_path: str | Path, spec: PeerSpec, *, fold_bn: bool,
         lo, hi = 0.0, 0.95
         best_model, frac = export(hi)
         if not ok(best_model, frac):
-            test = "is over the latency target" if accept is not None else f"keeps {frac:.3f} of the MACs"
-            raise RuntimeError(f"Torch-Pruning cannot reach the target (its largest ratio, {hi}, {test}; "
-                               f"{frac:.3f} of the MACs)")
+            test = (f"is over the latency target at {frac:.3f} of the MACs" if accept is not None
+                    else f"keeps {frac:.3f} of the MACs, over the target's {target_flops:.3f}")
+            raise RuntimeError(f"Torch-Pruning cannot reach the target (its largest ratio, {hi}, {test})")
         best_ratio = hi
         for _ in range(10 if accept is None else 7):
             mid = 0.5 * (lo + hi)
