@@ -362,8 +362,8 @@ def run_one(arch: str, form: str, method: str, target: str, seed: int, mode_name
         "test_images": int(len(splits.test[0])),
         "machine": machine(), "commit": git_commit(), "threads": torch.get_num_threads(),
         "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "load_start": _load(),
-        "note": "measured while other engineers' tests and a training job shared the 2 cores (under load)",
     }
+    meter = _OtherLoad()
     base_bytes = path.read_bytes()
     b, threads = p.latency_target_batch, p.latency_target_threads
     base_lat = latency_ms(base_bytes, (b,), p, threads=threads)[b] if kind == "latency" else None
@@ -444,17 +444,34 @@ def run_one(arch: str, form: str, method: str, target: str, seed: int, mode_name
     MODEL_OUT.mkdir(parents=True, exist_ok=True)
     (MODEL_OUT / f"{key}__noft.onnx").write_bytes(pruned.SerializeToString())
     lat = latency_ms(pruned.SerializeToString(), (1, 32), p)
-    record["latency_run"] = {"b1_ms": lat[1], "b32_ms": lat[32], "note": "measured right after the run, under load"}
+    record["latency_run"] = {"b1_ms": lat[1], "b32_ms": lat[32], "note": "measured right after the run, not in a quiet pass"}
     if kind == "latency":  # the target as the run measured it (the quiet pass re-times it)
         got = latency_ms(pruned.SerializeToString(), (b,), p, threads=threads)[b]
         record["latency_target_check"] = {"batch": b, "threads": threads, "original_ms": base_lat, "pruned_ms": got,
                                           "ratio": got / base_lat}  # type: ignore[operator]
     record["finetune"] = None  # pending: `finetune_run` completes the record
+    meter.note(record, "pruning")
     if with_finetune:
         finetune_run(record, pruned, mode)
     record["load_end"] = _load()
     record["ended"] = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     return record
+
+
+class _OtherLoad:
+    """The CPU other processes used beside this one since it was made (from /proc/stat), written
+    into a run's record: `other_cores_busy` per phase and a `note` that says it."""
+
+    def __init__(self) -> None:
+        self.start, self.t0 = _cpu_jiffies(), time.perf_counter()
+
+    def note(self, record: dict[str, Any], phase: str) -> None:
+        (busy0, own0), (busy1, own1) = self.start, _cpu_jiffies()
+        wall = time.perf_counter() - self.t0
+        cores = max(0.0, (busy1 - busy0) - (own1 - own0)) / os.sysconf("SC_CLK_TCK") / wall if wall > 0 else 0.0
+        record.setdefault("other_cores_busy", {})[phase] = round(cores, 3)
+        record["note"] = "other processes used on average " + ", ".join(
+            f"{c:.2f} cores while {p}" for p, c in record["other_cores_busy"].items()) + " (from /proc/stat)"
 
 
 def finetune_run(record: dict[str, Any], pruned: Any, mode: Mode) -> None:
@@ -470,6 +487,7 @@ def finetune_run(record: dict[str, Any], pruned: Any, mode: Mode) -> None:
     path = base_path(record["model"], record["form"])
     if _sha256(path) != record["base"]["sha256"]:
         raise RuntimeError(f"{path} changed since the run was pruned")
+    meter = _OtherLoad()
     original = analyze(path)
     splits = load_dataset(p.data, input_shape=original.graph.shapes[original.graph.inputs[0].name], seed=seed)
     t1 = time.perf_counter()
@@ -492,8 +510,9 @@ def finetune_run(record: dict[str, Any], pruned: Any, mode: Mode) -> None:
     key = run_key(record["model"], record["form"], record["method"], record["target"], seed, record["mode"])
     (MODEL_OUT / f"{key}.onnx").write_bytes(model.SerializeToString())
     lat = latency_ms(model.SerializeToString(), (1, 32), p)
-    record["latency_run"] = {"b1_ms": lat[1], "b32_ms": lat[32], "note": "measured right after the run, under load"}
+    record["latency_run"] = {"b1_ms": lat[1], "b32_ms": lat[32], "note": "measured right after the run, not in a quiet pass"}
     record["load_end"] = _load()
+    meter.note(record, "fine-tuning")
 
 
 def shared_teacher_logits(base: Path, data: str, seed: int, teacher: Any, splits: Any,

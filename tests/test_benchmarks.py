@@ -302,3 +302,15 @@ def test_benchmark_runs_use_every_core_unless_told(monkeypatch: pytest.MonkeyPat
     finally:
         torch.set_num_threads(before)
     assert seen == [os.cpu_count(), 1]
+
+
+def test_a_runs_note_states_the_measured_load_of_other_processes(monkeypatch: pytest.MonkeyPatch) -> None:
+    hz = os.sysconf("SC_CLK_TCK")
+    readings = iter([(1000, 100), (1000 + 3 * hz, 100 + hz)])  # (machine busy, this process) jiffies
+    monkeypatch.setattr(run, "_cpu_jiffies", lambda: next(readings))
+    clock = iter([10.0, 12.0])
+    monkeypatch.setattr(run.time, "perf_counter", lambda: next(clock))
+    record: dict = {}
+    run._OtherLoad().note(record, "pruning")  # 2 s of wall time, others busy for 2 of the 3 busy seconds
+    assert record["other_cores_busy"] == {"pruning": 1.0}
+    assert record["note"] == "other processes used on average 1.00 cores while pruning (from /proc/stat)"
