@@ -7,8 +7,8 @@ The digits test model's four channel groups with a synthetic proxy whose answer 
 thinning the residual branch nothing, stem and head a little; optimum 0.9 under a 50% MACs
 budget. Every variant gets the same number of candidates; the result is the best candidate's
 proxy, the mean proxy of the first and last updates (the learning curve), and whether the
-planted answer was found (stream whole, branch under 0.4). Seconds per run are CPU wall time
-under load. Writes `benchmarks/results/gat_ppo/planted.json`.
+planted answer was found (stream whole, branch under 0.4). Seconds per run are CPU wall time.
+Writes `benchmarks/results/gat_ppo/planted.json` (`--out` elsewhere), with the machine and `--note`.
 """
 
 from __future__ import annotations
@@ -48,6 +48,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--prior", type=float, default=2.0)
+    ap.add_argument("--out", type=Path, default=OUT, help=f"result file (default {OUT.relative_to(ROOT)})")
+    ap.add_argument("--note", default="", help="conditions of the run, e.g. what else shared the cores")
     args = ap.parse_args()
     torch.set_num_threads(1)
     analysis = analyze(digits_model()[1])
@@ -73,11 +75,15 @@ def main() -> None:
                          "seconds": time.perf_counter() - t0})
             print(json.dumps({k: rows[-1][k] for k in ("variant", "seed", "best", "first_mean", "last_mean", "found")}),
                   flush=True)
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps({"kind": "planted", "settings": {**PLANTED, "prior": args.prior, "seeds": args.seeds},
-                               "optimum": 0.9, "note": "synthetic proxy on the digits test model; run under load",
-                               "rows": rows}, indent=1) + "\n")
-    print(OUT)
+    from benchmarks.run import machine
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"kind": "planted", "settings": {**PLANTED, "prior": args.prior, "seeds": args.seeds},
+                                    "optimum": 0.9, "machine": machine(),
+                                    "note": "; ".join(["synthetic proxy on the digits test model (the digits model is "
+                                                       "trained on the machine that runs this)", *filter(None, [args.note])]),
+                                    "rows": rows}, indent=1) + "\n")
+    print(args.out)
 
 
 if __name__ == "__main__":
