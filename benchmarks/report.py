@@ -477,8 +477,9 @@ def write_report(mode_name: str = "protocol") -> Path:
             "The no-fine-tune column is what each method writes: methods that use data (Taylor, the searches) "
             "re-estimate BatchNorm under the mask (on folded bases: re-inserted, re-estimated, folded back), "
             "the Torch-Pruning peers (pruned in their own code) re-estimate it only on BN-kept bases, and so "
-            "did L1 and random in every run stored so far (made before `prune --data` re-estimated BatchNorm "
-            "for data-free methods, commit 3f606ad): on folded bases those are not comparable in that column; "
+            "did L1 and random in the runs made before `prune --data` re-estimated BatchNorm for data-free "
+            "methods (commit 3f606ad; each run's `commit` says which): on folded bases those are not "
+            "comparable in that column; "
             "the fine-tune re-inserts BatchNorm for all.",
             "- Seeds are paired across methods: seed s fixes the validation split, the fine-tune order and "
             "the method's own randomness, the same for every method. Tables give mean ± standard error over "
