@@ -465,10 +465,14 @@ class _OtherLoad:
     def __init__(self) -> None:
         self.start, self.t0 = _cpu_jiffies(), time.perf_counter()
 
-    def note(self, record: dict[str, Any], phase: str) -> None:
+    def seconds(self) -> tuple[float, float]:
+        """(CPU seconds other processes used, wall seconds), both since this meter was made."""
         (busy0, own0), (busy1, own1) = self.start, _cpu_jiffies()
-        wall = time.perf_counter() - self.t0
-        cores = max(0.0, (busy1 - busy0) - (own1 - own0)) / os.sysconf("SC_CLK_TCK") / wall if wall > 0 else 0.0
+        return max(0.0, (busy1 - busy0) - (own1 - own0)) / os.sysconf("SC_CLK_TCK"), time.perf_counter() - self.t0
+
+    def note(self, record: dict[str, Any], phase: str) -> None:
+        other, wall = self.seconds()
+        cores = other / wall if wall > 0 else 0.0
         record.setdefault("other_cores_busy", {})[phase] = round(cores, 3)
         record["note"] = "other processes used on average " + ", ".join(
             f"{c:.2f} cores while {p}" for p, c in record["other_cores_busy"].items()) + " (from /proc/stat)"
@@ -591,9 +595,7 @@ def latency_pass(rounds: int = 5, runs: int = 30, warmup: int = 5) -> dict[str, 
     from onnxprune.deps import analyze
 
     protocol = Protocol(latency_runs=runs, latency_warmup=warmup)
-    hz = os.sysconf("SC_CLK_TCK")
-    start_busy, start_own = _cpu_jiffies()
-    t0 = time.perf_counter()
+    meter = _OtherLoad()
     info: dict[str, Any] = {"machine": machine(), "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
                             "load_start": _load(), "rounds": rounds, "runs": runs, "warmup": warmup,
                             "batches": [1, 32], "one_thread_batches": [1],
@@ -652,9 +654,7 @@ def latency_pass(rounds: int = 5, runs: int = 30, warmup: int = 5) -> dict[str, 
         info["models"] += 1
         print(f"  {path.stem}: x{q['speedup_b1']:.2f} (b1) x{q['speedup_b32']:.2f} (b32) "
               f"x{q['speedup_b1_t1']:.2f} (b1, 1 thread)", flush=True)
-    wall = time.perf_counter() - t0
-    end_busy, end_own = _cpu_jiffies()
-    other = max(0.0, (end_busy - start_busy) - (end_own - start_own)) / hz
+    other, wall = meter.seconds()
     info.update({"ended": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "wall_s": round(wall, 1),
                  "load_end": _load(), "other_cpu_s": round(other, 1),
                  "other_cores_busy": round(other / wall, 3) if wall > 0 else None})
