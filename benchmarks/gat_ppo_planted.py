@@ -27,6 +27,9 @@ OUT = ROOT / "benchmarks" / "results" / "gat_ppo" / "planted.json"
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "ppo (levels, graded)": {},
+    "ppo, categorical head": {"head": "categorical"},
+    "ppo, entropy 0.01": {"entropy": 0.01},
+    "ppo before session 11 (categorical head, entropy 0.01)": {"head": "categorical", "entropy": 0.01},
     "prior alone": {"learner": "prior"},
     "random search": {"learner": "random"},
     "cem": {"learner": "cem"},
@@ -77,9 +80,18 @@ def main() -> None:
                   flush=True)
     from benchmarks.run import machine
 
+    summary = {}
+    for name in VARIANTS:
+        mine = [r for r in rows if r["variant"] == name]
+        summary[name] = {"found": sum(r["found"] for r in mine), "seeds": len(mine),
+                         "mean_best": round(float(np.mean([r["best"] for r in mine])), 4),
+                         "min_best": round(min(r["best"] for r in mine), 4),
+                         "mean_rise": round(float(np.mean([r["last_mean"] - r["first_mean"] for r in mine])), 4)}
+        print(f"{name}: found on {summary[name]['found']}/{len(mine)} seeds, best {summary[name]['mean_best']:.3f} "
+              f"(min {summary[name]['min_best']:.3f})")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"kind": "planted", "settings": {**PLANTED, "prior": args.prior, "seeds": args.seeds},
-                                    "optimum": 0.9, "machine": machine(),
+                                    "optimum": 0.9, "machine": machine(), "summary": summary,
                                     "note": "; ".join(["synthetic proxy on the digits test model (the digits model is "
                                                        "trained on the machine that runs this)", *filter(None, [args.note])]),
                                     "rows": rows}, indent=1) + "\n")

@@ -30,7 +30,8 @@ from onnxprune.search.gat_ppo import (FEATURE_NAMES, GATEncoder, SelfCompetition
                                       build_state_graph, dgl_available, parse_config)
 from onnxprune.search.gat_ppo import run as gat_ppo_run
 from onnxprune.search.gat_ppo.encoder import Edges
-from onnxprune.search.gat_ppo.env import Episode, Projector, block_space, kept_count
+from onnxprune.search.gat_ppo.env import Episode, Projector, block_space, kept_count, level_space
+from onnxprune.search.gat_ppo.policy import ActorCritic, level_centres, prior_levels
 from onnxprune.search.gat_ppo.search import _Search
 from onnxprune.search.rounding import is_rounded, width_multiples
 from onnxprune.torchcopy import to_torch
@@ -229,6 +230,31 @@ def test_blocks_drop_the_least_important_channels_first(tiny) -> None:
     assert ep.keep[space.blocks[1][0]].all() and not ep.keep[space.blocks[1][2]].any()
     assert ep.keep[g0.unit_start]
     assert [len(b) for b in block_space(state, l1, block=0, blocks_per_group=3).blocks] == [3, 3, 3, 3]
+
+
+def test_the_ordinal_head_moves_the_priors_peak_along_the_levels(tiny) -> None:
+    """At its start the ordinal head gives the prior's logits; its shift output moves a node's
+    peak by that many levels (the categorical head would need one logit per level to do so)."""
+    _, analysis = tiny
+    graph = build_state_graph(analysis, weight_scores(analysis, "l1"), weight_scores(analysis, "l1"))
+    space = level_space(9, 0.2)
+    reference = np.array([0.6, 0.7, 0.8, 1.0])
+    prior = prior_levels(space.fractions, reference, 2.0)
+    valid = space.valid(graph.num_nodes)
+    edges = Edges.of(graph.src, graph.dst, graph.num_nodes, torch.device("cpu"))
+    x = torch.from_numpy(graph.features())[None]
+    torch.manual_seed(0)
+    head = ActorCritic(len(FEATURE_NAMES), 16, 4, 2, "torch", "levels", prior, valid,
+                       level_centres(space.fractions, reference), 2.0)
+    assert head.ordinal and head.actor[2].out_features == 10
+    logits, _ = head(edges, x)
+    assert torch.allclose(logits[0], torch.as_tensor(prior), atol=0.05)
+    assert logits[0].argmax(-1).tolist() == [4, 5, 6, 8]  # the reference levels
+    with torch.no_grad():
+        head.actor[2].bias[-1] = -3.0  # every peak three levels thinner (the top one from 8 to 5)
+    assert head(edges, x)[0][0].argmax(-1).tolist() == [1, 2, 3, 5]
+    flat = ActorCritic(len(FEATURE_NAMES), 16, 4, 2, "torch", "levels", prior, valid)  # categorical
+    assert not flat.ordinal and flat.actor[2].out_features == 9
 
 
 # -- reward ---------------------------------------------------------------------------------
@@ -506,6 +532,8 @@ def test_a_saved_policy_loads_and_a_mismatched_one_is_refused(tiny, tmp_path: Pa
     assert again.summary["pretrain_loss"] is None  # a loaded policy is not pre-trained again
     with pytest.raises(InputError, match="hidden=16"):
         _search(tiny, {**OPTIONS, "episodes": 8, "sensitivity": False, "policy": str(path), "hidden": 8})
+    with pytest.raises(InputError, match="head='ordinal'"):  # the default head cannot load a categorical policy
+        _search(tiny, {**OPTIONS, "episodes": 8, "sensitivity": False, "policy": str(path), "head": "categorical"})
     with pytest.raises(InputError, match="not a gat-ppo policy"):
         bad = tmp_path / "bad.npz"
         bad.write_bytes(b"nope")
@@ -540,6 +568,7 @@ def test_short_search_with_the_dgl_backend(tiny) -> None:
     ({"count": "evaluations"}, "count must be one of episodes, distinct"),
     ({"max_factor": "0"}, "max_factor must be >= 1"),
     ({"finalist_images": "-1"}, "finalist_images must be >= 0"),
+    ({"head": "gaussian"}, "head must be one of ordinal, categorical"),
 ])
 def test_bad_options_are_input_errors(options: dict[str, str], needle: str) -> None:
     with pytest.raises(InputError, match=needle):

@@ -28,11 +28,16 @@ from onnxprune.methods import GAT_PPO
 from onnxprune.search.gat_ppo.encoder import Edges, GATEncoder
 
 
+def level_centres(fractions: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """(nodes,) each node's reference keep ratio in level units (0 = the lowest level)."""
+    spacing = float(fractions[1] - fractions[0]) if fractions.size > 1 else 1.0
+    return ((np.asarray(reference, dtype=np.float64) - float(fractions[0])) / spacing).astype(np.float32)
+
+
 def prior_levels(fractions: np.ndarray, reference: np.ndarray, strength: float) -> np.ndarray:
     """(nodes, levels) logits `-strength * |f - reference_i| / spacing`: `strength` per level
     away from each node's reference keep ratio."""
-    spacing = float(fractions[1] - fractions[0]) if fractions.size > 1 else 1.0
-    dist = np.abs(fractions[None, :] - np.asarray(reference)[:, None]) / spacing
+    dist = np.abs(np.arange(fractions.size)[None, :] - level_centres(fractions, reference)[:, None])
     return (-strength * dist).astype(np.float32)
 
 
@@ -51,18 +56,28 @@ class ActorCritic(nn.Module):
     """GAT encoder + per-node action head + value head."""
 
     def __init__(self, in_dim: int, hidden: int, heads: int, layers: int, backend: str, kind: str,
-                 prior: np.ndarray, valid: np.ndarray) -> None:
+                 prior: np.ndarray, valid: np.ndarray, centre: np.ndarray | None = None,
+                 strength: float = 0.0) -> None:
         super().__init__()
         self.kind = kind
         self.encoder = GATEncoder(in_dim, hidden, heads, layers, backend)
         d = self.encoder.out_dim
         width = prior.shape[1]
-        self.actor = nn.Sequential(nn.Linear(2 * d, d), nn.Tanh(), nn.Linear(d, width))
+        # ordinal head (levels with a prior): one more output per node, the shift of the prior's centre
+        self.ordinal = kind == "levels" and centre is not None and strength > 0
+        self.strength = float(strength)
+        self.actor = nn.Sequential(nn.Linear(2 * d, d), nn.Tanh(), nn.Linear(d, width + int(self.ordinal)))
         self.critic = nn.Sequential(nn.Linear(d, d), nn.Tanh(), nn.Linear(d, 1))
         nn.init.normal_(self.actor[2].weight, std=0.01)  # start at the prior
         nn.init.zeros_(self.actor[2].bias)
+        if self.ordinal:
+            with torch.no_grad():
+                self.actor[2].weight[width].zero_()  # the shift starts at exactly 0
         self.register_buffer("prior", torch.as_tensor(prior))
         self.register_buffer("valid", torch.as_tensor(valid, dtype=torch.bool))
+        self.register_buffer("centre", torch.as_tensor(np.zeros(len(prior)) if centre is None else centre,
+                                                       dtype=torch.float32))
+        self.register_buffer("level_index", torch.arange(width, dtype=torch.float32))
         self._batched: dict[int, Edges] = {}
 
     def _edges(self, edges: Edges, states: int) -> Edges:
@@ -80,7 +95,12 @@ class ActorCritic(nn.Module):
         s, n, f = x.shape
         z = self.encoder(self._edges(edges, s), x.reshape(s * n, f)).view(s, n, -1)  # (S, N, D)
         pooled = z.mean(1)  # (S, D)
-        logits = self.actor(torch.cat([z, pooled.unsqueeze(1).expand(-1, n, -1)], dim=-1)) + self.prior
+        out = self.actor(torch.cat([z, pooled.unsqueeze(1).expand(-1, n, -1)], dim=-1))
+        if self.ordinal:  # the prior's peak moved by the learned shift (level units), plus free logits
+            centre = self.centre + out[..., -1]  # (S, N)
+            logits = out[..., :-1] - self.strength * (self.level_index - centre.unsqueeze(-1)).abs()
+        else:
+            logits = out + self.prior
         if self.kind == "levels":
             logits = logits.masked_fill(~self.valid, -1e9)
         return logits, self.critic(pooled).squeeze(-1)
@@ -117,7 +137,7 @@ class ActorCritic(nn.Module):
 
     def weights(self) -> dict[str, torch.Tensor]:
         """The learned weights (no graph-specific buffers)."""
-        return {k: v for k, v in self.state_dict().items() if k not in ("prior", "valid")}
+        return {k: v for k, v in self.state_dict().items() if k not in ("prior", "valid", "centre", "level_index")}
 
 
 def save_policy(policy: ActorCritic, path: str | Path, meta: dict[str, Any]) -> None:
@@ -143,7 +163,8 @@ def load_policy(policy: ActorCritic, path: str | Path, meta: dict[str, Any]) -> 
     except Exception as exc:  # not an npz of ours
         raise InputError(f"{GAT_PPO.name}: --policy {path} is not a gat-ppo policy file "
                          f"({type(exc).__name__})") from None
-    for key in ("kind", "hidden", "heads", "layers", "levels", "features"):
+    saved_meta.setdefault("head", "categorical")  # files written before the ordinal head
+    for key in ("kind", "hidden", "heads", "layers", "levels", "head", "features"):
         if saved_meta.get(key) != meta.get(key):
             raise InputError(f"{GAT_PPO.name}: --policy {path} was trained with {key}={saved_meta.get(key)!r}, "
                              f"this run uses {meta.get(key)!r}")

@@ -36,7 +36,8 @@ from onnxprune.search.gat_ppo.encoder import BACKENDS, Edges, resolve_backend
 from onnxprune.search.gat_ppo.env import (MIN_KEEP, ActionSpace, Episode, Projector, block_space, kept_count,
                                           level_space)
 from onnxprune.search.gat_ppo.features import FEATURE_NAMES, build_state_graph
-from onnxprune.search.gat_ppo.policy import ActorCritic, load_policy, prior_blocks, prior_levels, save_policy
+from onnxprune.search.gat_ppo.policy import (ActorCritic, level_centres, load_policy, prior_blocks, prior_levels,
+                                             save_policy)
 from onnxprune.search.gat_ppo.ppo import Transition, advantages, ppo_update
 from onnxprune.search.gat_ppo.pretrain import pretrain_encoder
 from onnxprune.search.gat_ppo.reward import REWARDS, SelfCompetitionReward, amc, graded
@@ -44,6 +45,7 @@ from onnxprune.search.gat_ppo.reward import REWARDS, SelfCompetitionReward, amc,
 METHOD = GAT_PPO.name
 LEARNERS = ("ppo", "prior", "random", "cem")
 ACTIONS = ("levels", "blocks")
+HEADS = ("ordinal", "categorical")
 COUNTS = ("episodes", "distinct")
 
 
@@ -56,7 +58,9 @@ class GatPpoConfig:
     `episodes` distinct candidates are scored, at most `max_factor` times as many samples: equal
     evaluations for learners that repeat themselves and those that do not); batch: episodes per update;
     learner: ppo | prior | random | cem (controls); action: levels | blocks (the seed's binary
-    blocks); levels, level_min: keep ratios evenly spaced from level_min to 1; steps: decision
+    blocks); levels, level_min: keep ratios evenly spaced from level_min to 1; head: ordinal (the
+    policy also shifts the prior's peak along the ordered levels, so one output moves a group's
+    whole distribution thinner or wider) | categorical (free logits per level only); steps: decision
     steps per episode (0: one group per step; 1: all groups at once, the seed's one shot);
     block / blocks_per_group: blocks (action=blocks); project: project every candidate onto the
     budget (blocks only may turn it off; kept widths are multiples of `--round-to`'s blocks
@@ -66,7 +70,9 @@ class GatPpoConfig:
     from the global Taylor mask (logits per level away / block logit scale); sensitivity:
     measure each group's proxy drop when thinned alone to sensitivity_ratio (a node feature);
     cem_elite, cem_smoothing: CEM; gat_backend, pretrain*, hidden, heads, layers: the GAT;
-    lr, clip, gamma, gae_lambda, entropy, value_coef, ppo_epochs: PPO; ema, penalty: the
+    lr, clip, gamma, gae_lambda, entropy, value_coef, ppo_epochs: PPO (entropy weighs against
+    advantages of unit std: at 0.01 the samples collapsed within five updates, docs/gat-ppo.md);
+    ema, penalty: the
     self-competition reward; proxy_images: validation images each candidate is scored on (at most
     `--eval-images`; 0: `--eval-images`; 128 by default: the cheapest proxy tier with Spearman
     rho >= 0.6 against fine-tuned accuracy, docs/gat-ppo-study.md); final_top: candidates
@@ -84,6 +90,7 @@ class GatPpoConfig:
     action: str = "levels"
     levels: int = 9
     level_min: float = 0.2
+    head: str = "ordinal"
     steps: int = 0
     block: int = 0
     blocks_per_group: int = 0
@@ -107,7 +114,7 @@ class GatPpoConfig:
     clip: float = 0.2
     gamma: float = 1.0
     gae_lambda: float = 0.95
-    entropy: float = 0.01
+    entropy: float = 0.2
     value_coef: float = 0.5
     ppo_epochs: int = 8
     ema: float = 0.9
@@ -134,6 +141,7 @@ class GatPpoConfig:
         need(self.count in COUNTS, f"option count must be one of {', '.join(COUNTS)}, got {self.count!r}")
         need(self.learner in LEARNERS, f"option learner must be one of {', '.join(LEARNERS)}, got {self.learner!r}")
         need(self.action in ACTIONS, f"option action must be one of {', '.join(ACTIONS)}, got {self.action!r}")
+        need(self.head in HEADS, f"option head must be one of {', '.join(HEADS)}, got {self.head!r}")
         need(self.reward in REWARDS, f"option reward must be one of {', '.join(REWARDS)}, got {self.reward!r}")
         need(self.baseline in ("", "batch", "critic"),
              f"option baseline must be batch or critic, got {self.baseline!r}")
@@ -236,15 +244,19 @@ class _Search:
         else:
             self.space = block_space(self.graph, self.importance, cfg.block, cfg.blocks_per_group)
         self.reference = make_feasible(ctx.meter, analysis.full_keep(), self.importance)  # global Taylor mask
+        centre = None
         if cfg.action == "levels":
-            prior = prior_levels(self.space.fractions, self.graph.keep_ratios(self.reference), cfg.prior)
+            reference_ratios = self.graph.keep_ratios(self.reference)
+            prior = prior_levels(self.space.fractions, reference_ratios, cfg.prior)
+            if cfg.head == "ordinal":
+                centre = level_centres(self.space.fractions, reference_ratios)
         else:
             prior = prior_blocks(self.space.blocks, self.space.width, self.reference, cfg.prior)
         valid = self.space.valid(self.graph.num_nodes)
         with torch.random.fork_rng():
             torch.manual_seed(ctx.cfg.seed)
             self.policy = ActorCritic(len(FEATURE_NAMES), cfg.hidden, cfg.heads, cfg.layers, self.backend,
-                                      cfg.action, prior, valid)
+                                      cfg.action, prior, valid, centre, cfg.prior)
         self.policy.to(self.device)  # initialised on the CPU: a seed gives the same weights on any device
         if cfg.policy:
             load_policy(self.policy, cfg.policy, self.policy_meta())
@@ -270,7 +282,7 @@ class _Search:
     def policy_meta(self) -> dict[str, Any]:
         c = self.cfg
         return {"kind": c.action, "hidden": c.hidden, "heads": c.heads, "layers": c.layers, "levels": c.levels,
-                "features": list(FEATURE_NAMES)}
+                "head": "ordinal" if self.policy.ordinal else "categorical", "features": list(FEATURE_NAMES)}
 
     # -- state -------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -469,6 +481,7 @@ class _Search:
         curve = [u["mean_proxy"] for u in self.updates if u["mean_proxy"] is not None]
         summary = {
             "gat_backend": self.backend, "learner": cfg.learner, "action": cfg.action, "reward": cfg.reward,
+            "head": "ordinal" if self.policy.ordinal else "categorical", "entropy": cfg.entropy,
             "episodes": self.episode, "distinct_candidates": len(self.seen), "count": cfg.count,
             "updates": self.update, "setup_evaluations": extra_evaluations,
             "pretrain_loss": _mean_tail(self.pretrain_losses),
