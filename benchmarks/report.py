@@ -95,6 +95,14 @@ def paired_diff(runs_a: list[dict[str, Any]], runs_b: list[dict[str, Any]], key:
     return mean_se(d)
 
 
+def _diff_text(runs: list[dict[str, Any]], refs: list[dict[str, Any]], target: str) -> str:
+    """The paired difference of fine-tuned accuracy (points) of `runs` minus `refs`, as a table cell."""
+    dm, dse, dn = paired_diff(runs, refs, "test_top1", same_machine=target.startswith("latency-"))
+    if dn == 0:
+        return "no paired seeds on the same machine"
+    return f"{100 * dm:+.2f}" + (f" ± {100 * dse:.2f}" if dn > 1 else "") + f" (n={dn})"
+
+
 def _machine_of(runs: list[dict[str, Any]], seed: int) -> str | None:
     return next((r.get("machine") for r in runs if r["seed"] == seed), None)
 
@@ -360,6 +368,21 @@ def _torch_threads_line(runs: list[dict[str, Any]]) -> list[str]:
             "load at its start and end."]
 
 
+def _gat_ppo_defaults_line(runs: list[dict[str, Any]]) -> list[str]:
+    """Which gat-ppo-family runs used the defaults before session 11 (no `head` in their summary)."""
+    old = Counter(r["method"] for r in runs if r["method"].startswith(bench.REFERENCE)
+                  and r["method"] != bench.GAT_PPO_V1 and r.get("search_summary") is not None
+                  and r["search_summary"].get("learner", "ppo") == "ppo"
+                  and "head" not in r["search_summary"])
+    if not old:
+        return []
+    parts = ", ".join(f"{m} ({n})" for m, n in sorted(old.items()))
+    return [f"- gat-ppo's defaults changed in session 11 (ordinal head and entropy 0.2, from the categorical head "
+            f"and 0.01; docs/gat-ppo.md): its runs made before are tabled as `{bench.GAT_PPO_V1}` "
+            f"(`python -m benchmarks.relabel`), and these variants' runs still used the old defaults: {parts}; "
+            f"compare them with `{bench.GAT_PPO_V1}`."]
+
+
 def _threads(n: int) -> str:
     return "at onnxruntime's default threads" if n == 0 else f"on {n} onnxruntime thread{'s' if n > 1 else ''}"
 
@@ -486,7 +509,7 @@ def write_report(mode_name: str = "protocol") -> Path:
             "seeds, and each method's paired difference against gat-ppo (mean ± SE over the seeds both have).",
             "- rl-pruner post-trains between its pruning steps (part of that method; extra training the others "
             "do not get); `rl-pruner-nopost` is the same search without it.",
-            ] + _teacher_line(all_runs) + _torch_threads_line(all_runs) + _protocol_lines(all_runs) + _machine_lines(all_runs)
+            ] + _teacher_line(all_runs) + _torch_threads_line(all_runs) + _gat_ppo_defaults_line(all_runs) + _protocol_lines(all_runs) + _machine_lines(all_runs)
     out += ["", "## Bases", "",
             "| model | form | test top-1 (%) | MACs | params | trained | settings |", "|---|---|---|---|---|---|---|"]
     for model in mode.models:
@@ -534,12 +557,13 @@ def write_report(mode_name: str = "protocol") -> Path:
                     if not recs:
                         continue
                     refs = cells.get((model, form, target, ref), [])
+                    old_refs = cells.get((model, form, target, bench.GAT_PPO_V1), [])
                     if method == ref:
                         diff = "reference"
                     elif refs:
-                        dm, dse, dn = paired_diff(recs, refs, "test_top1", same_machine=target.startswith("latency-"))
-                        diff = "no paired seeds on the same machine" if dn == 0 else (
-                            f"{100 * dm:+.2f}" + (f" ± {100 * dse:.2f}" if dn > 1 else "") + f" (n={dn})")
+                        diff = _diff_text(recs, refs, target)
+                    elif old_refs and method != bench.GAT_PPO_V1:  # the cell not re-run since gat-ppo's defaults changed
+                        diff = f"{ref} missing; vs {bench.GAT_PPO_V1}: {_diff_text(recs, old_refs, target)}"
                     else:
                         diff = f"{ref} missing"
                     lat = [(_latency(r, originals, b)) for r in recs for b in (1,)]

@@ -314,3 +314,34 @@ def test_a_runs_note_states_the_measured_load_of_other_processes(monkeypatch: py
     run._OtherLoad().note(record, "pruning")  # 2 s of wall time, others busy for 2 of the 3 busy seconds
     assert record["other_cores_busy"] == {"pruning": 1.0}
     assert record["note"] == "other processes used on average 1.00 cores while pruning (from /proc/stat)"
+
+
+def test_gat_ppo_runs_made_before_the_ordinal_head_are_relabelled(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    from benchmarks import relabel
+
+    monkeypatch.setattr(relabel, "MODEL_OUT", tmp_path / "pruned")
+    (tmp_path / "pruned").mkdir()
+    old = {**_rec(0, 0.92, "gat-ppo"), "mode": "protocol", "search_summary": {"learner": "ppo"}}
+    new = {**_rec(1, 0.93, "gat-ppo"), "mode": "protocol", "search_summary": {"learner": "ppo", "head": "ordinal"}}
+    failed = {**_rec(2, 0.0, "gat-ppo"), "mode": "protocol", "error": "boom"}
+    for rec in (old, new, failed):
+        (tmp_path / f"{run.run_key('resnet20', 'folded', 'gat-ppo', 'macs-0.5', rec['seed'])}.json").write_text(
+            json.dumps(rec))
+    (tmp_path / "pruned" / "resnet20__folded__gat-ppo__macs-0.5__s0.onnx").write_bytes(b"x")
+    assert len(relabel.relabel(tmp_path)) == 1 and len(list(tmp_path.glob("*.json"))) == 3  # a dry run moves nothing
+    moved = relabel.relabel(tmp_path, apply=True)  # a failed run has no summary to tell: it stays
+    assert [n.name for _, n in moved] == ["resnet20__folded__gat-ppo-v1__macs-0.5__s0.json"]
+    rec = json.loads((tmp_path / "resnet20__folded__gat-ppo-v1__macs-0.5__s0.json").read_text())
+    assert rec["method"] == "gat-ppo-v1" and rec["relabelled"]["from"] == "gat-ppo" and rec["test_top1"] == 0.92
+    assert (tmp_path / "pruned" / "resnet20__folded__gat-ppo-v1__macs-0.5__s0.onnx").exists()
+    assert (tmp_path / "resnet20__folded__gat-ppo__macs-0.5__s1.json").exists()  # made with the new defaults
+    assert relabel.relabel(tmp_path) == []
+    # the variant sets the old defaults explicitly; the protocol does not require it
+    assert run.VARIANTS[run.GAT_PPO_V1] == ("gat-ppo", {"head": "categorical", "entropy": 0.01})
+    assert run.GAT_PPO_V1 not in run.MODES["protocol"].methods
+    # variants' runs with the old defaults are named in the report
+    (line,) = report._gat_ppo_defaults_line([{**_rec(0, 0.9, "gat-ppo-tier2"), "search_summary": {"learner": "ppo"}},
+                                             {**_rec(0, 0.9, "gat-ppo-prior"), "search_summary": {"learner": "prior"}}])
+    assert "gat-ppo-tier2 (1)" in line and "gat-ppo-prior" not in line
