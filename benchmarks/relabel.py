@@ -8,7 +8,8 @@ head and 0.01; docs/gat-ppo.md, "The planted problem"). A run stored as `gat-ppo
 measured what the variant `gat-ppo-v1` (`benchmarks/run.py::VARIANTS`: those two options set
 back) measures now, so its record moves to that method's key: `method` becomes `gat-ppo-v1`,
 `relabelled` says from what and why, and every other field is kept as the run wrote it (its
-pruned model in this machine's cache is renamed with it). Such a
+pruned model in this machine's cache and its search trajectory are renamed with it, `trajectory`
+pointing to the new name). Such a
 run is recognised by its search summary, which has no `head` (every run since records it); a failed
 run has no summary and stays (none was stored when this ran). The `gat-ppo` cells then show as
 missing until re-run with the new defaults.
@@ -21,7 +22,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from benchmarks.run import GAT_PPO_V1, MODEL_OUT, REFERENCE, RUNS, run_key
+from benchmarks.run import GAT_PPO_V1, MODEL_OUT, REFERENCE, ROOT, RUNS, run_key
 
 WHY = ("run with gat-ppo's defaults before session 11 (categorical head, entropy 0.01), which gat-ppo-v1 "
        "sets explicitly; relabelled by `python -m benchmarks.relabel --apply`")
@@ -49,6 +50,10 @@ def relabel(folder: Path = RUNS, apply: bool = False) -> list[tuple[Path, Path]]
         if apply:
             rec["method"] = GAT_PPO_V1
             rec["relabelled"] = {"from": REFERENCE, "file": path.name, "why": WHY}
+            trajectory = ROOT / str(rec.get("trajectory", ""))
+            if rec.get("trajectory") and trajectory.exists():  # a new gat-ppo run would overwrite it
+                rec["trajectory"] = str(Path(rec["trajectory"]).with_name(f"{key}.json"))
+                trajectory.rename(ROOT / rec["trajectory"])
             new.write_text(json.dumps(rec, indent=1, default=str) + "\n")
             path.unlink()
             for suffix in ("", "__noft"):  # its pruned model in this machine's cache, if there

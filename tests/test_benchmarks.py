@@ -322,8 +322,12 @@ def test_gat_ppo_runs_made_before_the_ordinal_head_are_relabelled(tmp_path, monk
     from benchmarks import relabel
 
     monkeypatch.setattr(relabel, "MODEL_OUT", tmp_path / "pruned")
+    monkeypatch.setattr(relabel, "ROOT", tmp_path)
     (tmp_path / "pruned").mkdir()
-    old = {**_rec(0, 0.92, "gat-ppo"), "mode": "protocol", "search_summary": {"learner": "ppo"}}
+    (tmp_path / "trajectories").mkdir()
+    (tmp_path / "trajectories" / "resnet20__folded__gat-ppo__macs-0.5__s0.json").write_text("{}")
+    old = {**_rec(0, 0.92, "gat-ppo"), "mode": "protocol", "search_summary": {"learner": "ppo"},
+           "trajectory": "trajectories/resnet20__folded__gat-ppo__macs-0.5__s0.json"}
     new = {**_rec(1, 0.93, "gat-ppo"), "mode": "protocol", "search_summary": {"learner": "ppo", "head": "ordinal"}}
     failed = {**_rec(2, 0.0, "gat-ppo"), "mode": "protocol", "error": "boom"}
     for rec in (old, new, failed):
@@ -336,6 +340,8 @@ def test_gat_ppo_runs_made_before_the_ordinal_head_are_relabelled(tmp_path, monk
     rec = json.loads((tmp_path / "resnet20__folded__gat-ppo-v1__macs-0.5__s0.json").read_text())
     assert rec["method"] == "gat-ppo-v1" and rec["relabelled"]["from"] == "gat-ppo" and rec["test_top1"] == 0.92
     assert (tmp_path / "pruned" / "resnet20__folded__gat-ppo-v1__macs-0.5__s0.onnx").exists()
+    assert rec["trajectory"] == "trajectories/resnet20__folded__gat-ppo-v1__macs-0.5__s0.json"
+    assert (tmp_path / rec["trajectory"]).exists() and not (tmp_path / "trajectories" / "resnet20__folded__gat-ppo__macs-0.5__s0.json").exists()
     assert (tmp_path / "resnet20__folded__gat-ppo__macs-0.5__s1.json").exists()  # made with the new defaults
     assert relabel.relabel(tmp_path) == []
     # the variant sets the old defaults explicitly; the protocol does not require it
