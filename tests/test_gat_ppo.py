@@ -523,6 +523,21 @@ def test_resume_continues_exactly(tiny, searched: SearchResult, tmp_path: Path) 
     assert resumed.trajectory.meta["updates"] == searched.trajectory.meta["updates"]
 
 
+def test_a_checkpoint_of_another_policy_head_is_a_one_line_error(tiny) -> None:
+    _, analysis = tiny
+    l1 = weight_scores(analysis, "l1")
+    scfg = SearchConfig(budget=Budget("macs", 0.5), progress=False)
+
+    def search(head: str) -> _Search:
+        ctx = SearchContext("gat-ppo", analysis, PlantedEvaluator(analysis), BudgetMeter(analysis, scfg.budget),
+                            {"l1": l1, "taylor": l1}, scfg)
+        return _Search(ctx, parse_config({"gat_backend": "torch", "head": head}), None)
+
+    old = search("categorical").state()  # as a checkpoint written before the ordinal head holds it
+    with pytest.raises(InputError, match="written by another version"):
+        search("ordinal").load(old)
+
+
 def test_a_saved_policy_loads_and_a_mismatched_one_is_refused(tiny, tmp_path: Path) -> None:
     path = tmp_path / "policy.npz"
     first = _search(tiny, {**OPTIONS, "episodes": 8, "pretrain": False, "sensitivity": False,

@@ -297,7 +297,11 @@ class _Search:
 
     def load(self, state: dict[str, Any]) -> None:
         self.episode, self.update = int(state["episode"]), int(state["update"])
-        self.policy.load_state_dict(state["policy"])
+        try:
+            self.policy.load_state_dict(state["policy"])
+        except RuntimeError:  # e.g. a checkpoint of the categorical head, written before session 11
+            raise InputError(f"--resume: the checkpoint's {METHOD} policy does not fit this version's "
+                             f"(head={self.cfg.head}): it was written by another version; run again without --resume") from None
         self.opt.load_state_dict(state["optimizer"])
         self.reward.load(state["reward"])
         self.ctx.rng.bit_generator.state = state["rng"]
