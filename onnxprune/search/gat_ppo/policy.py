@@ -4,7 +4,10 @@ Actor: for every node, an MLP on (its embedding, the mean embedding of the graph
 `width` logits: one per keep level (categorical) or one per block (Bernoulli). A fixed prior
 (`prior_levels` / `prior_blocks`, from the global Taylor mask at the budget) is added, so that
 untrained samples scatter around that mask; its `strength` is small by default so that the
-learned part can move away from it. Critic: an MLP on the mean embedding (a value per state).
+learned part can move away from it. The ordinal head (levels with a prior, the default) has one
+more output per node: a shift, in level units, of the prior's peak, so that one output moves a
+group's whole distribution along the ordered levels. Critic: an MLP on the mean embedding (a
+value per state).
 
 All weights are independent of the graph (the prior is a buffer, not a weight), so a policy
 trained on one model can be loaded for another (`save_policy` / `load_policy`, levels only).

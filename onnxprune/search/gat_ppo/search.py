@@ -72,8 +72,7 @@ class GatPpoConfig:
     cem_elite, cem_smoothing: CEM; gat_backend, pretrain*, hidden, heads, layers: the GAT;
     lr, clip, gamma, gae_lambda, entropy, value_coef, ppo_epochs: PPO (entropy weighs against
     advantages of unit std: at 0.01 the samples collapsed within five updates, docs/gat-ppo.md);
-    ema, penalty: the
-    self-competition reward; proxy_images: validation images each candidate is scored on (at most
+    ema, penalty: the self-competition reward; proxy_images: validation images each candidate is scored on (at most
     `--eval-images`; 0: `--eval-images`; 128 by default: the cheapest proxy tier with Spearman
     rho >= 0.6 against fine-tuned accuracy, docs/gat-ppo-study.md); final_top: candidates
     re-scored on the whole validation split; finalist_images: > 0 distils each finalist from
