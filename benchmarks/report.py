@@ -103,6 +103,23 @@ def _diff_text(runs: list[dict[str, Any]], refs: list[dict[str, Any]], target: s
     return f"{100 * dm:+.2f}" + (f" ± {100 * dse:.2f}" if dn > 1 else "") + f" (n={dn})"
 
 
+def _diff_cell(method: str, runs: list[dict[str, Any]], refs: list[dict[str, Any]], old_refs: list[dict[str, Any]],
+               target: str) -> str:
+    """The "vs gat-ppo" cell of `method`: against gat-ppo's runs `refs`, or, where the cell has none
+    comparable (not re-run since gat-ppo's session-11 defaults, or only on another machine for a
+    latency target), against gat-ppo-v1's `old_refs`."""
+    ref = bench.REFERENCE
+    if method == ref:
+        return "reference"
+    comparable = bool(refs) and paired_diff(runs, refs, "test_top1", same_machine=target.startswith("latency-"))[2] > 0
+    if comparable or (refs and not old_refs) or method == bench.GAT_PPO_V1:
+        return _diff_text(runs, refs, target) if refs else f"{ref} missing"
+    if old_refs:
+        why = "no paired seeds on the same machine" if refs else "missing"
+        return f"{ref} {why}; vs {bench.GAT_PPO_V1}: {_diff_text(runs, old_refs, target)}"
+    return f"{ref} missing"
+
+
 def _machine_of(runs: list[dict[str, Any]], seed: int) -> str | None:
     return next((r.get("machine") for r in runs if r["seed"] == seed), None)
 
@@ -558,14 +575,7 @@ def write_report(mode_name: str = "protocol") -> Path:
                         continue
                     refs = cells.get((model, form, target, ref), [])
                     old_refs = cells.get((model, form, target, bench.GAT_PPO_V1), [])
-                    if method == ref:
-                        diff = "reference"
-                    elif refs:
-                        diff = _diff_text(recs, refs, target)
-                    elif old_refs and method != bench.GAT_PPO_V1:  # the cell not re-run since gat-ppo's defaults changed
-                        diff = f"{ref} missing; vs {bench.GAT_PPO_V1}: {_diff_text(recs, old_refs, target)}"
-                    else:
-                        diff = f"{ref} missing"
+                    diff = _diff_cell(method, recs, refs, old_refs, target)
                     lat = [(_latency(r, originals, b)) for r in recs for b in (1,)]
                     b1 = mean_se(x for x, _ in lat)[0]
                     b32 = mean_se(_latency(r, originals, 32)[0] for r in recs)[0]

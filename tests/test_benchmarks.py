@@ -351,3 +351,21 @@ def test_gat_ppo_runs_made_before_the_ordinal_head_are_relabelled(tmp_path, monk
     (line,) = report._gat_ppo_defaults_line([{**_rec(0, 0.9, "gat-ppo-tier2"), "search_summary": {"learner": "ppo"}},
                                              {**_rec(0, 0.9, "gat-ppo-prior"), "search_summary": {"learner": "prior"}}])
     assert "gat-ppo-tier2 (1)" in line and "gat-ppo-prior" not in line
+
+
+def test_cells_without_a_comparable_gat_ppo_run_compare_with_gat_ppo_v1() -> None:
+    runs = [{**_rec(s, 0.90 + 0.01 * s, "l1-uniform"), "machine": "A"} for s in range(3)]
+    v1 = [{**_rec(s, 0.91 + 0.01 * s, "gat-ppo-v1"), "machine": "A"} for s in range(3)]
+    new = [{**_rec(s, 0.95, "gat-ppo"), "target": "latency-0.5", "machine": "B"} for s in range(3)]
+    assert report._diff_text(runs, v1, "macs-0.5") == "-1.00 ± 0.00 (n=3)"
+    lat = [{**r, "target": "latency-0.5"} for r in runs]
+    assert report._diff_text(lat, new, "latency-0.5") == "no paired seeds on the same machine"
+    # the table cell: gat-ppo where it is comparable, else gat-ppo-v1, saying why
+    assert report._diff_cell("l1-uniform", runs, [], v1, "macs-0.5") == "gat-ppo missing; vs gat-ppo-v1: -1.00 ± 0.00 (n=3)"
+    v1_lat = [{**r, "target": "latency-0.5"} for r in v1]
+    assert report._diff_cell("l1-uniform", lat, new, v1_lat, "latency-0.5") == \
+        "gat-ppo no paired seeds on the same machine; vs gat-ppo-v1: -1.00 ± 0.00 (n=3)"
+    same = [{**r, "machine": "A"} for r in new]
+    assert report._diff_cell("l1-uniform", lat, same, v1_lat, "latency-0.5").startswith("-")  # comparable: gat-ppo
+    assert report._diff_cell("gat-ppo-v1", v1, [], [], "macs-0.5") == "gat-ppo missing"
+    assert report._diff_cell("gat-ppo", new, new, v1, "macs-0.5") == "reference"
