@@ -9,10 +9,9 @@ measured what the variant `gat-ppo-v1` (`benchmarks/run.py::VARIANTS`: those two
 back) measures now, so its record moves to that method's key: `method` becomes `gat-ppo-v1`,
 `relabelled` says from what and why, and every other field is kept as the run wrote it (its
 pruned model in this machine's cache and its search trajectory are renamed with it, `trajectory`
-pointing to the new name). Such a
-run is recognised by its search summary, which has no `head` (every run since records it); a failed
-run has no summary and stays (none was stored when this ran). The `gat-ppo` cells then show as
-missing until re-run with the new defaults.
+pointing to the new name). Such a run is recognised by its search summary, which has no `head`
+(every run since records it); a failed run has no summary and stays (none was stored when this
+ran). The `gat-ppo` cells then show as missing until re-run with the new defaults.
 """
 
 from __future__ import annotations
