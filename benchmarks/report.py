@@ -95,11 +95,14 @@ def paired_diff(runs_a: list[dict[str, Any]], runs_b: list[dict[str, Any]], key:
     return mean_se(d)
 
 
+NO_PAIRS = "no paired seeds on the same machine"
+
+
 def _diff_text(runs: list[dict[str, Any]], refs: list[dict[str, Any]], target: str) -> str:
     """The paired difference of fine-tuned accuracy (points) of `runs` minus `refs`, as a table cell."""
     dm, dse, dn = paired_diff(runs, refs, "test_top1", same_machine=target.startswith("latency-"))
     if dn == 0:
-        return "no paired seeds on the same machine"
+        return NO_PAIRS
     return f"{100 * dm:+.2f}" + (f" ± {100 * dse:.2f}" if dn > 1 else "") + f" (n={dn})"
 
 
@@ -111,13 +114,10 @@ def _diff_cell(method: str, runs: list[dict[str, Any]], refs: list[dict[str, Any
     ref = bench.REFERENCE
     if method == ref:
         return "reference"
-    comparable = bool(refs) and paired_diff(runs, refs, "test_top1", same_machine=target.startswith("latency-"))[2] > 0
-    if comparable or (refs and not old_refs) or method == bench.GAT_PPO_V1:
-        return _diff_text(runs, refs, target) if refs else f"{ref} missing"
-    if old_refs:
-        why = "no paired seeds on the same machine" if refs else "missing"
-        return f"{ref} {why}; vs {bench.GAT_PPO_V1}: {_diff_text(runs, old_refs, target)}"
-    return f"{ref} missing"
+    text = _diff_text(runs, refs, target) if refs else None
+    if old_refs and method != bench.GAT_PPO_V1 and text in (None, NO_PAIRS):
+        return f"{ref} {text or 'missing'}; vs {bench.GAT_PPO_V1}: {_diff_text(runs, old_refs, target)}"
+    return text or f"{ref} missing"
 
 
 def _machine_of(runs: list[dict[str, Any]], seed: int) -> str | None:
